@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo_out
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# One stamp per set of extras, so a changed setup.cfg reinstalls.
+$(VENV)/.installed-%: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[$*]"
+	touch $@
+
+demo: $(VENV)/.installed-export
+	$(BIN)/avemo synth --preset tiny --out $(DEMO)/cache --seed 0
+	for regime in audio visual conventional colearn; do \
+		$(BIN)/avemo train --data $(DEMO)/cache --preset tiny --regime $$regime --out $(DEMO)/runs/$$regime || exit 1; \
+	done
+	$(BIN)/avemo eval $(DEMO)/runs/audio $(DEMO)/runs/visual $(DEMO)/runs/conventional $(DEMO)/runs/colearn \
+		--split test --data $(DEMO)/cache --out $(DEMO)/table --results-md docs/RESULTS.md
+
+test: $(VENV)/.installed-export,dev
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-export,dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

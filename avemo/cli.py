@@ -1,0 +1,59 @@
+"""The ``avemo`` command group.
+
+Subcommands are imported only when run, so ``avemo --help`` stays instant and
+the torch-free runtime commands never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from avemo import __version__
+from avemo.errors import AvemoError
+
+# name -> (module, attribute, one-line help shown by `avemo --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("avemo.train.cli", "synth", "Write a seeded synthetic feature cache."),
+    "train": ("avemo.train.cli", "train", "Train a model in one of the paper's regimes."),
+    "eval": ("avemo.train.cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AvemoError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="avemo")
+def main() -> None:
+    """avemo: audio-visual emotion recognition (Takashima et al., Interspeech 2022).
+
+    \b
+    Typical flow:
+      avemo synth --preset tiny --out cache/          # or: avemo prepare (real MOSEI)
+      avemo train --data cache/ --regime colearn --out runs/colearn
+      avemo eval runs/colearn --split test
+    """

@@ -1,0 +1,5 @@
+"""avemo.train: the model (torch), feature cache, training regimes, metrics, evaluation.
+
+Submodules that need torch import it themselves; the cache and synthetic-data
+code stay torch-free so that ``avemo prepare`` runs without it.
+"""

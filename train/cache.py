@@ -1,0 +1,254 @@
+"""The feature cache: one reproducible on-disk format for MOSEI and synthetic data.
+
+Layout::
+
+    CACHE/cache.json                  format, version, FeatureConfig, source
+    CACHE/shards/<split>/<clip>.npz   one clip, written atomically (the resumable unit)
+    CACHE/<split>/fbank.npy           float16 [sum T, mel bins], memory-mapped
+    CACHE/<split>/faces.npy           uint8, JPEG bytes of every face crop, memory-mapped
+    CACHE/<split>/index.npz           labels, per-clip frame offsets, per-face byte offsets
+    CACHE/<split>/clips.json          clip ids in index order
+
+Audio is stored as 80 log-Mel bins in float16 and the deltas are added on
+load (same code as the runtime); faces as JPEG. All of MOSEI fits in a few GB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from avemo.runtime.audio import add_deltas
+
+from avemo.config import FeatureConfig, from_dict, to_dict
+from avemo.contract import CACHE_META_FILE, LABELS, NUM_LABELS
+from avemo.errors import AvemoError
+
+CACHE_FORMAT = "avemo-cache"
+CACHE_VERSION = 1
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Clip:
+    """One labelled clip: raw fbank [T, bins] (T may be 0), JPEG face crops, binary labels."""
+
+    clip_id: str
+    fbank: np.ndarray
+    faces_jpeg: list[bytes]
+    labels: np.ndarray
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
+    cv2 = _cv2()
+    ok, buf = cv2.imencode(".jpg", image_rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise AvemoError("JPEG encoding of a face crop failed")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: np.ndarray | bytes) -> np.ndarray:
+    cv2 = _cv2()
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise AvemoError("corrupt JPEG face crop in the cache")
+    return image[:, :, ::-1]
+
+
+def _cv2():
+    from avemo.deps import require
+
+    return require("cv2", "pip install 'avemo[runtime]'")
+
+
+class CacheWriter:
+    """Writes clips as shards, then packs each split into memory-mappable arrays."""
+
+    def __init__(self, root: Path, features: FeatureConfig, source: str) -> None:
+        self.root = Path(root)
+        self.features = features
+        meta_path = self.root / CACHE_META_FILE
+        if meta_path.exists():
+            existing = read_meta(self.root)
+            if existing != features:
+                raise AvemoError(
+                    f"{meta_path}: this cache was made with other feature settings "
+                    f"({_diff(existing, features)}); use a new --out directory"
+                )
+        else:
+            atomic_write_json(
+                meta_path,
+                {"format": CACHE_FORMAT, "version": CACHE_VERSION, "source": source, "features": to_dict(features)},
+            )
+
+    def shard_path(self, split: str, clip_id: str) -> Path:
+        return self.root / "shards" / split / f"{clip_id}.npz"
+
+    def has(self, split: str, clip_id: str) -> bool:
+        return self.shard_path(split, clip_id).exists()
+
+    def add(self, split: str, clip: Clip) -> None:
+        _check_clip(clip, self.features, where=f"clip {clip.clip_id}")
+        buf = io.BytesIO()
+        sizes = np.array([len(b) for b in clip.faces_jpeg], np.int64)
+        np.savez(
+            buf,
+            fbank=clip.fbank.astype(np.float16),
+            faces=np.frombuffer(b"".join(clip.faces_jpeg), np.uint8),
+            face_sizes=sizes,
+            labels=clip.labels.astype(np.float32),
+        )
+        atomic_write_bytes(self.shard_path(split, clip.clip_id), buf.getvalue())
+
+    def pack(self) -> dict[str, int]:
+        """(Re)build every split's packed arrays from its shards; returns clip counts."""
+        counts = {}
+        for split in SPLITS:
+            shard_dir = self.root / "shards" / split
+            paths = sorted(shard_dir.glob("*.npz")) if shard_dir.is_dir() else []
+            counts[split] = len(paths)
+            if paths:
+                _pack_split(self.root / split, paths, self.features.num_mel_bins)
+        return counts
+
+
+def _pack_split(out: Path, shard_paths: list[Path], bins: int) -> None:
+    ids, labels, fbanks, faces, face_sizes = [], [], [], [], []
+    audio_offsets, face_offsets = [0], [0]
+    for path in shard_paths:
+        with np.load(path) as shard:
+            ids.append(path.stem)
+            labels.append(shard["labels"])
+            fbanks.append(shard["fbank"].reshape(-1, bins))
+            faces.append(shard["faces"])
+            face_sizes.append(shard["face_sizes"])
+        audio_offsets.append(audio_offsets[-1] + len(fbanks[-1]))
+        face_offsets.append(face_offsets[-1] + len(face_sizes[-1]))
+    sizes = np.concatenate(face_sizes) if face_sizes else np.zeros(0, np.int64)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, array in (
+        ("fbank.npy", np.concatenate(fbanks).astype(np.float16)),
+        ("faces.npy", np.concatenate(faces).astype(np.uint8)),
+    ):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        atomic_write_bytes(out / name, buf.getvalue())
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        labels=np.stack(labels).astype(np.float32),
+        audio_offsets=np.array(audio_offsets, np.int64),
+        face_offsets=np.array(face_offsets, np.int64),
+        byte_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+    )
+    atomic_write_bytes(out / "index.npz", buf.getvalue())
+    atomic_write_json(out / "clips.json", ids)
+
+
+def read_meta(root: Path) -> FeatureConfig:
+    """The FeatureConfig a cache was made with; a clear error if ``root`` is no cache."""
+    path = Path(root) / CACHE_META_FILE
+    if not path.exists():
+        raise AvemoError(
+            f"{root}: not an avemo feature cache (no {CACHE_META_FILE}); make one with `avemo synth` or `avemo prepare`"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AvemoError(f"{path}: unreadable cache metadata ({exc})") from None
+    if meta.get("format") != CACHE_FORMAT:
+        raise AvemoError(f"{path}: not an avemo feature cache")
+    if meta.get("version", 0) > CACHE_VERSION:
+        raise AvemoError(f"{path}: cache version {meta['version']} is newer than this avemo ({CACHE_VERSION})")
+    return from_dict(FeatureConfig, meta["features"], source=str(path))
+
+
+def _diff(a: FeatureConfig, b: FeatureConfig) -> str:
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return ", ".join(f"{k}: {da[k]} vs {db[k]}" for k in da if da[k] != db[k])
+
+
+def _check_clip(clip: Clip, features: FeatureConfig, where: str) -> None:
+    if clip.fbank.ndim != 2 or clip.fbank.shape[1] != features.num_mel_bins:
+        raise AvemoError(f"{where}: audio has shape {clip.fbank.shape}, expected [frames, {features.num_mel_bins}]")
+    if not np.isfinite(clip.fbank).all():
+        raise AvemoError(f"{where}: audio features contain NaN or inf")
+    if clip.fbank.shape[0] == 0 and not clip.faces_jpeg:
+        raise AvemoError(f"{where}: no audio frames and no faces")
+    if clip.labels.shape != (NUM_LABELS,):
+        raise AvemoError(f"{where}: labels have shape {clip.labels.shape}, expected ({NUM_LABELS},) for {LABELS}")
+
+
+class CacheSplit:
+    """Read-only, memory-mapped view of one split of a packed cache."""
+
+    def __init__(self, root: Path, split: str, features: FeatureConfig | None = None) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.features = read_meta(self.root)
+        if features is not None and features != self.features:
+            raise AvemoError(f"{self.root}: cache features differ from the model's ({_diff(self.features, features)})")
+        d = self.root / split
+        if not (d / "index.npz").exists():
+            raise AvemoError(f"{d}: split {split!r} is missing from the cache (was it packed?)")
+        with np.load(d / "index.npz") as index:
+            self.labels = index["labels"]
+            self._audio_offsets = index["audio_offsets"]
+            self._face_offsets = index["face_offsets"]
+            self._byte_offsets = index["byte_offsets"]
+        self.ids: list[str] = json.loads((d / "clips.json").read_text())
+        self._fbank = np.load(d / "fbank.npy", mmap_mode="r")
+        self._faces = np.load(d / "faces.npy", mmap_mode="r")
+        bins = self.features.num_mel_bins
+        if self._fbank.ndim != 2 or self._fbank.shape[1] != bins:
+            raise AvemoError(f"{d / 'fbank.npy'}: feature dimension {self._fbank.shape[1:]} != {bins} mel bins")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def audio_length(self, i: int) -> int:
+        return int(self._audio_offsets[i + 1] - self._audio_offsets[i])
+
+    def face_count(self, i: int) -> int:
+        return int(self._face_offsets[i + 1] - self._face_offsets[i])
+
+    def audio(self, i: int) -> np.ndarray:
+        """240-d features [T, 3 * bins] float32 (T may be 0: no audio)."""
+        raw = np.asarray(self._fbank[self._audio_offsets[i] : self._audio_offsets[i + 1]], np.float32)
+        if not np.isfinite(raw).all():
+            raise AvemoError(f"{self.root}/{self.split}: clip {self.ids[i]} has NaN or inf audio features")
+        if len(raw) == 0:
+            return np.zeros((0, self.features.audio_dim), np.float32)
+        return add_deltas(raw, self.features.delta_window)
+
+    def faces(self, i: int) -> np.ndarray:
+        """Face crops [Tv, S, S, 3] uint8 RGB (Tv may be 0: no face)."""
+        s = self.features.face_size
+        lo, hi = self._face_offsets[i], self._face_offsets[i + 1]
+        crops = [decode_jpeg(self._faces[self._byte_offsets[j] : self._byte_offsets[j + 1]]) for j in range(lo, hi)]
+        return np.stack(crops) if crops else np.zeros((0, s, s, 3), np.uint8)

@@ -1,0 +1,107 @@
+"""Inference over a cache split and the paper's Table-2 report (Markdown + JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from avemo.train.cache import CacheSplit
+from avemo.train.checkpoint import load_model, train_config_of
+from avemo.train.data import make_loader
+from avemo.train.metrics import emotion_f1
+from avemo.train.model import CrossModalTransformer
+
+from avemo.contract import BEST_CHECKPOINT, LABELS, MODALITY_TITLES
+from avemo.errors import AvemoError
+
+
+@torch.no_grad()
+def predict(
+    model: CrossModalTransformer, split: CacheSplit, modality: str, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities [N, 6] for the clips that have ``modality``, and their indices in the split."""
+    was_training = model.training
+    model.eval()
+    probs, indices = [], []
+    loader = make_loader(split, batch_size, need_audio="a" in modality, need_faces="v" in modality)
+    for batch in loader:
+        keep = batch.usable(modality)
+        if keep.any():
+            p = torch.sigmoid(model(**batch.inputs(modality)))
+            probs.append(p[keep].numpy())
+            indices.append(batch.indices[keep].numpy())
+    model.train(was_training)
+    if not probs:
+        raise AvemoError(f"{split.root}/{split.split}: no clip has the {MODALITY_TITLES[modality]} modality")
+    idx = np.concatenate(indices)
+    order = np.argsort(idx)
+    return np.concatenate(probs)[order], idx[order]
+
+
+def evaluate_model(model: CrossModalTransformer, split: CacheSplit, modalities: tuple[str, ...]) -> dict[str, Any]:
+    """Table-2 metrics for each modality: {modality: {emotion: {wF1, mF1}, average: ...}}."""
+    out = {}
+    for modality in modalities:
+        probs, idx = predict(model, split, modality)
+        out[modality] = emotion_f1(split.labels[idx], probs)
+        out[modality]["clips"] = len(idx)
+    return out
+
+
+def evaluate_runs(runs: list[Path], data: Path | None, split_name: str) -> list[dict[str, Any]]:
+    """Evaluate each run's best checkpoint on one split; a row per (run, modality)."""
+    rows = []
+    for run in runs:
+        ckpt = Path(run) / BEST_CHECKPOINT if Path(run).is_dir() else Path(run)
+        model, payload = load_model(ckpt)
+        cache = Path(data) if data else Path(payload.get("data", ""))
+        if not cache or not cache.exists():
+            raise AvemoError(f"{ckpt}: training cache {cache} not found; pass --data")
+        split = CacheSplit(cache, split_name, model.cfg.features)
+        results = evaluate_model(model, split, model.cfg.modalities)
+        regime = train_config_of(payload, str(ckpt)).regime
+        for modality, metrics in results.items():
+            rows.append({"run": str(run), "regime": regime, "inference": modality, "metrics": metrics})
+    return rows
+
+
+REGIME_TITLES = {
+    "audio": "Baseline A",
+    "visual": "Baseline V",
+    "conventional": "Conventional A+V",
+    "colearn": "Interactive co-learning",
+}
+
+
+def table_markdown(rows: list[dict[str, Any]]) -> str:
+    """The paper's Table 2 layout: percentages, one decimal."""
+    head = ["Training", "Inference"] + [
+        f"{name.capitalize()} {m}" for name in (*LABELS, "average") for m in ("wF1", "mF1")
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [REGIME_TITLES.get(row["regime"], row["regime"]), MODALITY_TITLES[row["inference"]]]
+        for name in (*LABELS, "average"):
+            cells += [f"{100 * row['metrics'][name][m]:.1f}" for m in ("wF1", "mF1")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def colearn_comparison(rows: list[dict[str, Any]]) -> list[str]:
+    """Sentences comparing co-learning with the conventional model per inference modality, as measured."""
+    by = {(r["regime"], r["inference"]): r["metrics"]["average"] for r in rows}
+    out = []
+    for modality in ("a", "v", "av"):
+        c, p = by.get(("conventional", modality)), by.get(("colearn", modality))
+        if c is None or p is None:
+            continue
+        delta = 100 * (p["mF1"] - c["mF1"])
+        verdict = "beat" if delta > 0 else "did not beat"
+        out.append(
+            f"{MODALITY_TITLES[modality]} inference: co-learning {verdict} the conventional model "
+            f"(average mF1 {100 * p['mF1']:.1f} vs {100 * c['mF1']:.1f}, {delta:+.1f} points; "
+            f"wF1 {100 * p['wF1']:.1f} vs {100 * c['wF1']:.1f})."
+        )
+    return out

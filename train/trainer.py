@@ -1,0 +1,215 @@
+"""Training regimes (paper 3.2, 4.2): baselines, conventional A+V (Eq. 3), interactive co-learning (Eq. 20)."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from avemo.train.cache import CacheSplit, atomic_write_json
+from avemo.train.checkpoint import read_checkpoint, save_checkpoint
+from avemo.train.data import Batch, make_loader
+from avemo.train.evaluate import evaluate_model
+from avemo.train.model import CrossModalTransformer, count_parameters
+
+from avemo.config import ModelConfig, TrainConfig, to_dict
+from avemo.contract import BEST_CHECKPOINT, CURVES_FILE, HISTORY_FILE, LAST_CHECKPOINT
+from avemo.errors import AvemoError
+
+COLEARN_MODES = ("random", "summed")
+
+
+def training_modalities(cfg: TrainConfig) -> tuple[str, ...]:
+    """The inputs a regime trains on and early-stops on."""
+    return {"audio": ("a",), "visual": ("v",), "conventional": ("av",), "colearn": ("av", "a", "v")}[cfg.regime]
+
+
+def batch_loss(model: CrossModalTransformer, batch: Batch, modality: str) -> torch.Tensor | None:
+    """BCE summed over the 6 labels, averaged over the clips that have ``modality``."""
+    keep = batch.usable(modality)
+    if not keep.any():
+        return None
+    logits = model(**batch.inputs(modality))
+    loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").sum(dim=1)
+    return loss[keep].mean()
+
+
+def cmvn_stats(split: CacheSplit, max_clips: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of audio features over (a sample of) the training clips."""
+    idx = [i for i in range(len(split)) if split.audio_length(i) > 0][:max_clips]
+    if not idx:
+        dim = split.features.audio_dim
+        return torch.zeros(dim), torch.ones(dim)
+    feats = np.concatenate([split.audio(i) for i in idx]).astype(np.float64)
+    return torch.from_numpy(feats.mean(0)).float(), torch.from_numpy(feats.std(0)).float()
+
+
+def load_init(module: torch.nn.Module | None, path: Path | None, what: str) -> None:
+    """Load a user's pretrained state dict into one encoder (keys that match by name and shape)."""
+    if path is None:
+        return
+    if module is None:
+        raise AvemoError(f"{path}: this regime has no {what} encoder to initialise")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AvemoError(f"{path}: cannot read {what} init weights ({str(exc).splitlines()[0]})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = module.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise AvemoError(f"{path}: no tensor matches the {what} encoder's names and shapes")
+    module.load_state_dict(matched, strict=False)
+    print(f"{what} init: loaded {len(matched)}/{len(own)} tensors from {path}")
+
+
+def _same_run(payload: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig) -> bool:
+    """A run may be resumed with a larger epoch budget or patience, nothing else changed."""
+    budget = ("max_epochs", "patience")
+    saved = {k: v for k, v in payload["train_config"].items() if k not in budget}
+    wanted = {k: v for k, v in to_dict(train_cfg).items() if k not in budget}
+    return payload["model_config"] == to_dict(model_cfg) and saved == wanted
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax1.set(xlabel="epoch", ylabel="train loss (BCE summed over labels)")
+    for modality in history[0]["valid_mF1"]:
+        ax2.plot(epochs, [100 * h["valid_mF1"][modality] for h in history], marker="o", label=modality.upper())
+    ax2.set(xlabel="epoch", ylabel="valid mean mF1 (%)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    data: Path,
+    out: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    audio_init: Path | None = None,
+    visual_init: Path | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) one run; returns the best validation result."""
+    from tqdm import tqdm
+
+    if train_cfg.colearn_mode not in COLEARN_MODES:
+        raise AvemoError(f"unknown --colearn-mode {train_cfg.colearn_mode!r}; expected one of {COLEARN_MODES}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(train_cfg.seed)
+    train_split = CacheSplit(data, "train", model_cfg.features)
+    valid_split = CacheSplit(data, "valid", model_cfg.features)
+    model = CrossModalTransformer(model_cfg)
+    optimizer = torch.optim.RAdam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    modalities = training_modalities(train_cfg)
+    state: dict[str, Any] = {"epoch": 0, "best_metric": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+
+    last = out / LAST_CHECKPOINT
+    if last.exists():
+        payload = read_checkpoint(last)
+        if not _same_run(payload, model_cfg, train_cfg):
+            raise AvemoError(f"{out}: holds a run with other settings; use a new --out or the same options")
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["torch_rng"])
+        state = {k: payload[k] for k in state}
+        print(f"resuming {out} after epoch {state['epoch']}")
+    else:
+        with torch.no_grad():
+            model.set_cmvn(*cmvn_stats(train_split))
+        load_init(model.audio, audio_init, "audio")
+        load_init(model.visual, visual_init, "visual")
+    print(
+        f"model: {count_parameters(model):,} parameters; regime {train_cfg.regime}"
+        f"{' (' + train_cfg.colearn_mode + ')' if train_cfg.regime == 'colearn' else ''}; "
+        f"train {len(train_split)} / valid {len(valid_split)} clips"
+    )
+    loader = make_loader(
+        train_split,
+        train_cfg.batch_size,
+        seed=train_cfg.seed,
+        shuffle=True,
+        workers=workers,
+        need_audio=model_cfg.use_audio,
+        need_faces=model_cfg.use_visual,
+    )
+    while state["epoch"] < train_cfg.max_epochs and state["bad_epochs"] < train_cfg.patience:
+        epoch = state["epoch"] + 1
+        loader.batch_sampler.epoch = epoch
+        draw = np.random.default_rng([train_cfg.seed, epoch, 7])  # co-learning's per-batch modality draw
+        model.train()
+        total, steps, clips, start = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
+        for batch in bar:
+            if train_cfg.regime == "colearn" and train_cfg.colearn_mode == "random":
+                chosen: tuple[str, ...] = (modalities[draw.integers(len(modalities))],)
+            else:
+                chosen = modalities
+            losses = [loss for m in chosen if (loss := batch_loss(model, batch, m)) is not None]
+            if not losses:
+                continue
+            loss = torch.stack(losses).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+            clips += len(batch.labels)
+            bar.set_postfix(loss=f"{total / steps:.3f}")
+        seconds = time.perf_counter() - start
+        results = evaluate_model(model, valid_split, modalities)
+        valid_mf1 = {m: results[m]["average"]["mF1"] for m in modalities}
+        metric = float(np.mean(list(valid_mf1.values())))
+        record = {
+            "epoch": epoch,
+            "train_loss": total / max(1, steps),
+            "valid_mF1": valid_mf1,
+            "valid_wF1": {m: results[m]["average"]["wF1"] for m in modalities},
+            "metric": metric,
+            "train_seconds": seconds,
+            "clips_per_second": clips / seconds if seconds > 0 else 0.0,
+        }
+        state["history"].append(record)
+        state["epoch"] = epoch
+        improved = metric > state["best_metric"]
+        if improved:
+            state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "data": str(data), **state}
+        if improved:
+            save_checkpoint(out / BEST_CHECKPOINT, model, train_cfg, valid=results, **extra)
+        save_checkpoint(last, model, train_cfg, **extra)
+        atomic_write_json(out / HISTORY_FILE, state["history"])
+        plot_curves(state["history"], out / CURVES_FILE)
+        print(
+            f"epoch {epoch}: loss {record['train_loss']:.3f}, valid mean mF1 "
+            + ", ".join(f"{m.upper()} {100 * v:.1f}" for m, v in valid_mf1.items())
+            + f" ({record['clips_per_second']:.1f} clips/s){' *' if improved else ''}"
+        )
+    print(
+        f"best epoch {state['best_epoch']}: valid mean mF1 {100 * state['best_metric']:.1f} -> {out / BEST_CHECKPOINT}"
+    )
+    return state
