@@ -16,6 +16,7 @@ from avemo.errors import AvemoError
 
 # name -> (module, attribute, one-line help shown by `avemo --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "prepare": ("avemo.train.cli", "prepare", "Extract CMU-MOSEI features into a cache (resumable)."),
     "synth": ("avemo.train.cli", "synth", "Write a seeded synthetic feature cache."),
     "train": ("avemo.train.cli", "train", "Train a model in one of the paper's regimes."),
     "eval": ("avemo.train.cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),

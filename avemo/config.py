@@ -80,6 +80,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_epochs: int = 50
     patience: int = 5
+    min_epochs: int = 0  # no early stop before this: small models can sit on a plateau first
     seed: int = 0
     grad_clip: float = 5.0
 
@@ -106,7 +107,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
-    "tiny": TrainConfig(lr=3e-3, max_epochs=15, patience=5),
+    "tiny": TrainConfig(lr=3e-3, max_epochs=10, patience=4, min_epochs=8),
 }
 
 

@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from avemo.train.synth import SynthSpec, write_synthetic_cache
 
 from avemo.config import PRESETS
+from avemo.train.synth import SynthSpec, write_synthetic_cache
 
 TINY = PRESETS["tiny"]
 

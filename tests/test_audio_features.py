@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from avemo.runtime.audio import add_deltas
 
 

@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from avemo.train.cache import CacheSplit, CacheWriter, Clip, encode_jpeg
-from avemo.train.checkpoint import load_model, read_checkpoint, save_checkpoint
-from avemo.train.model import CrossModalTransformer
 
 from avemo.config import CONFIG_VERSION, PRESETS, ModelConfig, from_dict, to_dict
 from avemo.errors import AvemoError
+from avemo.train.cache import CacheSplit, CacheWriter, Clip, encode_jpeg
+from avemo.train.checkpoint import load_model, read_checkpoint, save_checkpoint
+from avemo.train.model import CrossModalTransformer
 
 FEATURES = PRESETS["tiny"].features
 

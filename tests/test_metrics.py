@@ -2,10 +2,10 @@ import warnings
 
 import numpy as np
 import pytest
-from avemo.train.metrics import emotion_f1
 from sklearn.metrics import f1_score
 
 from avemo.contract import LABELS
+from avemo.train.metrics import emotion_f1
 
 
 def _reference(labels, probs):

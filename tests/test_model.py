@@ -3,10 +3,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from avemo.train.model import CrossModalTransformer
 
 from avemo.config import PRESETS, REGIMES, model_config_for_regime
 from avemo.contract import NUM_LABELS
+from avemo.train.model import CrossModalTransformer
 
 TINY = PRESETS["tiny"]
 

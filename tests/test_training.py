@@ -4,14 +4,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from avemo.train.cache import CacheSplit
-from avemo.train.data import make_loader
-from avemo.train.model import CrossModalTransformer
-from avemo.train.trainer import batch_loss, cmvn_stats, train, training_modalities
 
 from avemo.config import TrainConfig, model_config_for_regime
 from avemo.contract import BEST_CHECKPOINT, CURVES_FILE, HISTORY_FILE, LAST_CHECKPOINT
 from avemo.errors import AvemoError
+from avemo.train.cache import CacheSplit
+from avemo.train.data import make_loader
+from avemo.train.model import CrossModalTransformer
+from avemo.train.trainer import batch_loss, cmvn_stats, train, training_modalities
 
 
 def test_a_few_steps_lower_the_loss(tiny_cache, micro_config):

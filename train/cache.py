@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from avemo.runtime.audio import add_deltas
 
 from avemo.config import FeatureConfig, from_dict, to_dict
 from avemo.contract import CACHE_META_FILE, LABELS, NUM_LABELS
 from avemo.errors import AvemoError
+from avemo.runtime.audio import add_deltas
 
 CACHE_FORMAT = "avemo-cache"
 CACHE_VERSION = 1

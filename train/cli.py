@@ -35,8 +35,9 @@ def synth(preset: str, out: Path, seed: int, clips: int | None) -> None:
     Example:
       avemo synth --preset tiny --out cache/
     """
-    from avemo.train.synth import SYNTH_PRESETS, split_sizes, write_synthetic_cache
     from tqdm import tqdm
+
+    from avemo.train.synth import SYNTH_PRESETS, split_sizes, write_synthetic_cache
 
     spec = SYNTH_PRESETS[preset]
     if clips is not None:
@@ -45,6 +46,55 @@ def synth(preset: str, out: Path, seed: int, clips: int | None) -> None:
         counts = write_synthetic_cache(out, PRESETS[preset].features, spec, seed, progress=bar.update)
     expected = split_sizes(spec.clips)
     click.echo(f"wrote {out}: " + ", ".join(f"{k} {counts[k]}/{expected[k]}" for k in counts))
+
+
+@click.command()
+@click.option(
+    "--mosei-root",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="CMU-MOSEI root (CMU-MultimodalSDK layout).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache directory (resumable).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Parallel processes.")
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="paper",
+    show_default=True,
+    help="Feature settings (face size) of the model preset the cache is for.",
+)
+@click.option(
+    "--folds",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Folds JSON (default: the official MOSEI folds shipped with avemo).",
+)
+@click.option(
+    "--face-detector",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="YuNet-style ONNX face detector (default: OpenCV's Haar cascade).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prepare(
+    mosei_root: Path, out: Path, workers: int, preset: str, folds: Path | None, face_detector: Path | None, quiet: bool
+) -> None:
+    """Extract features of CMU-MOSEI segments into a feature cache.
+
+    Segments are cut by the label intervals from the full-length videos, audio
+    becomes 80 log-Mel bins (deltas on load), faces 3 fps crops. Parallel,
+    resumable (rerun the same command), failures logged to OUT/failures.jsonl.
+
+    \b
+    Example:
+      avemo prepare --mosei-root /data/CMU_MOSEI --out cache/ --workers 2
+    """
+    from avemo.train.mosei import format_summary
+    from avemo.train.mosei import prepare as run_prepare
+
+    summary = run_prepare(mosei_root, out, PRESETS[preset].features, workers, folds, face_detector, not quiet)
+    click.echo(format_summary(summary))
 
 
 @click.command()

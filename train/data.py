@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from avemo.train.cache import CacheSplit
 from torch import Tensor
+
+from avemo.train.cache import CacheSplit
 
 
 @dataclass

@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from avemo.contract import BEST_CHECKPOINT, LABELS, MODALITY_TITLES
+from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit
 from avemo.train.checkpoint import load_model, train_config_of
 from avemo.train.data import make_loader
 from avemo.train.metrics import emotion_f1
 from avemo.train.model import CrossModalTransformer
-
-from avemo.contract import BEST_CHECKPOINT, LABELS, MODALITY_TITLES
-from avemo.errors import AvemoError
 
 
 @torch.no_grad()

@@ -38,7 +38,11 @@ def length_mask(lengths: Tensor, max_len: int | Tensor) -> Tensor:
 
 
 def sinusoid_positions(length: int | Tensor, dim: int, device: torch.device) -> Tensor:
-    """AddPosition: fixed sinusoidal position vectors [T, dim], any length."""
+    """AddPosition: fixed sinusoidal position vectors [T, dim], any length.
+
+    Callers scale the content by sqrt(dim) first (as ESPnet and WeNet do), so the
+    positions do not drown a freshly initialised projection.
+    """
     pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
     angles = pos * freq[None, :]
@@ -126,7 +130,7 @@ class AudioEncoder(nn.Module):
             mask = length_mask(lengths, x.shape[2])
             x = x * mask[:, None, :].to(x.dtype)
         x = self.proj(x.transpose(1, 2))
-        x = x + sinusoid_positions(x.shape[1], x.shape[2], x.device)
+        x = x * math.sqrt(x.shape[2]) + sinusoid_positions(x.shape[1], x.shape[2], x.device)
         return self.encoder(x, mask) + self.segment, mask
 
 
@@ -136,7 +140,13 @@ def _mobilenet_v3(name: str, width: float) -> nn.Module:
 
     # The public builders do not accept width_mult; the config helper does.
     setting, last_channel = mobilenetv3._mobilenet_v3_conf(name, width_mult=width)
-    return mobilenetv3.MobileNetV3(setting, last_channel).features
+    features = mobilenetv3.MobileNetV3(setting, last_channel).features
+    # torchvision sets BatchNorm momentum 0.01 for fine-tuning ImageNet weights; trained from
+    # scratch the running statistics then lag far behind the weights and eval-mode outputs collapse.
+    for module in features.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
+    return features
 
 
 class VisualEncoder(nn.Module):
@@ -167,7 +177,7 @@ class VisualEncoder(nn.Module):
         else:
             feats = self.cnn(frames).mean(dim=(2, 3))
         x = self.proj(feats.view(b, t, -1))
-        x = x + sinusoid_positions(t, x.shape[2], x.device)
+        x = x * math.sqrt(x.shape[2]) + sinusoid_positions(t, x.shape[2], x.device)
         return self.encoder(x, mask) + self.segment, mask
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 
 from avemo.config import FeatureConfig
 from avemo.contract import LABELS, NUM_LABELS
+from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 
 #: CMU-MOSEI: clips per split and positives per emotion in training (paper Table 1).
 MOSEI_SPLIT_SIZES = {"train": 16327, "valid": 1871, "test": 4662}
@@ -40,7 +40,7 @@ class SynthSpec:
 
 
 SYNTH_PRESETS = {
-    "tiny": SynthSpec(clips=900, min_seconds=1.5, max_seconds=4.0),
+    "tiny": SynthSpec(clips=800, min_seconds=1.5, max_seconds=4.0),
     "paper": SynthSpec(clips=3000, min_seconds=3.0, max_seconds=12.0),
 }
 

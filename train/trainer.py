@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from avemo.config import ModelConfig, TrainConfig, to_dict
+from avemo.contract import BEST_CHECKPOINT, CURVES_FILE, HISTORY_FILE, LAST_CHECKPOINT
+from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit, atomic_write_json
 from avemo.train.checkpoint import read_checkpoint, save_checkpoint
 from avemo.train.data import Batch, make_loader
 from avemo.train.evaluate import evaluate_model
 from avemo.train.model import CrossModalTransformer, count_parameters
-
-from avemo.config import ModelConfig, TrainConfig, to_dict
-from avemo.contract import BEST_CHECKPOINT, CURVES_FILE, HISTORY_FILE, LAST_CHECKPOINT
-from avemo.errors import AvemoError
 
 COLEARN_MODES = ("random", "summed")
 
@@ -69,7 +69,7 @@ def load_init(module: torch.nn.Module | None, path: Path | None, what: str) -> N
 
 def _same_run(payload: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig) -> bool:
     """A run may be resumed with a larger epoch budget or patience, nothing else changed."""
-    budget = ("max_epochs", "patience")
+    budget = ("max_epochs", "patience", "min_epochs")
     saved = {k: v for k, v in payload["train_config"].items() if k not in budget}
     wanted = {k: v for k, v in to_dict(train_cfg).items() if k not in budget}
     return payload["model_config"] == to_dict(model_cfg) and saved == wanted
@@ -154,7 +154,9 @@ def train(
         need_audio=model_cfg.use_audio,
         need_faces=model_cfg.use_visual,
     )
-    while state["epoch"] < train_cfg.max_epochs and state["bad_epochs"] < train_cfg.patience:
+    while state["epoch"] < train_cfg.max_epochs and (
+        state["bad_epochs"] < train_cfg.patience or state["epoch"] < train_cfg.min_epochs
+    ):
         epoch = state["epoch"] + 1
         loader.batch_sampler.epoch = epoch
         draw = np.random.default_rng([train_cfg.seed, epoch, 7])  # co-learning's per-batch modality draw

@@ -1,0 +1,60 @@
+"""From a media file (or a segment of one) to model features: the code training and serving share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from avemo.config import FeatureConfig
+from avemo.runtime.audio import fbank
+from avemo.runtime.faces import FaceCropper
+from avemo.runtime.media import decode_audio, sample_frames
+
+MIN_AUDIO_SECONDS = 0.05  # shorter than a few frames is treated as no audio
+
+
+@dataclass
+class MediaFeatures:
+    fbank: np.ndarray | None  # [T, mel bins] log-Mel; None: no usable audio
+    faces: list[np.ndarray]  # RGB crops [S, S, 3] uint8, in time order
+    frames_sampled: int
+    frames_without_face: int
+    notes: list[str]  # what was dropped and why
+
+    @property
+    def has_audio(self) -> bool:
+        return self.fbank is not None and len(self.fbank) > 0
+
+
+def extract(
+    video: Path | None,
+    features: FeatureConfig,
+    cropper: FaceCropper | None,
+    start: float = 0.0,
+    end: float | None = None,
+    audio: Path | None = None,
+) -> MediaFeatures:
+    """Audio fbank from ``audio`` (or the video's own track) and face crops at ``features.fps``."""
+    notes: list[str] = []
+    samples = decode_audio(audio or video, features.sample_rate, start, end) if (audio or video) else None
+    feats = None
+    if samples is None:
+        notes.append("no audio stream")
+    elif len(samples) < MIN_AUDIO_SECONDS * features.sample_rate:
+        notes.append("audio shorter than 50 ms")
+    else:
+        feats = fbank(samples, features)
+    crops, sampled = [], 0
+    if video is not None and cropper is not None:
+        for _, frame in sample_frames(video, features.fps, start, end):
+            sampled += 1
+            crop = cropper.crop(frame)
+            if crop is not None:
+                crops.append(crop)
+        if sampled == 0:
+            notes.append("no video frames")
+        elif not crops:
+            notes.append(f"no face in {sampled} frames")
+    return MediaFeatures(feats, crops, sampled, sampled - len(crops), notes)

@@ -1,0 +1,152 @@
+"""`avemo prepare` end to end on a synthetic MOSEI tree, bad inputs included, then training on its cache."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from avemo.cli import main
+from avemo.config import PRESETS
+from avemo.errors import AvemoError
+from avemo.train.cache import CacheSplit
+from avemo.train.mosei import load_folds, prepare, read_segments
+from tests.media_factory import write_mosei_tree
+
+FEATURES = PRESETS["tiny"].features
+HAPPY, SAD = [1.0, 0, 0, 0, 0, 0], [0, 0.7, 0, 0, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def mosei(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mosei")
+    videos = {
+        # Unsorted intervals, one partly beyond the end of the 4-s video, one empty.
+        "vidA": {
+            "intervals": [[2.0, 3.5], [0.2, 1.6], [3.2, 9.0], [1.0, 1.0]],
+            "emotions": [HAPPY, SAD, HAPPY, SAD],
+            "media": {"seconds": 4.0},
+        },
+        "vidSilent": {"intervals": [[0.0, 1.5]], "emotions": [SAD], "media": {"seconds": 2.0, "audio_rate": None}},
+        "vidNoFace": {"intervals": [[0.0, 1.5]], "emotions": [HAPPY], "media": {"seconds": 2.0, "face": False}},
+        "vidStereo48k": {
+            "intervals": [[0.5, 2.0]],
+            "emotions": [HAPPY],
+            "media": {"seconds": 2.5, "audio_rate": 48000, "audio_layout": "stereo"},
+        },
+        "vidCorrupt": {"intervals": [[0.0, 1.0]], "emotions": [SAD], "media": b"\x00\x01 not an mp4" * 50},
+        "vidMissing": {"intervals": [[0.0, 1.0]], "emotions": [SAD], "media": None},
+        "vidOutside": {"intervals": [[10.0, 12.0]], "emotions": [SAD], "media": {"seconds": 2.0}},
+        "vidNotInFolds": {"intervals": [[0.0, 1.0]], "emotions": [SAD], "media": {"seconds": 1.5}},
+    }
+    folds = {
+        "train": ["vidA", "vidSilent", "vidNoFace", "vidCorrupt", "vidMissing"],
+        "valid": ["vidStereo48k", "vidOutside"],
+        "test": ["vidA_test_only"],
+    }
+    return write_mosei_tree(root, videos, folds)
+
+
+def test_official_folds_ship_with_the_package():
+    folds = load_folds()
+    assert sum(1 for s in folds.values() if s == "train") > 2000
+    assert set(folds.values()) == {"train", "valid", "test"}
+
+
+def test_segments_are_sorted_clipped_and_skips_counted(mosei):
+    root, folds_path = mosei
+    segments, skipped = read_segments(root / "CMU_MOSEI_Labels.csd", load_folds(folds_path))
+    a = [s for s in segments if s.video_id == "vidA"]
+    assert [s.start for s in a] == [0.2, 2.0, 3.2]  # sorted; the empty one skipped
+    assert a[0].labels == (0, 1, 0, 0, 0, 0)
+    assert skipped == {"empty or invalid interval": 1, "video not in the folds": 1}
+
+
+def test_prepare_end_to_end_with_bad_inputs_and_resume(mosei, tmp_path):
+    root, folds_path = mosei
+    out = tmp_path / "cache"
+    summary = prepare(root, out, FEATURES, workers=1, folds_path=folds_path, progress=False)
+    failures = {json.loads(line)["clip"]: json.loads(line)["reason"] for line in (out / "failures.jsonl").open()}
+    assert set(failures) == {"vidCorrupt_0", "vidMissing_0", "vidOutside_0"}
+    assert "cannot open media" in failures["vidCorrupt_0"]
+    assert summary["clips"] == {"train": 5, "valid": 1, "test": 0}
+    train = CacheSplit(out, "train", FEATURES)
+    by_id = {cid: i for i, cid in enumerate(train.ids)}
+    silent, no_face = by_id["vidSilent_0"], by_id["vidNoFace_0"]
+    assert train.audio_length(silent) == 0 and train.face_count(silent) > 0  # visual only
+    assert train.face_count(no_face) == 0 and train.audio_length(no_face) > 100  # audio only
+    seg = by_id["vidA_3"]  # [3.2, 9.0] cut to the 4-s file (ids follow sorted order)
+    assert 60 <= train.audio_length(seg) <= 90
+    assert train.face_count(by_id["vidA_0"]) == 4  # 1.4 s at 3 fps, face found in each
+    np.testing.assert_array_equal(train.labels[by_id["vidA_0"]], [0, 1, 0, 0, 0, 0])
+    assert summary["this_run"]["failed"] == 3
+
+    # Resume: nothing left but the failures, which are retried and fail again.
+    again = prepare(root, out, FEATURES, workers=1, folds_path=folds_path, progress=False)
+    assert again["this_run"].get("done", 0) == 0 and again["clips"] == summary["clips"]
+
+
+def test_prepare_with_two_workers_matches_one(mosei, tmp_path):
+    root, folds_path = mosei
+    one = prepare(root, tmp_path / "one", FEATURES, workers=1, folds_path=folds_path, progress=False)
+    two = prepare(root, tmp_path / "two", FEATURES, workers=2, folds_path=folds_path, progress=False)
+    assert one["clips"] == two["clips"]
+    a, b = CacheSplit(tmp_path / "one", "train"), CacheSplit(tmp_path / "two", "train")
+    assert a.ids == b.ids
+    np.testing.assert_array_equal(a.audio(0), b.audio(0))
+
+
+def test_cache_with_other_settings_is_refused_before_any_work(mosei, tmp_path):
+    root, folds_path = mosei
+    prepare(root, tmp_path, FEATURES, folds_path=folds_path, progress=False)
+    with pytest.raises(AvemoError, match="other feature settings"):
+        prepare(root, tmp_path, PRESETS["paper"].features, folds_path=folds_path, progress=False)
+
+
+def test_not_a_mosei_tree(tmp_path):
+    with pytest.raises(AvemoError, match=r"no CMU_MOSEI_Labels\.csd"):
+        prepare(tmp_path, tmp_path / "out", FEATURES, progress=False)
+
+
+def test_prepared_cache_trains_through_the_cli(mosei, tmp_path):
+    root, folds_path = mosei
+    runner = CliRunner()
+    cache = tmp_path / "cache"
+    result = runner.invoke(
+        main,
+        [
+            "prepare",
+            "--mosei-root",
+            str(root),
+            "--out",
+            str(cache),
+            "--preset",
+            "tiny",
+            "--folds",
+            str(folds_path),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "train       5  (16,327)" in result.output
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(cache),
+            "--preset",
+            "tiny",
+            "--regime",
+            "colearn",
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "best.pt").exists()
