@@ -114,7 +114,7 @@ def test_dynamic_onnx_export_runs_at_two_lengths(tmp_path):
     batch, time = torch.export.Dim("batch", max=64), torch.export.Dim("time", min=8, max=4000)
     path = tmp_path / "a.onnx"
     torch.onnx.export(
-        AudioGraph(model),
+        AudioGraph(model).eval(),
         (audio, al),
         str(path),
         input_names=["audio_feats", "audio_lengths"],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
-import sys
 from pathlib import Path
 
 import click
@@ -207,22 +205,33 @@ def evaluate(runs: tuple[Path, ...], split: str, data: Path | None, out: Path | 
         (out / "table.json").write_text(json.dumps({"split": split, "rows": rows}, indent=2) + "\n")
     if results_md:
         results_md.parent.mkdir(parents=True, exist_ok=True)
-        results_md.write_text(_results_report(table, comparison, split, runs, data))
+        results_md.write_text(_results_report(rows, table, comparison, split, runs, data))
         click.echo(f"wrote {results_md}")
 
 
-def _results_report(table: str, comparison: list[str], split: str, runs: tuple[Path, ...], data: Path | None) -> str:
+def _results_report(
+    rows: list[dict], table: str, comparison: list[str], split: str, runs: tuple[Path, ...], data: Path | None
+) -> str:
+    from avemo.machine import describe
     from avemo.train.cache import CACHE_META_FILE
 
     source = json.loads((Path(data) / CACHE_META_FILE).read_text())["source"] if data else "see runs"
+    trained = {r["run"]: (r["regime"], r["training"]) for r in rows}
+    run_lines = "".join(
+        f"| {regime} | {t['seed']} | {t['epochs']} | {t['best_epoch']} | {t['clips_per_second']:.1f} |\n"
+        for regime, t in trained.values()
+    )
     return (
         "# Results\n\n"
         f"**Synthetic data, not CMU-MOSEI**: made by `avemo synth` ({source}). These numbers check "
         "that the regimes train and evaluate end to end; they say nothing about the paper's MOSEI figures.\n\n"
         f"- Command: `make demo` (`avemo eval {' '.join(map(str, runs))} --split {split}`)\n"
         f"- Split: {split}; threshold 0.5; F1 as scikit-learn `f1_score(average='weighted'|'macro')`, percent\n"
-        f"- Machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {sys.version.split()[0]}\n\n"
+        f"- Machine: {describe()}\n\n"
         + table
         + "\n## Co-learning vs conventional, as measured\n\n"
         + "".join(f"- {line}\n" for line in comparison)
+        + "\n## Training runs\n\n| regime | seed | epochs | best epoch | train clips/s (median) |\n"
+        + "|---|---|---|---|---|\n"
+        + run_lines
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from avemo.contract import BEST_CHECKPOINT, LABELS, MODALITY_TITLES
+from avemo.contract import BEST_CHECKPOINT, HISTORY_FILE, LABELS, MODALITY_TITLES
 from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit
 from avemo.train.checkpoint import load_model, train_config_of
@@ -61,9 +62,26 @@ def evaluate_runs(runs: list[Path], data: Path | None, split_name: str) -> list[
             raise AvemoError(f"{ckpt}: training cache {cache} not found; pass --data")
         split = CacheSplit(cache, split_name, model.cfg.features)
         results = evaluate_model(model, split, model.cfg.modalities)
-        regime = train_config_of(payload, str(ckpt)).regime
+        tcfg = train_config_of(payload, str(ckpt))
+        # The best checkpoint's history stops at the best epoch; history.json holds the whole run.
+        history_file = ckpt.parent / HISTORY_FILE
+        history = json.loads(history_file.read_text()) if history_file.exists() else payload.get("history", [])
+        training = {
+            "seed": tcfg.seed,
+            "epochs": len(history),
+            "best_epoch": payload.get("best_epoch"),
+            "clips_per_second": float(np.median([h["clips_per_second"] for h in history])) if history else None,
+        }
         for modality, metrics in results.items():
-            rows.append({"run": str(run), "regime": regime, "inference": modality, "metrics": metrics})
+            rows.append(
+                {
+                    "run": str(run),
+                    "regime": tcfg.regime,
+                    "inference": modality,
+                    "metrics": metrics,
+                    "training": training,
+                }
+            )
     return rows
 
 
