@@ -20,7 +20,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("avemo.train.cli", "synth", "Write a seeded synthetic feature cache."),
     "train": ("avemo.train.cli", "train", "Train a model in one of the paper's regimes."),
     "eval": ("avemo.train.cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
+    "export": ("avemo.export.cli", "export", "ONNX graphs (A, V, A+V) with shared weights and a manifest."),
+    "verify": ("avemo.runtime.cli", "verify", "Re-hash an exported model directory and re-run its parity checks."),
 }
+
+
+def friendly(command: click.Command) -> click.Command:
+    """Show AvemoError (bad input) as a one-line message instead of a traceback."""
+    if getattr(command, "_avemo_friendly", False):
+        return command
+    invoke = command.invoke
+
+    def guarded(ctx: click.Context) -> Any:
+        try:
+            return invoke(ctx)
+        except AvemoError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    command.invoke = guarded  # type: ignore[method-assign]
+    command._avemo_friendly = True  # type: ignore[attr-defined]
+    return command
 
 
 class LazyGroup(click.Group):
@@ -33,18 +52,12 @@ class LazyGroup(click.Group):
         if cmd_name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[cmd_name]
-        return getattr(importlib.import_module(module), attr)
+        return friendly(getattr(importlib.import_module(module), attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except AvemoError as exc:
-            raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,3 +71,9 @@ def main() -> None:
       avemo train --data cache/ --regime colearn --out runs/colearn
       avemo eval runs/colearn --split test
     """
+
+
+def export_main() -> None:
+    """The `avemo-export` console script: the same command as `avemo export`."""
+    command = main.get_command(click.Context(main), "export")
+    command.main(prog_name="avemo-export")

@@ -29,6 +29,35 @@ GRAPH_INPUTS: Final[dict[str, tuple[str, ...]]] = {
     "av": (AUDIO_FEATS, AUDIO_LENGTHS, FACES, FACE_LENGTHS),
 }
 
+#: Engine-profile ranges (min, opt, max): clips per batch and clip seconds.
+PROFILE_BATCH: Final[tuple[int, int, int]] = (1, 4, 16)
+PROFILE_SECONDS: Final[tuple[float, float, float]] = (0.5, 5.0, 30.0)
+
+
+def input_specs(modality: str, audio_dim: int, face_size: int) -> list[dict]:
+    """Name, dtype and shape (named dynamic axes) of each input of a graph."""
+    specs = {
+        AUDIO_FEATS: {"dtype": "float32", "shape": ["batch", "audio_frames", audio_dim]},
+        AUDIO_LENGTHS: {"dtype": "int64", "shape": ["batch"]},
+        FACES: {"dtype": "float32", "shape": ["batch", "face_frames", 3, face_size, face_size]},
+        FACE_LENGTHS: {"dtype": "int64", "shape": ["batch"]},
+    }
+    return [{"name": name, **specs[name]} for name in GRAPH_INPUTS[modality]]
+
+
+def output_specs() -> list[dict]:
+    return [{"name": PROBS, "dtype": "float32", "shape": ["batch", NUM_LABELS]}]
+
+
+def profile_ranges(frames_per_second: float, fps: float) -> dict[str, tuple[int, int, int]]:
+    """min/opt/max of every dynamic axis, for TensorRT optimisation profiles and export checks."""
+    return {
+        "batch": PROFILE_BATCH,
+        "audio_frames": tuple(max(8, round(s * frames_per_second)) for s in PROFILE_SECONDS),
+        "face_frames": tuple(max(1, round(s * fps)) for s in PROFILE_SECONDS),
+    }
+
+
 # File names.
 WEIGHTS_FILE: Final[str] = "avemo.weights"
 MANIFEST_FILE: Final[str] = "manifest.json"
@@ -37,6 +66,8 @@ LAST_CHECKPOINT: Final[str] = "last.pt"
 HISTORY_FILE: Final[str] = "history.json"
 CURVES_FILE: Final[str] = "curves.png"
 CACHE_META_FILE: Final[str] = "cache.json"
+PARITY_FILE: Final[str] = "parity.npz"  # sample inputs and reference probs, for `avemo verify`
+PRECISION_DIRS: Final[dict[str, str]] = {"fp32": ".", "fp16": "fp16", "int8": "int8"}
 
 
 def graph_file(modality: str) -> str:

@@ -15,7 +15,8 @@ from avemo.config import FeatureConfig
 from avemo.deps import require
 from avemo.errors import AvemoError
 
-DETECT_MAX_SIDE = 640  # detection runs on a downscaled copy; the crop uses full resolution
+DETECT_MAX_SIDE = 480  # detection runs on a downscaled copy; crops use full resolution
+MIN_FACE_FRACTION = 1 / 8  # faces smaller than this share of the short side are ignored (and cost time)
 
 
 def _cv2():
@@ -59,7 +60,8 @@ class FaceCropper:
             boxes = [] if found is None else [tuple(f[:4]) for f in found]
         else:
             gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-            boxes = list(self.haar.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24)))
+            side = max(24, round(min(gray.shape) * MIN_FACE_FRACTION))
+            boxes = list(self.haar.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side)))
         if len(boxes) == 0:
             return None
         x, y, bw, bh = max(boxes, key=lambda b: b[2] * b[3])

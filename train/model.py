@@ -37,16 +37,32 @@ def length_mask(lengths: Tensor, max_len: int | Tensor) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def sinusoid_positions(length: int | Tensor, dim: int, device: torch.device) -> Tensor:
-    """AddPosition: fixed sinusoidal position vectors [T, dim], any length.
+MAX_POSITIONS = 4096  # after pooling: 160 s of audio, 22 min of faces at 3 fps; longer input is windowed
 
-    Callers scale the content by sqrt(dim) first (as ESPnet and WeNet do), so the
-    positions do not drown a freshly initialised projection.
+
+def sinusoid_table(dim: int, length: int = MAX_POSITIONS) -> Tensor:
+    """Sinusoidal position vectors [length, dim].
+
+    A precomputed table sliced per input (not sin/cos of positions at run
+    time): values stay in [-1, 1], so an FP16 graph keeps them exact enough,
+    while fp16 arithmetic on positions in the thousands would not.
     """
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
     angles = pos * freq[None, :]
-    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim]
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim].float()
+
+
+class AddPosition(nn.Module):
+    """Eq. 5 / 9: content scaled by sqrt(d) (as ESPnet and WeNet do) plus sinusoidal positions."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.register_buffer("table", sinusoid_table(dim), persistent=False)  # rebuilt, not checkpointed
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.table[: x.shape[1]]
 
 
 class SelfAttention(nn.Module):
@@ -96,10 +112,10 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        bias = ((~mask).to(x.dtype) * NEG)[:, None, None, :]
+        bias = torch.zeros_like(mask, dtype=x.dtype).masked_fill(~mask, NEG)[:, None, None, :]
         for block in self.blocks:
             x = block(x, bias)
-        return self.norm(x) * mask[..., None].to(x.dtype)
+        return self.norm(x).masked_fill(~mask[..., None], 0.0)
 
 
 class AudioEncoder(nn.Module):
@@ -114,6 +130,7 @@ class AudioEncoder(nn.Module):
         c = cfg.audio_conv_channels
         self.convs = nn.ModuleList([nn.Conv1d(dim, c, 3, padding=1), nn.Conv1d(c, c, 3, padding=1)])
         self.proj = nn.Linear(c, cfg.d_model)
+        self.position = AddPosition(cfg.d_model)
         self.encoder = Encoder(cfg, cfg.audio_layers)
         self.segment = nn.Parameter(torch.zeros(cfg.d_model))
 
@@ -122,15 +139,14 @@ class AudioEncoder(nn.Module):
         mask = length_mask(lengths, feats.shape[1])
         x = ((feats - self.feat_mean) / self.feat_std).transpose(1, 2)  # [B, C, T]
         for conv in self.convs:
-            x = F.silu(conv(x * mask[:, None, :].to(x.dtype)))
+            x = F.silu(conv(x.masked_fill(~mask[:, None, :], 0.0)))
             # max_pool2d on [B, C, T, 1]: max_pool1d freezes the time axis in torch.export.
             x = x.masked_fill(~mask[:, None, :], NEG)
             x = F.max_pool2d(x[..., None], (2, 1), (2, 1), ceil_mode=True)[..., 0]
-            lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
+            lengths = torch.div(lengths + 1, 2, rounding_mode="trunc")  # ceil(L / 2), integer ops only
             mask = length_mask(lengths, x.shape[2])
-            x = x * mask[:, None, :].to(x.dtype)
-        x = self.proj(x.transpose(1, 2))
-        x = x * math.sqrt(x.shape[2]) + sinusoid_positions(x.shape[1], x.shape[2], x.device)
+            x = x.masked_fill(~mask[:, None, :], 0.0)
+        x = self.position(self.proj(x.transpose(1, 2)))
         return self.encoder(x, mask) + self.segment, mask
 
 
@@ -161,6 +177,7 @@ class VisualEncoder(nn.Module):
             s = cfg.features.face_size
             channels = self.cnn(torch.zeros(1, 3, s, s)).shape[1]
         self.proj = nn.Linear(channels, cfg.d_model)
+        self.position = AddPosition(cfg.d_model)
         self.encoder = Encoder(cfg, cfg.visual_layers)
         self.segment = nn.Parameter(torch.zeros(cfg.d_model))
 
@@ -176,8 +193,7 @@ class VisualEncoder(nn.Module):
             feats[flat] = self.cnn(frames[flat]).mean(dim=(2, 3))
         else:
             feats = self.cnn(frames).mean(dim=(2, 3))
-        x = self.proj(feats.view(b, t, -1))
-        x = x * math.sqrt(x.shape[2]) + sinusoid_positions(t, x.shape[2], x.device)
+        x = self.position(self.proj(feats.view(b, t, -1)))
         return self.encoder(x, mask) + self.segment, mask
 
 
@@ -189,7 +205,7 @@ class AttentivePooling(nn.Module):
         self.score = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        scores = self.score(x)[..., 0] + (~mask).to(x.dtype) * NEG
+        scores = self.score(x)[..., 0].masked_fill(~mask, NEG)
         return (scores.softmax(dim=-1)[..., None] * x).sum(dim=1)
 
 

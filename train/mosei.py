@@ -117,9 +117,13 @@ def _safe(name: str) -> str:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(features: FeatureConfig, detector: str | None, out: str) -> None:
+def _init_worker(features: FeatureConfig, detector: str | None, out: str, threads: int = 0) -> None:
     from avemo.runtime.faces import FaceCropper
 
+    if threads:  # several worker processes: one OpenCV thread each, no oversubscription
+        import cv2
+
+        cv2.setNumThreads(threads)
     _worker.update(
         features=features,
         cropper=FaceCropper(features, Path(detector) if detector else None),
@@ -217,7 +221,7 @@ def _run(
         for job in jobs:
             yield _process(*job)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=args) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(*args, 1)) as pool:
         futures: list[Future] = [pool.submit(_process, *job) for job in jobs]
         try:
             for future in as_completed(futures):

@@ -1,0 +1,55 @@
+"""`avemo export` / `avemo-export`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("run", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "all"]),
+    default="fp32",
+    show_default=True,
+    help="fp16 adds a mixed-precision set in fp16/ (fp32 is always exported as the reference); "
+    "int8 comes from `avemo calibrate`.",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17 for LayerNormalization).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
+@click.option("--force", is_flag=True, help="Replace another model's files in --out.")
+def export(run: Path, precision: str, out: Path, opset: int, no_simplify: bool, force: bool) -> None:
+    """Export a run as ONNX graphs (A, V, A+V) sharing one weight file, with a manifest.
+
+    RUN is a run directory (its best.pt is used) or a checkpoint file. Every
+    graph is checked against PyTorch in ONNX Runtime at several batch sizes and
+    lengths; fp32 differences above 1e-4 fail the export.
+
+    \b
+    Examples:
+      avemo-export runs/colearn --precision fp16 --out models/
+      avemo export runs/audio --out models-audio/
+    """
+    from avemo.export.exporter import export_run
+
+    if opset < 17:
+        raise click.BadParameter("LayerNormalization needs opset >= 17", param_hint="--opset")
+    wanted = {"all": ("fp32", "fp16"), "int8": ("int8",)}.get(precision, (precision,))
+    manifest = export_run(run, out, wanted, opset, not no_simplify, force, log=click.echo)
+    sizes = manifest["sizes"]["fp32"]
+    click.echo(
+        f"wrote {out}: {', '.join(manifest['graphs'])} graphs; weights {sizes['bytes_written'] / 1e6:.2f} MB "
+        f"(referenced {sizes['bytes_referenced'] / 1e6:.2f} MB across graphs)"
+    )
+    if precision == "all":
+        click.echo(f"int8: run `avemo calibrate {out} --data CACHE` (calibration on MOSEI training features)")
+    if importlib.util.find_spec("tensorrt") is None:
+        engine_precision = "fp16" if "fp16" in manifest["precisions"] else "fp32"
+        click.echo(
+            "TensorRT is not importable here; build engines on the target device with: "
+            f"avemo build {out} --precision {engine_precision}"
+        )

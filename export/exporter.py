@@ -1,0 +1,201 @@
+"""`avemo export`: a run's checkpoint -> the graphs of its modalities, weights shared, checked, with a manifest."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from avemo import __version__
+from avemo.config import to_dict
+from avemo.contract import (
+    BEST_CHECKPOINT,
+    LABELS,
+    MANIFEST_FILE,
+    PARITY_FILE,
+    PRECISION_DIRS,
+    WEIGHTS_FILE,
+    graph_file,
+    input_specs,
+    output_specs,
+    profile_ranges,
+)
+from avemo.errors import AvemoError
+from avemo.export.fp16 import FP32_OPS, to_fp16
+from avemo.export.graphs import export_graph
+from avemo.export.weights import share_weights
+from avemo.export.wrappers import wrap
+from avemo.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sha256_file
+from avemo.runtime.parity import TOLERANCE, References, Samples, check_parity, parity_samples, save_references
+from avemo.train.cache import atomic_write_json
+from avemo.train.checkpoint import load_model, train_config_of
+
+EXPORTABLE = ("fp32", "fp16")
+
+
+def resolve_checkpoint(run: Path) -> Path:
+    run = Path(run)
+    return run / BEST_CHECKPOINT if run.is_dir() else run
+
+
+def _check_out_dir(out: Path, checkpoint_sha: str, force: bool) -> None:
+    """Refuse to mix two models' files in one directory unless --force."""
+    if not out.exists() or force:
+        return
+    manifest = out / MANIFEST_FILE
+    if manifest.exists():
+        source = json.loads(manifest.read_text()).get("source", {}).get("checkpoint_sha256")
+        if source != checkpoint_sha:
+            raise AvemoError(f"{out}: holds another model's export ({MANIFEST_FILE}); use --force to replace it")
+    elif any(out.glob("*.onnx")) or (out / WEIGHTS_FILE).exists():
+        raise AvemoError(f"{out}: holds ONNX files without a {MANIFEST_FILE}; use --force to replace them")
+
+
+def export_run(
+    run: Path,
+    out: Path,
+    precisions: tuple[str, ...] = ("fp32",),
+    opset: int = 18,
+    simplify: bool = True,
+    force: bool = False,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Export, check and describe a run's model; returns the manifest written to ``out``."""
+    for p in precisions:
+        if p not in EXPORTABLE:
+            raise AvemoError(
+                f"{p} graphs are not made by export: INT8 needs calibration on MOSEI training features "
+                f"(`avemo calibrate {out} --data CACHE`)"
+            )
+    ckpt = resolve_checkpoint(run)
+    model, payload = load_model(ckpt)
+    cfg = model.cfg
+    ckpt_sha = sha256_file(ckpt)
+    out = Path(out)
+    _check_out_dir(out, ckpt_sha, force)
+    precisions = tuple(dict.fromkeys(("fp32", *precisions)))  # fp32 is always the reference set
+    started = time.perf_counter()
+
+    samples = parity_samples(cfg.features, cfg.modalities)
+    with torch.no_grad():
+        references: References = {
+            m: [wrap(model, m)(*(torch.from_numpy(v) for v in inputs.values())).numpy() for inputs in samples[m]]
+            for m in cfg.modalities
+        }
+
+    protos: dict[str, onnx.ModelProto] = {}
+    export_seconds: dict[str, float] = {}
+    for modality in cfg.modalities:
+        t0 = time.perf_counter()
+        protos[modality] = export_graph(model, modality, opset, simplify)
+        export_seconds[modality] = time.perf_counter() - t0
+        log(f"exported {graph_file(modality)} in {export_seconds[modality]:.1f} s")
+
+    staging = out / ".export-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        parity, sizes = _write_precisions(staging, protos, precisions, samples, references, log)
+        save_references(staging / PARITY_FILE, references)
+        files = _move_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing half-written behind
+
+    f = cfg.features
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "avemo_version": __version__,
+        "model_config": to_dict(cfg),
+        "regime": train_config_of(payload, str(ckpt)).regime,
+        "labels": list(LABELS),
+        "graphs": {
+            m: {"file": graph_file(m), "inputs": input_specs(m, f.audio_dim, f.face_size), "outputs": output_specs()}
+            for m in cfg.modalities
+        },
+        "profiles": profile_ranges(f.frames_per_second, f.fps),
+        "preprocessing": {
+            **to_dict(f),
+            "audio": "80 log-Mel (kaldi-native-fbank, no dither) + delta + delta-delta; CMVN inside the graph",
+            "faces": "RGB float in [0, 1], [3, S, S]; ImageNet mean/std inside the graph",
+        },
+        "precisions": {
+            p: {
+                "dir": PRECISION_DIRS[p],
+                "parity_tolerance": TOLERANCE[p],
+                **({"fp32_ops": list(FP32_OPS)} if p == "fp16" else {}),
+            }
+            for p in precisions
+        },
+        "files": files,
+        "sizes": sizes,
+        "parity": parity,
+        "metrics": {"valid": payload.get("valid"), "best_epoch": payload.get("best_epoch")},
+        "source": {"checkpoint": str(ckpt), "checkpoint_sha256": ckpt_sha},
+        "export": {
+            "opset": opset,
+            "simplified": simplify,
+            "graph_seconds": export_seconds,
+            "total_seconds": time.perf_counter() - started,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+        },
+    }
+    atomic_write_json(out / MANIFEST_FILE, _jsonable(manifest))
+    return manifest
+
+
+def _write_precisions(
+    staging: Path,
+    protos: dict[str, onnx.ModelProto],
+    precisions: tuple[str, ...],
+    samples: Samples,
+    references: References,
+    log: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write each precision's graphs + shared weights into ``staging`` and check their parity."""
+    parity: dict[str, Any] = {}
+    sizes: dict[str, Any] = {}
+    for precision in precisions:
+        d = staging / PRECISION_DIRS[precision]
+        d.mkdir(parents=True, exist_ok=True)
+        graphs = {m: to_fp16(copy.deepcopy(p)) if precision == "fp16" else copy.deepcopy(p) for m, p in protos.items()}
+        sizes[precision] = share_weights(graphs, d / WEIGHTS_FILE)
+        for modality, graph in graphs.items():
+            onnx.save(graph, d / graph_file(modality))
+            onnx.checker.check_model(str(d / graph_file(modality)))
+        sizes[precision]["files"] = {f.name: f.stat().st_size for f in sorted(d.iterdir()) if f.is_file()}
+        parity[precision] = check_parity(d, samples, references, precision)
+        worst = max(r["max_abs_diff"] for r in parity[precision].values())
+        agree = min(r["label_agreement"] for r in parity[precision].values())
+        log(f"{precision}: parity max |diff| {worst:.2e}, thresholded-label agreement {100 * agree:.1f}%")
+    return parity, sizes
+
+
+def _move_into_place(staging: Path, out: Path) -> dict[str, str]:
+    """Rename every staged file into ``out``; returns their sha256 by relative path."""
+    files: dict[str, str] = {}
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        rel = path.relative_to(staging)
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        files[str(rel)] = sha256_file(target)
+    return files
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -1,0 +1,58 @@
+"""torch -> ONNX for one graph, onnxsim, and sample inputs for parity checks."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import onnx
+import torch
+
+from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, GRAPH_INPUTS, PROBS, profile_ranges
+from avemo.errors import AvemoError
+from avemo.export.wrappers import wrap
+from avemo.runtime.parity import sample_inputs
+from avemo.train.model import CrossModalTransformer
+
+
+def export_graph(model: CrossModalTransformer, modality: str, opset: int, simplify: bool = True) -> onnx.ModelProto:
+    """Export one graph with batch and time dynamic; optionally simplify with onnxsim (checks on)."""
+    cfg = model.cfg
+    ranges = profile_ranges(cfg.features.frames_per_second, cfg.features.fps)
+    batch = torch.export.Dim("batch", min=1, max=max(64, ranges["batch"][2]))
+    audio_t = torch.export.Dim("audio_frames", min=1, max=4 * ranges["audio_frames"][2])
+    face_t = torch.export.Dim("face_frames", min=1, max=4 * ranges["face_frames"][2])
+    dims = {
+        AUDIO_FEATS: {0: batch, 1: audio_t},
+        AUDIO_LENGTHS: {0: batch},
+        FACES: {0: batch, 1: face_t},
+        FACE_LENGTHS: {0: batch},
+    }
+    # Example with batch 2 and several frames: size-1 axes would be specialised to constants.
+    example = sample_inputs(cfg.features, modality, batch=2, seconds=2.0, seed=0)
+    names = GRAPH_INPUTS[modality]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrap(model, modality),
+            tuple(torch.from_numpy(example[n]) for n in names),
+            input_names=list(names),
+            output_names=[PROBS],
+            dynamic_shapes={n: dims[n] for n in names},
+            opset_version=opset,
+            dynamo=True,
+        )
+    proto = program.model_proto
+    if simplify:
+        from onnxsim import simplify as onnxsim_simplify
+
+        proto, ok = onnxsim_simplify(proto)
+        if not ok:
+            raise AvemoError(f"onnxsim could not validate the simplified {modality} graph; retry with --no-simplify")
+    return proto
+
+
+def proto_bytes(proto: onnx.ModelProto) -> bytes:
+    buf = io.BytesIO()
+    onnx.save(proto, buf)
+    return buf.getvalue()

@@ -1,0 +1,88 @@
+"""manifest.json: what the runtime knows about a model directory, and the hash check it relies on.
+
+The runtime reads only the manifest and the graphs; a file whose sha256 does
+not match the manifest is refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from avemo.config import FeatureConfig, ModelConfig, from_dict
+from avemo.contract import MANIFEST_FILE, PRECISION_DIRS, graph_file
+from avemo.errors import AvemoError
+
+MANIFEST_FORMAT = "avemo-models"
+MANIFEST_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Manifest:
+    """A parsed, hash-checked manifest.json."""
+
+    def __init__(self, root: Path, data: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.data = data
+        self.model_config: ModelConfig = from_dict(ModelConfig, data["model_config"], str(root / MANIFEST_FILE))
+
+    @property
+    def features(self) -> FeatureConfig:
+        return self.model_config.features
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.data["graphs"])
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.data["precisions"])
+
+    def graph_path(self, modality: str, precision: str = "fp32") -> Path:
+        if modality not in self.data["graphs"]:
+            raise AvemoError(f"{self.root}: no {modality.upper()} graph (this model has {', '.join(self.modalities)})")
+        if precision not in self.data["precisions"]:
+            raise AvemoError(
+                f"{self.root}: no {precision} graphs (exported: {', '.join(self.precisions)}); "
+                f"run `avemo export --precision {precision}` or `avemo calibrate`"
+            )
+        return self.root / PRECISION_DIRS[precision] / graph_file(modality)
+
+    def verify_hashes(self) -> None:
+        """Re-hash every file listed; raise naming the first that is missing or changed."""
+        for rel, expected in self.data["files"].items():
+            path = self.root / rel
+            if not path.is_file():
+                raise AvemoError(f"{path}: listed in {MANIFEST_FILE} but missing")
+            if sha256_file(path) != expected:
+                raise AvemoError(
+                    f"{path}: sha256 does not match {MANIFEST_FILE} (changed since export); re-export or restore it"
+                )
+
+
+def load_manifest(root: Path, verify: bool = True) -> Manifest:
+    """Read ``root/manifest.json`` and (by default) check every file's hash."""
+    path = Path(root) / MANIFEST_FILE
+    if not path.is_file():
+        raise AvemoError(f"{root}: no {MANIFEST_FILE}; export a model with `avemo-export RUN --out {root}`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AvemoError(f"{path}: unreadable manifest ({exc})") from None
+    if data.get("format") != MANIFEST_FORMAT:
+        raise AvemoError(f"{path}: not an avemo manifest")
+    if data.get("version", 0) > MANIFEST_VERSION:
+        raise AvemoError(f"{path}: manifest version {data['version']} is newer than this avemo ({MANIFEST_VERSION})")
+    manifest = Manifest(Path(root), data)
+    if verify:
+        manifest.verify_hashes()
+    return manifest
