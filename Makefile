@@ -22,6 +22,8 @@ demo: $(VENV)/.installed-export
 	done
 	$(BIN)/avemo eval $(DEMO)/runs/audio $(DEMO)/runs/visual $(DEMO)/runs/conventional $(DEMO)/runs/colearn \
 		--split test --data $(DEMO)/cache --out $(DEMO)/table --results-md docs/RESULTS.md
+	$(BIN)/avemo-export $(DEMO)/runs/colearn --precision fp16 --out $(DEMO)/models --force
+	$(BIN)/avemo verify $(DEMO)/models
 
 test: $(VENV)/.installed-export,dev
 	$(BIN)/ruff check .

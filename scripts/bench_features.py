@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.media_factory
 
 from avemo.config import FeatureConfig
+from avemo.machine import describe
 from avemo.runtime.audio import fbank
 from avemo.runtime.faces import FaceCropper
 from avemo.runtime.media import decode_audio, sample_frames
@@ -93,9 +92,7 @@ def main() -> None:
                 "seconds": seconds,
                 "clips_per_s": 3 * args.videos / seconds,
             }
-    machine = (
-        f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
-    )
+    machine = describe()
     print(f"Machine: {machine}\n")
     print(f"| {args.seconds:.0f}-s clip, 640x360 @ 30 fps | median s | min-max s | RTF |\n|---|---|---|---|")
     for name, r in rows.items():

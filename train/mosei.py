@@ -16,6 +16,7 @@ failure is logged (JSONL) without stopping the run.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import time
 from collections import Counter
@@ -221,7 +222,9 @@ def _run(
         for job in jobs:
             yield _process(*job)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(*args, 1)) as pool:
+    # spawn, not fork: forking a process whose OpenCV/FFmpeg thread pools already ran can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(*args, 1)) as pool:
         futures: list[Future] = [pool.submit(_process, *job) for job in jobs]
         try:
             for future in as_completed(futures):
