@@ -33,9 +33,9 @@ from avemo.export.fp16 import FP32_OPS, to_fp16
 from avemo.export.graphs import export_graph
 from avemo.export.weights import share_weights
 from avemo.export.wrappers import wrap
+from avemo.io import atomic_write_json
 from avemo.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sha256_file
 from avemo.runtime.parity import TOLERANCE, References, Samples, check_parity, parity_samples, save_references
-from avemo.train.cache import atomic_write_json
 from avemo.train.checkpoint import load_model, train_config_of
 
 EXPORTABLE = ("fp32", "fp16")

@@ -7,13 +7,13 @@ not match the manifest is refused with a message naming it.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from avemo.config import FeatureConfig, ModelConfig, from_dict
 from avemo.contract import MANIFEST_FILE, PRECISION_DIRS, graph_file
 from avemo.errors import AvemoError
+from avemo.io import read_versioned_json
 
 MANIFEST_FORMAT = "avemo-models"
 MANIFEST_VERSION = 1
@@ -71,17 +71,13 @@ class Manifest:
 
 def load_manifest(root: Path, verify: bool = True) -> Manifest:
     """Read ``root/manifest.json`` and (by default) check every file's hash."""
-    path = Path(root) / MANIFEST_FILE
-    if not path.is_file():
-        raise AvemoError(f"{root}: no {MANIFEST_FILE}; export a model with `avemo-export RUN --out {root}`")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AvemoError(f"{path}: unreadable manifest ({exc})") from None
-    if data.get("format") != MANIFEST_FORMAT:
-        raise AvemoError(f"{path}: not an avemo manifest")
-    if data.get("version", 0) > MANIFEST_VERSION:
-        raise AvemoError(f"{path}: manifest version {data['version']} is newer than this avemo ({MANIFEST_VERSION})")
+    data = read_versioned_json(
+        Path(root) / MANIFEST_FILE,
+        MANIFEST_FORMAT,
+        MANIFEST_VERSION,
+        "manifest",
+        f"{root}: no {MANIFEST_FILE}; export a model with `avemo-export RUN --out {root}`",
+    )
     manifest = Manifest(Path(root), data)
     if verify:
         manifest.verify_hashes()

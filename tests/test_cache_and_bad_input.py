@@ -125,3 +125,14 @@ def test_config_from_a_newer_version_is_refused():
     data["config_version"] = CONFIG_VERSION + 1
     with pytest.raises(AvemoError, match="newer than this avemo supports"):
         from_dict(ModelConfig, data, source="x.pt")
+
+
+def test_cache_from_a_newer_avemo_or_with_broken_metadata(tmp_path):
+    CacheWriter(tmp_path, FEATURES, source="test")
+    meta = json.loads((tmp_path / "cache.json").read_text())
+    (tmp_path / "cache.json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(AvemoError, match="cache version 99 is newer"):
+        CacheSplit(tmp_path, "train")
+    (tmp_path / "cache.json").write_text("{not json")
+    with pytest.raises(AvemoError, match="unreadable feature cache"):
+        CacheSplit(tmp_path, "train")

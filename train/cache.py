@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 from avemo.config import FeatureConfig, from_dict, to_dict
 from avemo.contract import CACHE_META_FILE, LABELS, NUM_LABELS
 from avemo.errors import AvemoError
+from avemo.io import atomic_write_bytes, atomic_write_json, read_versioned_json
 from avemo.runtime.audio import add_deltas
 
 CACHE_FORMAT = "avemo-cache"
@@ -43,26 +42,6 @@ class Clip:
     fbank: np.ndarray
     faces_jpeg: list[bytes]
     labels: np.ndarray
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
@@ -174,18 +153,13 @@ def _pack_split(out: Path, shard_paths: list[Path], bins: int) -> None:
 def read_meta(root: Path) -> FeatureConfig:
     """The FeatureConfig a cache was made with; a clear error if ``root`` is no cache."""
     path = Path(root) / CACHE_META_FILE
-    if not path.exists():
-        raise AvemoError(
-            f"{root}: not an avemo feature cache (no {CACHE_META_FILE}); make one with `avemo synth` or `avemo prepare`"
-        )
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AvemoError(f"{path}: unreadable cache metadata ({exc})") from None
-    if meta.get("format") != CACHE_FORMAT:
-        raise AvemoError(f"{path}: not an avemo feature cache")
-    if meta.get("version", 0) > CACHE_VERSION:
-        raise AvemoError(f"{path}: cache version {meta['version']} is newer than this avemo ({CACHE_VERSION})")
+    meta = read_versioned_json(
+        path,
+        CACHE_FORMAT,
+        CACHE_VERSION,
+        "feature cache",
+        f"{root}: not an avemo feature cache (no {CACHE_META_FILE}); make one with `avemo synth` or `avemo prepare`",
+    )
     return from_dict(FeatureConfig, meta["features"], source=str(path))
 
 

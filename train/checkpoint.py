@@ -11,7 +11,7 @@ import torch
 from avemo import __version__
 from avemo.config import ModelConfig, TrainConfig, from_dict, to_dict
 from avemo.errors import AvemoError
-from avemo.train.cache import atomic_write_bytes
+from avemo.io import atomic_write_bytes
 from avemo.train.model import CrossModalTransformer
 
 CHECKPOINT_FORMAT = "avemo-checkpoint"

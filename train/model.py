@@ -230,18 +230,17 @@ class CrossModalTransformer(nn.Module):
         face_lengths: Tensor | None = None,
     ) -> Tensor:
         parts, masks = [], []
-        if audio is not None:
-            if self.audio is None:
-                raise ValueError("this model has no audio encoder")
-            x, m = self.audio(audio, audio_lengths)
-            parts.append(x)
-            masks.append(m)
-        if faces is not None:
-            if self.visual is None:
-                raise ValueError("this model has no visual encoder")
-            x, m = self.visual(faces, face_lengths)
-            parts.append(x)
-            masks.append(m)
+        for name, encoder, x, lengths in (
+            ("audio", self.audio, audio, audio_lengths),
+            ("visual", self.visual, faces, face_lengths),
+        ):
+            if x is None:
+                continue
+            if encoder is None:
+                raise ValueError(f"this model has no {name} encoder")
+            encoded, mask = encoder(x, lengths)
+            parts.append(encoded)
+            masks.append(mask)
         if not parts:
             raise ValueError("no input modality given")
         z, mask = torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # Concat on the time axis

@@ -32,7 +32,8 @@ import numpy as np
 from avemo.config import FeatureConfig
 from avemo.contract import LABELS
 from avemo.errors import AvemoError
-from avemo.train.cache import SPLITS, CacheWriter, Clip, atomic_write_json, encode_jpeg
+from avemo.io import atomic_write_json
+from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 from avemo.train.synth import MOSEI_SPLIT_SIZES, MOSEI_TRAIN_POSITIVES
 
 LABELS_FILE = "CMU_MOSEI_Labels.csd"

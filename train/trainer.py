@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from avemo.config import ModelConfig, TrainConfig, to_dict
 from avemo.contract import BEST_CHECKPOINT, CURVES_FILE, HISTORY_FILE, LAST_CHECKPOINT
 from avemo.errors import AvemoError
-from avemo.train.cache import CacheSplit, atomic_write_json
+from avemo.io import atomic_write_json
+from avemo.train.cache import CacheSplit
 from avemo.train.checkpoint import read_checkpoint, save_checkpoint
 from avemo.train.data import Batch, make_loader
 from avemo.train.evaluate import evaluate_model
