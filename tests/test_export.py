@@ -171,3 +171,19 @@ def test_export_cli_and_avemo_export_entry_point(micro_config, tmp_path):
     assert result.exit_code == 0, result.output
     assert "avemo build" in result.output  # no TensorRT here: the command to run on the device
     assert json.loads((tmp_path / "m" / MANIFEST_FILE).read_text())["regime"] == "audio"
+
+
+def test_avemo_export_console_script_gives_one_line_errors(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    code = "import sys; from avemo.cli import export_main; sys.argv[0] = 'avemo-export'; export_main()"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "junk.pt"), "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "junk.pt: corrupt or unreadable checkpoint" in out.stderr and "Traceback" not in out.stderr

@@ -40,7 +40,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on a damaged file
-        raise AvemoError(f"{path}: corrupt or unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise AvemoError(f"{path}: corrupt or unreadable checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise AvemoError(f"{path}: not an avemo checkpoint")
     return payload

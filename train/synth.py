@@ -40,7 +40,7 @@ class SynthSpec:
 
 
 SYNTH_PRESETS = {
-    "tiny": SynthSpec(clips=800, min_seconds=1.5, max_seconds=4.0),
+    "tiny": SynthSpec(clips=800, min_seconds=1.2, max_seconds=3.0),
     "paper": SynthSpec(clips=3000, min_seconds=3.0, max_seconds=12.0),
 }
 
