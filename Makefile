@@ -15,7 +15,7 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[$*]"
 	touch $@
 
-demo: $(VENV)/.installed-export
+demo: $(VENV)/.installed-export,dev
 	$(BIN)/avemo synth --preset tiny --out $(DEMO)/cache --seed 0
 	for regime in audio visual conventional colearn; do \
 		$(BIN)/avemo train --data $(DEMO)/cache --preset tiny --regime $$regime --out $(DEMO)/runs/$$regime || exit 1; \
@@ -24,6 +24,8 @@ demo: $(VENV)/.installed-export
 		--split test --data $(DEMO)/cache --out $(DEMO)/table --results-md docs/RESULTS.md
 	$(BIN)/avemo-export $(DEMO)/runs/colearn --precision fp16 --out $(DEMO)/models --force
 	$(BIN)/avemo verify $(DEMO)/models
+	$(BIN)/python -m tests.media_factory $(DEMO)/clip.mp4
+	$(BIN)/avemo infer $(DEMO)/clip.mp4 --models $(DEMO)/models
 
 test: $(VENV)/.installed-export,dev
 	$(BIN)/ruff check .

@@ -29,6 +29,11 @@ GRAPH_INPUTS: Final[dict[str, tuple[str, ...]]] = {
     "av": (AUDIO_FEATS, AUDIO_LENGTHS, FACES, FACE_LENGTHS),
 }
 
+#: Length of the position table: after the audio encoder's /4 pooling that is 164 s of audio,
+#: and 22 min of faces at 3 fps. Longer media is recognised in windows (`avemo infer --window`).
+MAX_POSITIONS: Final[int] = 4096
+AUDIO_POOLING: Final[int] = 4
+
 #: Engine-profile ranges (min, opt, max): clips per batch and clip seconds.
 PROFILE_BATCH: Final[tuple[int, int, int]] = (1, 4, 16)
 PROFILE_SECONDS: Final[tuple[float, float, float]] = (0.5, 5.0, 30.0)

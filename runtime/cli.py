@@ -1,10 +1,11 @@
-"""Runtime-side CLI commands (torch-free): verify."""
+"""Runtime-side CLI commands (torch-free): verify, infer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+import numpy as np
 
 from avemo.contract import PARITY_FILE, PRECISION_DIRS
 
@@ -40,3 +41,104 @@ def verify(models: Path, threads: int | None) -> None:
                 f"{100 * r['label_agreement']:.1f}% |"
             )
     click.echo("verified")
+
+
+@click.command()
+@click.argument("media", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--models",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="Exported model directory (manifest.json).",
+)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be on.")
+@click.option(
+    "--face-detector",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="YuNet-style ONNX face detector (default: OpenCV's Haar cascade).",
+)
+@click.option("--window", type=float, default=None, help="Timeline: window length in seconds.")
+@click.option("--hop", type=float, default=None, help="Timeline: hop in seconds (default: the window).")
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --window: PNG of the six probabilities over time.",
+)
+def infer(
+    media: tuple[Path, ...],
+    models: Path,
+    precision: str,
+    threads: int | None,
+    threshold: float,
+    face_detector: Path | None,
+    window: float | None,
+    hop: float | None,
+    plot: Path | None,
+) -> None:
+    """Recognise emotions in media files: one JSON line per file (or per window).
+
+    The graph is chosen by what each clip has: A+V, or A when no face is found,
+    or V when there is no audio stream; the line says which ("modality").
+    A file that cannot be read gets an "error" line; the others still run.
+
+    \b
+    Examples:
+      avemo infer clip.mp4 --models models/
+      avemo infer talk.mp4 --models models/ --window 5 --hop 2.5 --plot talk.png
+    """
+    import json
+
+    from avemo.errors import AvemoError
+    from avemo.runtime.media import media_duration
+    from avemo.runtime.recognizer import Recognizer
+
+    if plot and not window:
+        raise click.BadParameter("--plot draws a timeline: give --window too", param_hint="--plot")
+    if (window is not None and window <= 0) or (hop is not None and hop <= 0):
+        raise click.BadParameter("window and hop must be positive", param_hint="--window/--hop")
+    recognizer = Recognizer(models, precision, threads, face_detector, threshold)
+    failed = 0
+    for path in media:
+        try:
+            if window is None:
+                results = [recognizer.recognize(path)]
+            else:
+                duration = media_duration(path)
+                starts = np.arange(0.0, max(duration - window, 0.0) + 1e-6, hop or window)
+                results = [recognizer.recognize(path, float(s), float(s) + window) for s in starts]
+        except AvemoError as exc:
+            failed += 1
+            click.echo(json.dumps({"source": str(path), "error": str(exc)}))
+            continue
+        for result in results:
+            click.echo(json.dumps(result.to_json()))
+        if plot:
+            target = plot if len(media) == 1 else plot.with_name(f"{plot.stem}-{path.stem}{plot.suffix}")
+            plot_timeline(results, target, title=path.name)
+    if failed:
+        raise SystemExit(1)
+
+
+def plot_timeline(results: list, path: Path, title: str) -> None:
+    """The six emotion probabilities over time (window centres)."""
+    from avemo.contract import LABELS
+    from avemo.deps import require
+
+    matplotlib = require("matplotlib", "pip install matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = [(r.start + r.end) / 2 for r in results]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for name in LABELS:
+        ax.plot(centres, [r.probs[name] for r in results], marker="o", label=name)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=title)
+    ax.legend(ncol=6, fontsize=8, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

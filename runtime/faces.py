@@ -7,6 +7,7 @@ The default detector is OpenCV's Haar cascade, shipped inside opencv-python 4.x.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,17 @@ def _cv2():
 
 
 class FaceCropper:
-    """Finds the largest face in an RGB frame and returns a square crop of ``face_size``."""
+    """Finds the largest face in an RGB frame and returns a square crop of ``face_size``.
+
+    Safe to share between threads: OpenCV's detectors are not, so calls are serialised.
+    """
 
     def __init__(self, features: FeatureConfig, detector: Path | None = None) -> None:
         cv2 = _cv2()
         self.size = features.face_size
         self.margin = features.face_margin
         self.yunet = None
+        self._lock = threading.Lock()
         if detector is not None:
             if not Path(detector).is_file():
                 raise AvemoError(f"{detector}: face detector model not found")
@@ -55,13 +60,16 @@ class FaceCropper:
             cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
         )
         if self.yunet is not None:
-            self.yunet.setInputSize((small.shape[1], small.shape[0]))
-            _, found = self.yunet.detect(small[:, :, ::-1].copy())
+            with self._lock:
+                self.yunet.setInputSize((small.shape[1], small.shape[0]))
+                _, found = self.yunet.detect(small[:, :, ::-1].copy())
             boxes = [] if found is None else [tuple(f[:4]) for f in found]
         else:
             gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
             side = max(24, round(min(gray.shape) * MIN_FACE_FRACTION))
-            boxes = list(self.haar.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side)))
+            with self._lock:
+                found = self.haar.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
+            boxes = list(found)
         if len(boxes) == 0:
             return None
         x, y, bw, bh = max(boxes, key=lambda b: b[2] * b[3])

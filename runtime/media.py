@@ -97,3 +97,12 @@ def has_streams(path: Path) -> tuple[bool, bool]:
     """(has audio, has video) of a media file."""
     with _open(path) as container:
         return bool(container.streams.audio), bool(container.streams.video)
+
+
+def media_duration(path: Path) -> float:
+    """Duration in seconds (container's, else the longest stream's); 0.0 when unknown."""
+    with _open(path) as container:
+        if container.duration:
+            return container.duration / 1_000_000  # AV_TIME_BASE
+        spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
+        return max(spans, default=0.0)

@@ -109,3 +109,10 @@ def write_mosei_tree(root: Path, videos: dict[str, dict], folds: dict[str, list[
     folds_path = root / "folds.json"
     folds_path.write_text(json.dumps(folds))
     return root, folds_path
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `python -m tests.media_factory OUT.mp4`: the demo's clip (speech-like audio, a real face photo).
+    print(write_media(Path(sys.argv[1]), seconds=4.0))

@@ -10,35 +10,13 @@ import torch
 from click.testing import CliRunner
 
 from avemo.cli import main
-from avemo.config import TrainConfig, model_config_for_regime
 from avemo.contract import MANIFEST_FILE, PARITY_FILE, WEIGHTS_FILE, graph_file
 from avemo.errors import AvemoError
 from avemo.export.exporter import export_run
 from avemo.runtime.manifest import load_manifest
 from avemo.runtime.ort_backend import OrtBackend
 from avemo.runtime.parity import ParityError, check_parity, load_references, parity_samples, sample_inputs
-from avemo.train.checkpoint import save_checkpoint
-from avemo.train.model import CrossModalTransformer
-
-
-def _checkpoint(path, micro_config, regime, seed=0):
-    torch.manual_seed(seed)
-    model = CrossModalTransformer(model_config_for_regime(micro_config, regime)).eval()
-    save_checkpoint(path, model, TrainConfig(regime=regime), valid={"av": {"average": {"mF1": 0.5}}})
-    return path, model
-
-
-@pytest.fixture(scope="module")
-def colearn_export(tmp_path_factory):
-    import dataclasses
-
-    from avemo.config import PRESETS
-
-    micro = dataclasses.replace(PRESETS["tiny"], audio_layers=1, dropout=0.0)
-    root = tmp_path_factory.mktemp("export")
-    ckpt, model = _checkpoint(root / "colearn.pt", micro, "colearn")
-    manifest = export_run(ckpt, root / "models", ("fp16",), log=lambda *_: None)
-    return root / "models", manifest, model
+from tests.conftest import make_checkpoint as _checkpoint
 
 
 def test_three_graphs_share_one_weight_file(colearn_export):

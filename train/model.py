@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avemo.config import ModelConfig
-from avemo.contract import NUM_LABELS
+from avemo.contract import MAX_POSITIONS, NUM_LABELS
 
 NEG = -1e4  # additive mask value: finite, representable in fp16
 
@@ -35,9 +35,6 @@ NEG = -1e4  # additive mask value: finite, representable in fp16
 def length_mask(lengths: Tensor, max_len: int | Tensor) -> Tensor:
     """[B] lengths -> [B, T] bool, True at valid positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
-MAX_POSITIONS = 4096  # after pooling: 160 s of audio, 22 min of faces at 3 fps; longer input is windowed
 
 
 def sinusoid_table(dim: int, length: int = MAX_POSITIONS) -> Tensor:

@@ -1,0 +1,173 @@
+"""Recognizer: media file or arrays -> per-clip emotion probabilities, choosing the A, V or A+V graph.
+
+Thread safety: one Recognizer may be shared by several threads. ONNX Runtime
+sessions are safe to run concurrently; the face detector serialises its own
+calls with a lock (decoding, features and inference still overlap).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avemo.contract import (
+    AUDIO_FEATS,
+    AUDIO_LENGTHS,
+    AUDIO_POOLING,
+    FACE_LENGTHS,
+    FACES,
+    LABELS,
+    MAX_POSITIONS,
+    MODALITY_TITLES,
+    PROFILE_BATCH,
+)
+from avemo.errors import AvemoError
+from avemo.runtime.audio import add_deltas
+from avemo.runtime.extract import extract
+from avemo.runtime.faces import FaceCropper
+from avemo.runtime.manifest import load_manifest
+from avemo.runtime.ort_backend import OrtBackend
+
+THRESHOLD = 0.5
+
+
+@dataclass
+class Recognition:
+    """The result for one clip (or one window of a long file)."""
+
+    modality: str  # "av", "a" or "v": the graph that was used
+    probs: dict[str, float]
+    labels: list[str]  # emotions with probability >= threshold
+    source: str = ""
+    start: float | None = None
+    end: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["modality_title"] = MODALITY_TITLES[self.modality]
+        return out
+
+
+@dataclass
+class ClipInput:
+    """Model-ready arrays of one clip; either may be empty."""
+
+    audio: np.ndarray  # [T, 240] float32 (T = 0: no audio)
+    faces: np.ndarray  # [N, 3, S, S] float32 in [0, 1] (N = 0: no face)
+
+
+class Recognizer:
+    """Loads an exported model directory (hash-checked) and recognises clips on ONNX Runtime."""
+
+    def __init__(
+        self,
+        models: Path,
+        precision: str = "fp32",
+        threads: int | None = None,
+        face_detector: Path | None = None,
+        threshold: float = THRESHOLD,
+        providers: list[str] | None = None,
+    ) -> None:
+        self.manifest = load_manifest(models)
+        self.features = self.manifest.features
+        self.threshold = threshold
+        self.backends = {
+            m: OrtBackend(self.manifest.graph_path(m, precision), threads, providers) for m in self.manifest.modalities
+        }
+        self._cropper = FaceCropper(self.features, face_detector) if self._has("v") else None
+
+    def _has(self, modality: str) -> bool:
+        return any(modality in m for m in self.manifest.modalities)
+
+    def choose(self, has_audio: bool, has_faces: bool) -> str:
+        """A+V when the clip has both, else the modality it has; limited to the graphs this model has."""
+        wanted = [m for m in ("av", "a", "v") if (("a" not in m) or has_audio) and (("v" not in m) or has_faces)]
+        for modality in wanted:
+            if modality in self.backends:
+                return modality
+        have = "audio" if has_audio else "faces" if has_faces else "neither audio nor a face"
+        raise AvemoError(f"the clip has {have}; this model needs {' or '.join(self.manifest.modalities)} input")
+
+    def prepare(self, media: Path, start: float = 0.0, end: float | None = None) -> tuple[ClipInput, list[str]]:
+        """Decode and featurise a media file (or the segment [start, end)); returns arrays and notes."""
+        feats = extract(Path(media), self.features, self._cropper, start, end)
+        audio = add_deltas(feats.fbank, self.features.delta_window) if feats.has_audio and self._has("a") else None
+        s = self.features.face_size
+        faces = np.stack(feats.faces).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if feats.faces else None
+        clip = ClipInput(
+            audio if audio is not None else np.zeros((0, self.features.audio_dim), np.float32),
+            faces if faces is not None else np.zeros((0, 3, s, s), np.float32),
+        )
+        return clip, feats.notes
+
+    def infer(self, clips: list[ClipInput]) -> list[Recognition]:
+        """Recognise several clips: grouped by modality, batched by similar length, in input order."""
+        results: list[Recognition | None] = [None] * len(clips)
+        groups: dict[str, list[int]] = {}
+        for i, clip in enumerate(clips):
+            self._check(clip, i)
+            groups.setdefault(self.choose(len(clip.audio) > 0, len(clip.faces) > 0), []).append(i)
+        for modality, indices in groups.items():
+            indices.sort(key=lambda i: len(clips[i].audio) + 30 * len(clips[i].faces))
+            for start in range(0, len(indices), PROFILE_BATCH[2]):
+                chunk = indices[start : start + PROFILE_BATCH[2]]
+                t0 = time.perf_counter()
+                probs = self.backends[modality].infer(_batch([clips[i] for i in chunk], modality))
+                ms = 1000 * (time.perf_counter() - t0)
+                for i, p in zip(chunk, probs, strict=True):
+                    results[i] = self._result(modality, p, {"inference": ms, "batch": len(chunk)})
+        return [r for r in results if r is not None]
+
+    def recognize(self, media: Path, start: float = 0.0, end: float | None = None) -> Recognition:
+        """One media file (or a segment of it) -> Recognition, with decode/feature and inference timings."""
+        t0 = time.perf_counter()
+        clip, notes = self.prepare(media, start, end)
+        t1 = time.perf_counter()
+        result = self.infer([clip])[0]
+        result.source, result.notes = str(media), notes
+        result.start, result.end = (start, end) if (start or end is not None) else (None, None)
+        result.timings_ms = {"features": 1000 * (t1 - t0), "inference": result.timings_ms["inference"]}
+        return result
+
+    def _check(self, clip: ClipInput, index: int) -> None:
+        f = self.features
+        if clip.audio.ndim != 2 or clip.audio.shape[1] != f.audio_dim:
+            raise AvemoError(f"clip {index}: audio has shape {clip.audio.shape}, expected [frames, {f.audio_dim}]")
+        if clip.faces.ndim != 4 or clip.faces.shape[1:] != (3, f.face_size, f.face_size):
+            raise AvemoError(
+                f"clip {index}: faces have shape {clip.faces.shape}, expected [n, 3, {f.face_size}, {f.face_size}]"
+            )
+        if len(clip.audio) > AUDIO_POOLING * MAX_POSITIONS or len(clip.faces) > MAX_POSITIONS:
+            raise AvemoError(f"clip {index} is longer than the model's position table: use --window")
+        for name, array in (("audio", clip.audio), ("faces", clip.faces)):
+            if not np.isfinite(array).all():
+                raise AvemoError(f"clip {index}: {name} contain NaN or inf")
+
+    def _result(self, modality: str, probs: np.ndarray, timings: dict[str, float]) -> Recognition:
+        named = {name: float(p) for name, p in zip(LABELS, probs, strict=True)}
+        labels = [name for name, p in named.items() if p >= self.threshold]
+        return Recognition(modality=modality, probs=named, labels=labels, timings_ms=timings)
+
+
+def _batch(clips: list[ClipInput], modality: str) -> dict[str, np.ndarray]:
+    """Zero-padded batch inputs of the graph for ``modality``."""
+    out: dict[str, np.ndarray] = {}
+    if "a" in modality:
+        lengths = np.array([len(c.audio) for c in clips], np.int64)
+        audio = np.zeros((len(clips), int(lengths.max()), clips[0].audio.shape[1]), np.float32)
+        for j, c in enumerate(clips):
+            audio[j, : len(c.audio)] = c.audio
+        out[AUDIO_FEATS], out[AUDIO_LENGTHS] = audio, lengths
+    if "v" in modality:
+        lengths = np.array([len(c.faces) for c in clips], np.int64)
+        faces = np.zeros((len(clips), int(lengths.max()), *clips[0].faces.shape[1:]), np.float32)
+        for j, c in enumerate(clips):
+            faces[j, : len(c.faces)] = c.faces
+        out[FACES], out[FACE_LENGTHS] = faces, lengths
+    return out

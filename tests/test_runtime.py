@@ -1,0 +1,138 @@
+"""Recognizer and `avemo infer` on CPU (ONNX Runtime), end to end on media made here, and without torch."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from avemo.cli import main
+from avemo.errors import AvemoError
+from avemo.export.exporter import export_run
+from avemo.runtime.recognizer import ClipInput, Recognizer
+from tests.conftest import make_checkpoint
+from tests.media_factory import write_media
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    return {
+        "both": write_media(d / "both.mp4", seconds=3.0),
+        "no_face": write_media(d / "no_face.mp4", seconds=2.0, face=False),
+        "silent": write_media(d / "silent.mp4", seconds=2.0, audio_rate=None),
+        "long": write_media(d / "long.mp4", seconds=7.0),
+    }
+
+
+@pytest.fixture(scope="module")
+def recognizer(colearn_export):
+    return Recognizer(colearn_export[0], threads=1)
+
+
+def test_graph_is_chosen_by_what_the_clip_has(recognizer, media):
+    both = recognizer.recognize(media["both"])
+    assert both.modality == "av" and set(both.probs) == {"happy", "sad", "anger", "surprise", "disgust", "fear"}
+    assert both.labels == [k for k, p in both.probs.items() if p >= 0.5]
+    no_face = recognizer.recognize(media["no_face"])
+    assert no_face.modality == "a" and any("no face" in n for n in no_face.notes)
+    silent = recognizer.recognize(media["silent"])
+    assert silent.modality == "v" and "no audio stream" in silent.notes
+    assert both.timings_ms["features"] > 0 and both.timings_ms["inference"] > 0
+
+
+def test_batched_inference_equals_one_by_one(recognizer, media):
+    clips = [recognizer.prepare(media[k])[0] for k in ("both", "long", "no_face", "silent")]
+    together = recognizer.infer(clips)
+    alone = [recognizer.infer([c])[0] for c in clips]
+    assert [r.modality for r in together] == ["av", "av", "a", "v"]  # input order kept across groups
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(list(a.probs.values()), list(b.probs.values()), atol=1e-5)
+    assert together[0].timings_ms["batch"] == 2  # the two A+V clips ran as one batch
+
+
+def test_one_recognizer_shared_by_threads(recognizer, media):
+    reference = recognizer.recognize(media["both"]).probs
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: recognizer.recognize(media["both"]).probs, range(8)))
+    for probs in results:
+        np.testing.assert_allclose(list(probs.values()), list(reference.values()), atol=1e-6)
+
+
+def test_bad_arrays_are_refused_with_a_clear_message(recognizer):
+    s = recognizer.features.face_size
+    with pytest.raises(AvemoError, match=r"clip 0: audio has shape \(10, 80\)"):
+        recognizer.infer([ClipInput(np.zeros((10, 80), np.float32), np.zeros((0, 3, s, s), np.float32))])
+    with pytest.raises(AvemoError, match="faces have shape"):
+        recognizer.infer([ClipInput(np.zeros((0, 240), np.float32), np.zeros((2, 3, 64, 64), np.float32))])
+    with pytest.raises(AvemoError, match="neither audio nor a face"):
+        recognizer.infer([ClipInput(np.zeros((0, 240), np.float32), np.zeros((0, 3, s, s), np.float32))])
+    nan = np.full((20, 240), np.nan, np.float32)
+    with pytest.raises(AvemoError, match="audio contain NaN"):
+        recognizer.infer([ClipInput(nan, np.zeros((0, 3, s, s), np.float32))])
+
+
+def test_audio_only_model_refuses_a_silent_video(micro_config, media, tmp_path):
+    ckpt, _ = make_checkpoint(tmp_path / "a.pt", micro_config, "audio")
+    export_run(ckpt, tmp_path / "models", log=lambda *_: None)
+    with pytest.raises(AvemoError, match="this model needs a input"):
+        Recognizer(tmp_path / "models").recognize(media["silent"])
+
+
+def test_infer_cli_json_lines_errors_and_timeline(colearn_export, media, tmp_path):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00 not media" * 40)
+    runner = CliRunner()
+    args = [str(media["both"]), str(tmp_path / "broken.mp4"), str(media["silent"]), "--models", str(colearn_export[0])]
+    result = runner.invoke(main, ["infer", *args])
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert result.exit_code == 1  # one input failed ...
+    assert [line.get("modality") for line in lines] == ["av", None, "v"]  # ... the others still ran
+    assert "cannot open media" in lines[1]["error"]
+    plot = tmp_path / "timeline.png"
+    result = runner.invoke(
+        main,
+        [
+            "infer",
+            str(media["long"]),
+            "--models",
+            str(colearn_export[0]),
+            "--window",
+            "3",
+            "--hop",
+            "2",
+            "--plot",
+            str(plot),
+            "--precision",
+            "fp16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    windows = [json.loads(line) for line in result.output.splitlines()]
+    assert [(w["start"], w["end"]) for w in windows] == [(0.0, 3.0), (2.0, 5.0), (4.0, 7.0)]
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    result = runner.invoke(main, ["infer", str(media["long"]), "--models", str(colearn_export[0]), "--plot", "x.png"])
+    assert result.exit_code == 2 and "--window" in result.output
+
+
+def test_recognizer_runs_where_torch_cannot_be_imported(colearn_export, media):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        from avemo.runtime.recognizer import Recognizer
+        result = Recognizer({str(colearn_export[0])!r}).recognize({str(media["both"])!r})
+        assert "torch" not in sys.modules
+        print(result.modality)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "av"
