@@ -96,3 +96,11 @@ def test_torch_free_parts_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert "torch-free ok" in out.stdout
+
+
+def test_eval_without_a_recorded_cache_asks_for_data(tmp_path, micro_config):
+    from tests.conftest import make_checkpoint
+
+    ckpt, _ = make_checkpoint(tmp_path / "m.pt", micro_config, "audio")
+    result = CliRunner().invoke(main, ["eval", str(ckpt)])
+    assert result.exit_code == 1 and "(not recorded) not found; pass --data" in result.output

@@ -57,9 +57,9 @@ def evaluate_runs(runs: list[Path], data: Path | None, split_name: str) -> list[
     for run in runs:
         ckpt = Path(run) / BEST_CHECKPOINT if Path(run).is_dir() else Path(run)
         model, payload = load_model(ckpt)
-        cache = Path(data) if data else Path(payload.get("data", ""))
-        if not cache or not cache.exists():
-            raise AvemoError(f"{ckpt}: training cache {cache} not found; pass --data")
+        cache = Path(data) if data else Path(payload["data"]) if payload.get("data") else None
+        if cache is None or not cache.exists():
+            raise AvemoError(f"{ckpt}: training cache {cache or '(not recorded)'} not found; pass --data")
         split = CacheSplit(cache, split_name, model.cfg.features)
         results = evaluate_model(model, split, model.cfg.modalities)
         tcfg = train_config_of(payload, str(ckpt))
