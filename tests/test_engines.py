@@ -1,0 +1,101 @@
+"""TensorRT engine bookkeeping that needs no TensorRT: names, profiles, buffers, version rules, mismatch refusal.
+
+The TensorRT builder and pycuda backend themselves are not written yet; these
+tests cover what they will stand on.
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from avemo.errors import AvemoError
+from avemo.runtime.engines import (
+    Device,
+    buffer_bytes,
+    build_flags,
+    check_engine,
+    engine_path,
+    profiles,
+    write_sidecar,
+)
+from avemo.runtime.manifest import load_manifest
+
+ORIN = Device("Orin (nvgpu)", (8, 7), "10.3.0")
+H100 = Device("NVIDIA H100 80GB HBM3", (9, 0), "11.0.0")
+
+
+def test_engine_path_names_gpu_compute_capability_and_version(tmp_path):
+    path = engine_path(tmp_path, ORIN, "av", "fp16")
+    assert path == tmp_path / "engines" / "orin-nvgpu-sm87-trt10.3.0" / "avemo_av_fp16.engine"
+    assert engine_path(tmp_path, H100, "a", "int8").parent.name == "nvidia-h100-80gb-hbm3-sm90-trt11.0.0"
+
+
+@pytest.mark.parametrize(
+    ("version", "precision", "expected"),
+    [
+        ("10.3.0", "fp32", ([], [])),
+        ("10.13.0.35", "fp16", ([], ["FP16"])),
+        ("10.3.0", "int8", ([], ["FP16", "INT8"])),
+        ("11.0.0", "fp16", (["STRONGLY_TYPED"], [])),
+        ("11.2.1", "int8", (["STRONGLY_TYPED"], [])),
+    ],
+)
+def test_trt10_precision_flags_vs_trt11_strong_typing(version, precision, expected):
+    assert build_flags(version, precision) == expected
+
+
+def test_unsupported_versions_and_precisions_are_refused():
+    with pytest.raises(AvemoError, match=r"TensorRT 8\.6\.1 is not supported; use TensorRT 10\.x or 11\.x"):
+        build_flags("8.6.1", "fp16")
+    with pytest.raises(AvemoError, match="unknown engine precision"):
+        build_flags("10.3.0", "bf16")
+
+
+def test_profiles_and_buffers_come_from_the_manifest(colearn_export):
+    manifest = load_manifest(colearn_export[0])
+    prof = profiles(manifest, "av")
+    axes = manifest.data["profiles"]
+    size = manifest.features.face_size
+    assert prof["audio_feats"] == (
+        (axes["batch"][0], axes["audio_frames"][0], 240),
+        (axes["batch"][1], axes["audio_frames"][1], 240),
+        (axes["batch"][2], axes["audio_frames"][2], 240),
+    )
+    assert prof["faces"][2] == (16, axes["face_frames"][2], 3, size, size)
+    assert prof["face_lengths"] == ((1,), (4,), (16,))
+    sizes = buffer_bytes(manifest, "av")
+    assert sizes["audio_feats"] == 16 * axes["audio_frames"][2] * 240 * 4
+    assert sizes["audio_lengths"] == 16 * 8  # int64
+    assert sizes["probs"] == 16 * 6 * 4
+    # Every shape in the profile fits its buffer.
+    for name, (lo, _, hi) in prof.items():
+        assert np.prod(lo) <= np.prod(hi) and sizes[name] >= np.prod(hi) * (8 if "lengths" in name else 4)
+
+
+def test_engine_built_elsewhere_is_refused_with_the_rebuild_command(colearn_export, tmp_path):
+    manifest = load_manifest(colearn_export[0])
+    engine = engine_path(tmp_path, ORIN, "av", "fp16")
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"serialized engine")
+    write_sidecar(engine, ORIN, manifest, "av", "fp16")
+    meta = check_engine(engine, ORIN)
+    assert (
+        meta["source"] == "fp16/avemo_av.onnx" and meta["source_sha256"] == manifest.data["files"]["fp16/avemo_av.onnx"]
+    )
+    assert meta["weights_sha256"] == manifest.data["files"]["fp16/avemo.weights"]
+    with pytest.raises(
+        AvemoError, match=r"built for Orin \(nvgpu\) \(sm87, TensorRT 10\.3\.0\) but this is .*avemo build"
+    ):
+        check_engine(engine, H100)
+    with pytest.raises(AvemoError, match="rebuild it here"):
+        check_engine(engine, Device("Orin (nvgpu)", (8, 7), "10.7.0"))
+    with pytest.raises(AvemoError, match="no engine"):
+        check_engine(engine_path(tmp_path, ORIN, "a", "fp16"), ORIN)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed (no GPU here)")
+def test_real_tensorrt_version_is_supported():
+    import tensorrt
+
+    build_flags(tensorrt.__version__, "fp16")
