@@ -142,3 +142,38 @@ def plot_timeline(results: list, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@click.command()
+@click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
+@click.option("--workspace", type=int, default=1024, show_default=True, help="Builder workspace in MB.")
+@click.option(
+    "--timing-cache",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Timing cache file, read if present and written after the build.",
+)
+@click.option("--dla", type=int, default=None, help="Jetson: build for this DLA core (GPU fallback on).")
+@click.option("--device", "device_id", type=int, default=0, show_default=True, help="CUDA device index.")
+def build(
+    models: Path, precision: str, workspace: int, timing_cache: Path | None, dla: int | None, device_id: int
+) -> None:
+    """Build TensorRT engines for every graph of an exported model, on the device that will run them.
+
+    Engines go to MODELS/engines/<gpu>-sm<cc>-trt<version>/ with a JSON beside
+    each; an engine built for another GPU or TensorRT version is refused at load.
+    fp16 builds from the fp16/ mixed-precision graphs, int8 from int8/ (Q/DQ).
+
+    \b
+    Example:
+      avemo build models/ --precision fp16 --timing-cache trt.cache
+    """
+    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.trt_backend import build_engine, current_device
+
+    manifest = load_manifest(models)
+    device = current_device(device_id)
+    click.echo(f"building {precision} engines for {device.describe()}")
+    for modality in manifest.modalities:
+        build_engine(manifest, modality, precision, device, workspace, timing_cache, dla, log=click.echo)
