@@ -29,6 +29,7 @@ demo: $(VENV)/.installed-export,dev
 
 test: $(VENV)/.installed-export,dev
 	$(BIN)/ruff check .
+	bash scripts/typecheck_trt.sh
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-export,dev

@@ -13,13 +13,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from avemo.contract import PROBS
-from avemo.deps import require
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
 from avemo.runtime.engines import Device, buffer_bytes, build_flags, check_engine, engine_path, profiles, write_sidecar
@@ -28,20 +26,27 @@ from avemo.runtime.manifest import Manifest
 TRT_HINT = "pip install 'avemo[trt]' (on Jetson: JetPack's python3-libnvinfer, and pycuda built on the device)"
 
 
-def _trt() -> ModuleType:
-    return require("tensorrt", TRT_HINT)
+@contextmanager
+def _needs_trt() -> Iterator[None]:
+    """Wrap the lazy ``import tensorrt`` / ``import pycuda.driver``: a missing one is a one-line error.
 
-
-def _cuda() -> ModuleType:
-    return require("pycuda.driver", TRT_HINT)
+    The imports stay plain import statements so that mypy checks every TensorRT
+    call against the published TensorRT type stubs.
+    """
+    try:
+        yield
+    except ImportError as exc:
+        raise AvemoError(f"{exc.name or 'tensorrt'} is not installed; install it with: {TRT_HINT}") from None
 
 
 def current_device(device_id: int = 0) -> Device:
     """The GPU (name, compute capability) and TensorRT version of this machine."""
-    cuda = _cuda()
+    with _needs_trt():
+        import pycuda.driver as cuda
+        import tensorrt as trt
     cuda.init()
     gpu = cuda.Device(device_id)
-    return Device(gpu.name(), tuple(gpu.compute_capability()), _trt().__version__)
+    return Device(gpu.name(), tuple(gpu.compute_capability()), trt.__version__)
 
 
 def build_engine(
@@ -55,7 +60,8 @@ def build_engine(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Build, serialise and describe one engine; returns its path."""
-    trt = _trt()
+    with _needs_trt():
+        import tensorrt as trt
     network_flags, config_flags = build_flags(trt.__version__, precision)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -106,7 +112,9 @@ class TrtBackend:
     """
 
     def __init__(self, manifest: Manifest, modality: str, precision: str, device_id: int = 0) -> None:
-        trt, cuda = _trt(), _cuda()
+        with _needs_trt():
+            import pycuda.driver as cuda
+            import tensorrt as trt
         self.cuda = cuda
         device = current_device(device_id)
         path = engine_path(manifest.root, device, modality, precision)
@@ -164,7 +172,7 @@ class TrtBackend:
                 self.context.set_input_shape(name, array.shape)
             if not self.context.execute_async_v3(self.stream.handle):
                 raise AvemoError("TensorRT execute_async_v3 failed")
-            shape = tuple(self.context.get_tensor_shape(PROBS))
+            shape: tuple[int, ...] = tuple(self.context.get_tensor_shape(PROBS))
             out = self.host[PROBS][: int(np.prod(shape))]
             cuda.memcpy_dtoh_async(out, self.device[PROBS], self.stream)
             self.stream.synchronize()

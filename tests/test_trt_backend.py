@@ -146,3 +146,33 @@ def test_avemo_build_without_tensorrt_is_one_line(colearn_export, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     result = CliRunner().invoke(main, ["build", str(colearn_export[0])])
     assert result.exit_code == 1 and "avemo[trt]" in result.output and "Traceback" not in result.output
+
+
+def test_type_check_catches_a_misspelt_tensorrt_call(tmp_path):
+    """`make test` type-checks runtime/trt_backend.py against the TensorRT 10.13 stubs; prove that check can fail."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stubs = root / ".venv" / "trt-stubs"
+    if not (stubs / "tensorrt" / "__init__.pyi").exists():
+        pytest.skip("TensorRT stubs not installed: run `make test` (scripts/typecheck_trt.sh installs them)")
+    source = (root / "runtime" / "trt_backend.py").read_text()
+    assert "execute_async_v3(" in source
+    bad = tmp_path / "trt_backend_bad.py"
+    bad.write_text(source.replace("execute_async_v3(", "execute_async_v4("))
+    cmd = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--config-file",
+        str(root / "setup.cfg"),
+        "--check-untyped-defs",
+        "--ignore-missing-imports",
+        "--follow-imports=silent",
+        "--disable-error-code=arg-type",
+        str(bad),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={"MYPYPATH": str(stubs), "PATH": ""}, check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert '"IExecutionContext" has no attribute "execute_async_v4"' in out.stdout
