@@ -47,9 +47,17 @@ def export(run: Path, precision: str, out: Path, opset: int, no_simplify: bool, 
     )
     if precision == "all":
         click.echo(f"int8: run `avemo calibrate {out} --data CACHE` (calibration on MOSEI training features)")
+    engine_precision = "fp16" if "fp16" in manifest["precisions"] else "fp32"
     if importlib.util.find_spec("tensorrt") is None:
-        engine_precision = "fp16" if "fp16" in manifest["precisions"] else "fp32"
         click.echo(
             "TensorRT is not importable here; build engines on the target device with: "
             f"avemo build {out} --precision {engine_precision}"
         )
+        return
+    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.trt_backend import build_engine, current_device
+
+    models = load_manifest(out)
+    device = current_device()
+    for modality in models.modalities:
+        build_engine(models, modality, engine_precision, device, log=click.echo)

@@ -176,3 +176,24 @@ def test_type_check_catches_a_misspelt_tensorrt_call(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env={"MYPYPATH": str(stubs), "PATH": ""}, check=False)
     assert out.returncode == 1, out.stdout + out.stderr
     assert '"IExecutionContext" has no attribute "execute_async_v4"' in out.stdout
+
+
+def test_export_goes_on_to_build_engines_where_tensorrt_imports(fake_gpu, micro_config, tmp_path, monkeypatch):
+    import importlib.machinery
+
+    from click.testing import CliRunner
+
+    from avemo.cli import main
+    from tests.conftest import make_checkpoint
+
+    fake_gpu("10.3.0")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: importlib.machinery.ModuleSpec(name, None) if name == "tensorrt" else real_find_spec(name, *a),
+    )
+    ckpt, _ = make_checkpoint(tmp_path / "a.pt", micro_config, "audio")
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m" / "engines" / "fake-gpu-sm87-trt10.3.0" / "avemo_a_fp32.engine").exists()
