@@ -51,7 +51,14 @@ def verify(models: Path, threads: int | None) -> None:
     required=True,
     help="Exported model directory (manifest.json).",
 )
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "trt", "ort"]),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT where it imports and engines exist for this GPU, else ONNX Runtime.",
+)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be on.")
 @click.option(
@@ -72,6 +79,7 @@ def infer(
     media: tuple[Path, ...],
     models: Path,
     precision: str,
+    backend: str,
     threads: int | None,
     threshold: float,
     face_detector: Path | None,
@@ -100,7 +108,7 @@ def infer(
         raise click.BadParameter("--plot draws a timeline: give --window too", param_hint="--plot")
     if (window is not None and window <= 0) or (hop is not None and hop <= 0):
         raise click.BadParameter("window and hop must be positive", param_hint="--window/--hop")
-    recognizer = Recognizer(models, precision, threads, face_detector, threshold)
+    recognizer = Recognizer(models, precision, threads, face_detector, threshold, backend=backend)
     failed = 0
     for path in media:
         try:

@@ -7,6 +7,7 @@ calls with a lock (decoding, features and inference still overlap).
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from avemo.errors import AvemoError
 from avemo.runtime.audio import add_deltas
 from avemo.runtime.extract import extract
 from avemo.runtime.faces import FaceCropper
-from avemo.runtime.manifest import load_manifest
+from avemo.runtime.manifest import Manifest, load_manifest
 from avemo.runtime.ort_backend import OrtBackend
 
 THRESHOLD = 0.5
@@ -41,6 +42,7 @@ class Recognition:
 
     modality: str  # "av", "a" or "v": the graph that was used
     probs: dict[str, float]
+    backend: str  # "ort" or "trt"
     labels: list[str]  # emotions with probability >= threshold
     source: str = ""
     start: float | None = None
@@ -73,13 +75,23 @@ class Recognizer:
         face_detector: Path | None = None,
         threshold: float = THRESHOLD,
         providers: list[str] | None = None,
+        backend: str = "ort",
     ) -> None:
         self.manifest = load_manifest(models)
         self.features = self.manifest.features
         self.threshold = threshold
-        self.backends = {
-            m: OrtBackend(self.manifest.graph_path(m, precision), threads, providers) for m in self.manifest.modalities
-        }
+        self.backend = resolve_backend(backend, self.manifest, precision)
+        if self.backend == "trt":
+            from avemo.runtime.trt_backend import TrtBackend
+
+            self.backends: dict[str, Any] = {
+                m: TrtBackend(self.manifest, m, precision) for m in self.manifest.modalities
+            }
+        else:
+            self.backends = {
+                m: OrtBackend(self.manifest.graph_path(m, precision), threads, providers)
+                for m in self.manifest.modalities
+            }
         self._cropper = FaceCropper(self.features, face_detector) if self._has("v") else None
 
     def _has(self, modality: str) -> bool:
@@ -152,7 +164,23 @@ class Recognizer:
     def _result(self, modality: str, probs: np.ndarray, timings: dict[str, float]) -> Recognition:
         named = {name: float(p) for name, p in zip(LABELS, probs, strict=True)}
         labels = [name for name, p in named.items() if p >= self.threshold]
-        return Recognition(modality=modality, probs=named, labels=labels, timings_ms=timings)
+        return Recognition(modality=modality, probs=named, backend=self.backend, labels=labels, timings_ms=timings)
+
+
+def resolve_backend(backend: str, manifest: Manifest, precision: str) -> str:
+    """'ort' or 'trt'; 'auto' is TensorRT where tensorrt and pycuda import and engines exist for this GPU."""
+    if backend not in ("auto", "trt", "ort"):
+        raise AvemoError(f"unknown backend {backend!r}; expected auto, trt or ort")
+    if backend != "auto":
+        return backend
+    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
+        return "ort"
+    from avemo.runtime.engines import engine_path
+    from avemo.runtime.trt_backend import current_device
+
+    device = current_device()
+    found = all(engine_path(manifest.root, device, m, precision).exists() for m in manifest.modalities)
+    return "trt" if found else "ort"
 
 
 def _batch(clips: list[ClipInput], modality: str) -> dict[str, np.ndarray]:

@@ -197,3 +197,30 @@ def test_export_goes_on_to_build_engines_where_tensorrt_imports(fake_gpu, micro_
     result = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m" / "engines" / "fake-gpu-sm87-trt10.3.0" / "avemo_a_fp32.engine").exists()
+
+
+def test_recognizer_auto_backend_uses_engines_for_this_gpu(fake_gpu, monkeypatch, tmp_path):
+    import importlib.machinery
+
+    from avemo.runtime.recognizer import Recognizer
+    from avemo.runtime.trt_backend import build_engine, current_device
+    from tests.media_factory import write_media
+
+    manifest = fake_gpu("10.3.0")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            importlib.machinery.ModuleSpec(name, None) if name in ("tensorrt", "pycuda") else real_find_spec(name, *a)
+        ),
+    )
+    assert Recognizer(manifest.root, backend="auto").backend == "ort"  # no engines yet
+    for modality in manifest.modalities:
+        build_engine(manifest, modality, "fp32", current_device(), log=lambda *_: None)
+    recognizer = Recognizer(manifest.root, backend="auto")
+    assert recognizer.backend == "trt"
+    result = recognizer.recognize(write_media(tmp_path / "clip.mp4", seconds=2.0))
+    assert result.backend == "trt" and result.modality == "av"
+    # The fake engine returns lengths / 1000 + k / 100 for the first lengths input (audio frames here).
+    assert result.probs["sad"] - result.probs["happy"] == pytest.approx(0.01, abs=1e-6)
