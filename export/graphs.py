@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import onnx
@@ -50,9 +49,3 @@ def export_graph(model: CrossModalTransformer, modality: str, opset: int, simpli
         if not ok:
             raise AvemoError(f"onnxsim could not validate the simplified {modality} graph; retry with --no-simplify")
     return proto
-
-
-def proto_bytes(proto: onnx.ModelProto) -> bytes:
-    buf = io.BytesIO()
-    onnx.save(proto, buf)
-    return buf.getvalue()

@@ -93,12 +93,6 @@ def sample_frames(
             return  # a truncated or corrupt tail: keep the frames decoded so far
 
 
-def has_streams(path: Path) -> tuple[bool, bool]:
-    """(has audio, has video) of a media file."""
-    with _open(path) as container:
-        return bool(container.streams.audio), bool(container.streams.video)
-
-
 def media_duration(path: Path) -> float:
     """Duration in seconds (container's, else the longest stream's); 0.0 when unknown."""
     with _open(path) as container:
