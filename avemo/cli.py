@@ -19,6 +19,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": ("avemo.train.cli", "prepare", "Extract CMU-MOSEI features into a cache (resumable)."),
     "synth": ("avemo.train.cli", "synth", "Write a seeded synthetic feature cache."),
     "train": ("avemo.train.cli", "train", "Train a model in one of the paper's regimes."),
+    "calibrate": (
+        "avemo.calibration.cli",
+        "calibrate",
+        "INT8 graphs (Q/DQ) calibrated on training features, accuracy report.",
+    ),
     "build": ("avemo.runtime.cli", "build", "Build TensorRT engines on the device (needs tensorrt + pycuda)."),
     "eval": ("avemo.train.cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
     "export": ("avemo.export.cli", "export", "ONNX graphs (A, V, A+V) with shared weights and a manifest."),

@@ -72,7 +72,8 @@ HISTORY_FILE: Final[str] = "history.json"
 CURVES_FILE: Final[str] = "curves.png"
 CACHE_META_FILE: Final[str] = "cache.json"
 PARITY_FILE: Final[str] = "parity.npz"  # sample inputs and reference probs, for `avemo verify`
-PRECISION_DIRS: Final[dict[str, str]] = {"fp32": ".", "fp16": "fp16", "int8": "int8"}
+#: int8: ModelOpt Q/DQ (TensorRT, also ONNX Runtime); int8-cpu: ONNX Runtime's quantizer, shipped only when faster.
+PRECISION_DIRS: Final[dict[str, str]] = {"fp32": ".", "fp16": "fp16", "int8": "int8", "int8-cpu": "int8-cpu"}
 
 
 def graph_file(modality: str) -> str:

@@ -104,7 +104,7 @@ def export_run(
     try:
         parity, sizes = _write_precisions(staging, protos, precisions, samples, references, log)
         save_references(staging / PARITY_FILE, references)
-        files = _move_into_place(staging, out)
+        files = move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing half-written behind
 
@@ -148,7 +148,7 @@ def export_run(
             "onnx": onnx.__version__,
         },
     }
-    atomic_write_json(out / MANIFEST_FILE, _jsonable(manifest))
+    atomic_write_json(out / MANIFEST_FILE, jsonable(manifest))
     return manifest
 
 
@@ -179,7 +179,7 @@ def _write_precisions(
     return parity, sizes
 
 
-def _move_into_place(staging: Path, out: Path) -> dict[str, str]:
+def move_into_place(staging: Path, out: Path) -> dict[str, str]:
     """Rename every staged file into ``out``; returns their sha256 by relative path."""
     files: dict[str, str] = {}
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
@@ -191,11 +191,11 @@ def _move_into_place(staging: Path, out: Path) -> dict[str, str]:
     return files
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     return obj

@@ -51,7 +51,7 @@ def verify(models: Path, threads: int | None) -> None:
     required=True,
     help="Exported model directory (manifest.json).",
 )
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-cpu"]), default="fp32", show_default=True)
 @click.option(
     "--backend",
     type=click.Choice(["auto", "trt", "ort"]),

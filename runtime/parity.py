@@ -18,7 +18,9 @@ from avemo.errors import AvemoError
 from avemo.runtime.ort_backend import OrtBackend
 
 #: Maximum |probs - reference| accepted per precision (fp32 fails the export beyond it).
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+#: INT8 on these random inputs is a sanity bound only (they lie outside the calibrated ranges);
+#: its accuracy is judged on real features by `avemo calibrate`'s report.
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5, "int8-cpu": 0.5}
 
 #: (batch, seconds) pairs every graph is checked at: batch 1, a short clip, a long batch.
 PARITY_SHAPES: tuple[tuple[int, float], ...] = ((1, 0.6), (3, 2.0), (2, 8.0))

@@ -1,0 +1,258 @@
+"""`avemo calibrate`: INT8 graphs for a model directory, calibrated on MOSEI training features.
+
+Writes ``int8/`` (ModelOpt explicit Q/DQ: what TensorRT builds as INT8, also
+runnable in ONNX Runtime), optionally ``int8-cpu/`` (ONNX Runtime's own
+quantizer, shipped only when measured faster than fp32 on this CPU within the
+accuracy limit), ``int8/calibration.json`` (clip ids, settings, every scale)
+and ``int8/accuracy.{md,json}``; then adds them to manifest.json.
+Everything is checked before any work and staged, so a failure changes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+from tqdm import tqdm
+
+from avemo.calibration.data import select_clips
+from avemo.calibration.quantize import (
+    CPU_METHOD,
+    UNQUANTIZED_OPS,
+    QuantJob,
+    keep_nodes,
+    quantized_nodes,
+    run_isolated,
+    scales,
+)
+from avemo.calibration.report import MAX_MF1_DROP, accuracy_report, meets_target, report_markdown
+from avemo.contract import MANIFEST_FILE, PARITY_FILE, PRECISION_DIRS, WEIGHTS_FILE, graph_file
+from avemo.errors import AvemoError
+from avemo.export.exporter import jsonable, move_into_place
+from avemo.export.weights import share_weights
+from avemo.io import atomic_write_bytes, atomic_write_json
+from avemo.runtime.manifest import load_manifest
+from avemo.runtime.ort_backend import OrtBackend
+from avemo.runtime.parity import TOLERANCE, check_parity, load_references, parity_samples, sample_inputs
+from avemo.runtime.timing import interleaved_latency, summarize
+from avemo.train.cache import CacheSplit
+
+CALIBRATION_FILE = "calibration.json"
+REPORT_FILE = "accuracy"  # .md and .json
+CPU_INT8_CHOICES = ("auto", "always", "never")
+
+
+def calibrate(
+    models: Path,
+    data: Path,
+    split: str = "train",
+    samples: int = 128,
+    method: str = "entropy",
+    seed: int = 0,
+    default_keep: bool = True,
+    keep: tuple[str, ...] = (),
+    clips_from: Path | None = None,
+    cpu_int8: str = "auto",
+    report_splits: tuple[str, ...] = ("valid", "test"),
+    threads: int | None = None,
+    latency_seconds: float = 10.0,
+    latency_rounds: int = 5,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Calibrate, check and add INT8 graphs to ``models``; returns the accuracy report."""
+    models = Path(models)
+    # Every check before any work: hashes, cache features, splits, labels, patterns.
+    manifest = load_manifest(models, verify=True)
+    if split == "test" or split in report_splits:
+        raise AvemoError(f"--split {split}: calibrate on training features, not on a split the report judges")
+    calib_split = CacheSplit(data, split, manifest.features)
+    eval_splits = {name: CacheSplit(data, name, manifest.features) for name in report_splits}
+    clips = _clips_from_file(clips_from, calib_split) if clips_from else select_clips(calib_split, samples, seed)
+    fp32_graphs = {m: manifest.graph_path(m, "fp32") for m in manifest.modalities}
+    kept = {
+        m: keep_nodes(onnx.load(str(p), load_external_data=False), default_keep, keep) for m, p in fp32_graphs.items()
+    }
+    log(
+        f"calibrating {', '.join(m.upper() for m in manifest.modalities)} on {len(clips)} {split} clips "
+        f"({method}); kept in fp32: {sum(len(k) for k in kept.values())} nodes + {', '.join(UNQUANTIZED_OPS)}"
+    )
+
+    started = time.perf_counter()
+    staging = models / ".calibrate-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        candidates = {"int8": "modelopt"} if cpu_int8 == "never" else {"int8": "modelopt", "int8-cpu": "ort"}
+        scale_record: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for precision in tqdm(candidates, desc="quantize", unit="set"):
+                outs = {m: (fp32_graphs[m], Path(tmp) / precision / graph_file(m)) for m in manifest.modalities}
+                for _, out in outs.values():
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                keep_names = {m: tuple(k) for m, k in kept.items()}
+                job = QuantJob(outs, keep_names, Path(data), split, tuple(clips), method, candidates[precision])
+                for modality, graph in run_isolated(job).items():
+                    if not quantized_nodes(graph):
+                        raise AvemoError(f"{fp32_graphs[modality]}: the quantizer inserted no Q/DQ nodes")
+                    scale_record.setdefault(precision, {})[modality] = scales(graph)
+                    _stage(staging / PRECISION_DIRS[precision], modality, graph)
+        for precision in candidates:
+            d = staging / PRECISION_DIRS[precision]
+            graphs = {m: onnx.load(str(d / graph_file(m)), load_external_data=True) for m in manifest.modalities}
+            share_weights(graphs, d / WEIGHTS_FILE)
+            for modality, graph in graphs.items():
+                onnx.save(graph, d / graph_file(modality))
+                onnx.checker.check_model(str(d / graph_file(modality)))
+            for leftover in d.glob("*.data"):
+                leftover.unlink()
+
+        graph_dirs = {"fp32": models, **({"fp16": models / "fp16"} if "fp16" in manifest.precisions else {})}
+        graph_dirs.update({p: staging / PRECISION_DIRS[p] for p in candidates})
+        report = accuracy_report(graph_dirs, eval_splits, manifest.modalities, threads)
+        latency = _cpu_latency(manifest, graph_dirs, candidates, latency_seconds, latency_rounds, threads)
+        decision_split = "valid" if "valid" in report else next(iter(report))
+        ship = _decide(report, latency, decision_split, cpu_int8, log)
+        if "int8-cpu" in candidates and not ship:
+            shutil.rmtree(staging / PRECISION_DIRS["int8-cpu"])
+        shipped = [p for p in candidates if p == "int8" or ship]
+
+        samples_for_parity = parity_samples(manifest.features, manifest.modalities)
+        references = load_references(models / PARITY_FILE)
+        parity = {p: check_parity(staging / PRECISION_DIRS[p], samples_for_parity, references, p) for p in shipped}
+        for p in shipped:
+            _miss = "" if meets_target(report, p, decision_split) else " (misses the accuracy target)"
+            log(f"{p}: A+V mF1 drop on {decision_split} {_drop(report, p, decision_split)}{_miss}")
+
+        record = {
+            "format": "avemo-calibration",
+            "version": 1,
+            "cache": str(data),
+            "split": split,
+            "seed": seed,
+            "method": method if candidates[p] == "modelopt" else CPU_METHOD,
+            "clips": [calib_split.ids[i] for i in clips],
+            "kept_fp32": kept,
+            "unquantized_ops": list(UNQUANTIZED_OPS),
+            "scales": {p: scale_record[p] for p in shipped},
+            "versions": _versions(),
+        }
+        int8_dir = staging / PRECISION_DIRS["int8"]
+        atomic_write_json(int8_dir / CALIBRATION_FILE, jsonable(record))
+        full_report = jsonable(
+            {"target_mF1_drop": MAX_MF1_DROP, "decision_split": decision_split, "accuracy": report, "latency": latency}
+        )
+        atomic_write_json(int8_dir / f"{REPORT_FILE}.json", full_report)
+        atomic_write_bytes(int8_dir / f"{REPORT_FILE}.md", report_markdown(report, latency).encode())
+
+        for p in ("int8", "int8-cpu"):
+            shutil.rmtree(models / PRECISION_DIRS[p], ignore_errors=True)  # an older calibration goes as a whole
+        files = move_into_place(staging, models)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    data_out = dict(manifest.data)
+    data_out["files"] = {
+        k: v for k, v in data_out["files"].items() if k.split("/")[0] not in ("int8", "int8-cpu")
+    } | files
+    for p in ("int8", "int8-cpu"):
+        data_out["precisions"].pop(p, None)
+    for p in shipped:
+        data_out["precisions"][p] = {
+            "dir": PRECISION_DIRS[p],
+            "parity_tolerance": TOLERANCE[p],
+            "quantizer": "nvidia-modelopt (explicit Q/DQ)" if candidates[p] == "modelopt" else "onnxruntime QDQ (u8s8)",
+            "method": method if candidates[p] == "modelopt" else CPU_METHOD,
+            "kept_fp32": kept,
+            "unquantized_ops": list(UNQUANTIZED_OPS),
+            "calibration": f"{PRECISION_DIRS['int8']}/{CALIBRATION_FILE}",
+            "report": f"{PRECISION_DIRS['int8']}/{REPORT_FILE}.md",
+            "meets_accuracy_target": meets_target(report, p, decision_split)
+            if "av" in report[decision_split]
+            else None,
+        }
+    data_out.setdefault("parity", {}).update(parity)
+    data_out["calibration"] = {"seconds": time.perf_counter() - started, "clips": len(clips), "shipped": shipped}
+    atomic_write_json(models / MANIFEST_FILE, jsonable(data_out))
+    return full_report
+
+
+def _stage(d: Path, modality: str, graph: onnx.ModelProto) -> None:
+    """Keep a quantized graph on disk (its weights in a side file) until the shared weights are written."""
+    d.mkdir(parents=True, exist_ok=True)
+    onnx.save(graph, d / graph_file(modality), save_as_external_data=True, location=f"{modality}.data")
+
+
+def _clips_from_file(path: Path, split: CacheSplit) -> list[int]:
+    """Clip ids from an earlier calibration.json (or a JSON list): the same sample, bit for bit."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AvemoError(f"{path}: unreadable clip list ({exc})") from None
+    ids = raw["clips"] if isinstance(raw, dict) else raw
+    where = {clip_id: i for i, clip_id in enumerate(split.ids)}
+    missing = [c for c in ids if c not in where]
+    if missing:
+        raise AvemoError(f"{path}: {len(missing)} clips are not in {split.root}/{split.split} (first: {missing[0]})")
+    return sorted(where[c] for c in ids)
+
+
+def _cpu_latency(
+    manifest: Any,
+    graph_dirs: dict[str, Path],
+    candidates: dict[str, str],
+    seconds: float,
+    rounds: int,
+    threads: int | None,
+) -> dict[str, Any]:
+    """p50/p90 of fp32 and each INT8 candidate on one clip, interleaved (this machine is noisy)."""
+    modality = "av" if "av" in manifest.modalities else manifest.modalities[0]
+    inputs = sample_inputs(manifest.features, modality, 1, seconds, seed=0)
+    names = ["fp32", *candidates]
+    runners = {n: OrtBackend(graph_dirs[n] / graph_file(modality), threads=threads) for n in names}
+    iters = 10
+    raw = interleaved_latency({n: (lambda b=b: b.infer(inputs)) for n, b in runners.items()}, iters, 3, rounds)
+    return {
+        "graph": modality,
+        "seconds": seconds,
+        "batch": 1,
+        "threads": threads or os.cpu_count(),
+        "rounds": rounds,
+        "iters": iters,
+        "results": {n: summarize(v) for n, v in raw.items()},
+        "samples_ms": {n: v.round(4).tolist() for n, v in raw.items()},
+    }
+
+
+def _decide(report: dict[str, Any], latency: dict[str, Any], split: str, cpu_int8: str, log: Any) -> bool:
+    """Ship int8-cpu? Only when faster than fp32 (p50) and within the accuracy target, unless told."""
+    if "int8-cpu" not in latency["results"]:
+        return False
+    speedup = latency["results"]["fp32"]["p50"] / latency["results"]["int8-cpu"]["p50"]
+    accurate = meets_target(report, "int8-cpu", split) if "av" in report[split] else True
+    verdict = speedup > 1.0 and accurate
+    log(
+        f"CPU int8 (ONNX Runtime QDQ): {speedup:.2f}x fp32 at p50, A+V mF1 drop {_drop(report, 'int8-cpu', split)}: "
+        + ("shipped as int8-cpu" if verdict or cpu_int8 == "always" else "not shipped; the CPU default stays fp32")
+    )
+    return cpu_int8 == "always" or (cpu_int8 == "auto" and verdict)
+
+
+def _drop(report: dict[str, Any], precision: str, split: str) -> str:
+    av = report[split].get("av")
+    return f"{av[precision]['mF1_drop']:+.2f} points" if av else "n/a"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("nvidia-modelopt", "onnxruntime", "onnx", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out

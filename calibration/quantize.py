@@ -1,0 +1,172 @@
+"""INT8 graphs from one fp32 graph: ModelOpt explicit Q/DQ (for TensorRT) and ONNX Runtime's CPU quantizer.
+
+Both quantizers run on CPU with the same calibration reader. What stays in
+higher precision is decided here once (``keep_nodes``) and passed to both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from avemo.calibration.data import CalibrationReader
+from avemo.contract import PROBS
+from avemo.deps import require
+from avemo.errors import AvemoError
+from avemo.train.cache import CacheSplit
+
+#: `--method`: what ModelOpt offers for INT8. (ONNX Runtime's own histogram calibrators,
+#: entropy and percentile, fail on clips of different lengths: they stack every clip's
+#: activations into one array. Its min/max calibrator streams, so the CPU candidate uses it.)
+METHODS = ("entropy", "max")
+CPU_METHOD = "max"
+#: Ops ModelOpt never quantizes for INT8 (they stay fp32 in the Q/DQ graph): recorded in the manifest.
+UNQUANTIZED_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "Sigmoid", "Div")
+#: The documented default of what else stays in fp32: each branch's first conv and the last FC.
+DEFAULT_KEEP = ("first-conv", "last-fc")
+MODELOPT_INSTALL = "pip install 'avemo[calibrate]'"
+
+
+def keep_nodes(model: onnx.ModelProto, defaults: bool = True, patterns: tuple[str, ...] = ()) -> dict[str, str]:
+    """Node name -> why it stays fp32: the default sensitive nodes plus names matching ``patterns`` (regex)."""
+    nodes = list(model.graph.node)
+    keep: dict[str, str] = {}
+    if defaults:
+        float_inputs = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+        for name in float_inputs:
+            reached = {name}
+            for node in nodes:  # ONNX nodes are topologically sorted
+                if reached.intersection(node.input):
+                    if node.op_type == "Conv":
+                        keep[node.name] = f"first conv after {name}"
+                        break
+                    reached.update(node.output)
+        fcs = [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
+        if fcs:
+            keep[fcs[-1].name] = f"last fully connected layer before {PROBS}"
+    for pattern in patterns:
+        regex = re.compile(pattern)
+        hits = [n.name for n in nodes if regex.search(n.name)]
+        if not hits:
+            raise AvemoError(f"--keep {pattern!r} matches no node of the graph")
+        keep.update({h: f"--keep {pattern}" for h in hits if h not in keep})
+    return keep
+
+
+@dataclass(frozen=True)
+class QuantJob:
+    """Graphs to quantize with one tool; picklable, so it runs in a fresh process (see ``run_isolated``)."""
+
+    graphs: dict[str, tuple[Path, Path]]  # modality -> (fp32 source, int8 output)
+    keep: dict[str, tuple[str, ...]]  # modality -> node names kept in fp32
+    cache: Path
+    split: str
+    clips: tuple[int, ...]
+    method: str
+    tool: str = "modelopt"  # "modelopt": Q/DQ for TensorRT; "ort": ONNX Runtime's CPU int8 graph
+
+
+def run_isolated(job: QuantJob) -> dict[str, onnx.ModelProto]:
+    """Quantize in a spawned process and load the results.
+
+    Importing ModelOpt patches ONNX Runtime's quantizer in place (plain ONNX
+    Runtime calls then fail), so each tool gets a clean interpreter.
+    """
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(quantize, job).result()
+    return {m: onnx.load(str(out), load_external_data=True) for m, (_, out) in job.graphs.items()}
+
+
+def quantize(job: QuantJob) -> None:
+    """Write each ``job.graphs`` output (+ external data beside it): the INT8 graph of its source."""
+    if job.method not in METHODS:
+        raise AvemoError(f"unknown calibration method {job.method!r} (choose {', '.join(METHODS)})")
+    split = CacheSplit(job.cache, job.split)
+    for modality, (src, out) in job.graphs.items():
+        reader = CalibrationReader(split, list(job.clips), modality)
+        with _quiet():
+            if job.tool == "ort":
+                _quantize_ort(src, out, reader, job.keep[modality])
+            else:
+                _quantize_modelopt(src, out, reader, job.method, job.keep[modality])
+        if not out.exists():
+            raise AvemoError(f"{src}: the quantizer wrote no graph")
+
+
+def _quantize_modelopt(src: Path, out: Path, reader: CalibrationReader, method: str, keep: tuple[str, ...]) -> None:
+    moq = require("modelopt.onnx.quantization", MODELOPT_INSTALL)
+    moq.quantize(
+        str(src),
+        quantize_mode="int8",
+        calibration_data_reader=reader,
+        calibration_method=method,
+        calibration_eps=["cpu"],
+        high_precision_dtype="fp32",  # the fp16 default would turn the rest of a CPU graph into fp16
+        nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep],
+        use_external_data_format=True,
+        output_path=str(out),
+        log_level="ERROR",
+    )
+
+
+def _quantize_ort(src: Path, out: Path, reader: CalibrationReader, keep: tuple[str, ...]) -> None:
+    """ONNX Runtime static quantization for its CPU kernels: QDQ, uint8 activations, per-channel int8 weights.
+
+    (QOperator format failed on these graphs in ONNX Runtime 1.32: "unknown initializers silu".)
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src),
+        str(out),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(keep),
+        use_external_data_format=True,
+        extra_options={"WeightSymmetric": True},
+    )
+
+
+def scales(model: onnx.ModelProto) -> dict[str, list[float]]:
+    """Quantized tensor name -> its scale(s), from every QuantizeLinear / DequantizeLinear node."""
+    init = {t.name: t for t in model.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute}
+    out: dict[str, list[float]] = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            tensor = init.get(node.input[1]) or consts.get(node.input[1])
+            if tensor is not None:
+                out[f"{node.op_type}:{node.input[0]}"] = (
+                    numpy_helper.to_array(tensor).astype(np.float64).ravel().tolist()
+                )
+    return out
+
+
+def quantized_nodes(model: onnx.ModelProto) -> int:
+    return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The quantizers print per-tensor progress; keep our own progress lines readable."""
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    except BaseException:
+        sys.stderr.write(sink.getvalue()[-4000:])  # the quantizer's own last words
+        raise

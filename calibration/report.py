@@ -1,0 +1,95 @@
+"""Accuracy of each precision's graphs on cache splits: Table-2 averages and label agreement with fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from avemo.calibration.data import batches, usable
+from avemo.contract import LABELS, MODALITY_TITLES, graph_file
+from avemo.runtime.ort_backend import OrtBackend
+from avemo.train.cache import CacheSplit
+from avemo.train.metrics import emotion_f1
+
+#: The issue's target: A+V mean macro F1 may drop at most this many points against fp32.
+MAX_MF1_DROP = 0.5
+
+
+def predict_graph(
+    path: Path, split: CacheSplit, modality: str, batch_size: int = 16, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities [N, 6] of one graph over the split's clips that have ``modality``, and their indices."""
+    backend = OrtBackend(path, threads=threads)
+    indices = usable(split, modality)
+    probs = np.zeros((len(indices), len(LABELS)), np.float32)
+    where = {int(i): k for k, i in enumerate(indices)}
+    for chunk, inputs in batches(split, indices, modality, batch_size):
+        probs[[where[int(i)] for i in chunk]] = backend.infer(inputs)
+    return probs, indices
+
+
+def accuracy_report(
+    graph_dirs: dict[str, Path], splits: dict[str, CacheSplit], modalities: list[str], threads: int | None = None
+) -> dict[str, Any]:
+    """{split: {modality: {precision: {wF1, mF1, agreement, mF1_drop}}}} with fp32 as the reference."""
+    report: dict[str, Any] = {}
+    jobs = [(s, m, p) for s in splits for m in modalities for p in graph_dirs]
+    results: dict[tuple[str, str, str], np.ndarray] = {}
+    for split_name, modality, precision in tqdm(jobs, desc="accuracy", unit="graph", leave=False):
+        split = splits[split_name]
+        probs, idx = predict_graph(graph_dirs[precision] / graph_file(modality), split, modality, threads=threads)
+        results[split_name, modality, precision] = probs
+        ref = results[split_name, modality, "fp32"]
+        f1 = emotion_f1(split.labels[idx], probs)["average"]
+        entry = {
+            "wF1": 100 * f1["wF1"],
+            "mF1": 100 * f1["mF1"],
+            "clips": len(idx),
+            "label_agreement": float(((probs >= 0.5) == (ref >= 0.5)).mean()),
+            "max_abs_diff": float(np.abs(probs - ref).max()),
+        }
+        fp32 = report.get(split_name, {}).get(modality, {}).get("fp32", entry)
+        entry["mF1_drop"] = fp32["mF1"] - entry["mF1"]
+        report.setdefault(split_name, {}).setdefault(modality, {})[precision] = entry
+    return report
+
+
+def meets_target(report: dict[str, Any], precision: str, split: str) -> bool:
+    av = report[split].get("av")
+    return av is not None and av[precision]["mF1_drop"] <= MAX_MF1_DROP
+
+
+def report_markdown(report: dict[str, Any], latency: dict[str, Any] | None = None) -> str:
+    lines = [
+        "# INT8 accuracy report",
+        "",
+        f"Table-2 averages over the six emotions (percent); agreement = thresholded labels equal to fp32's. "
+        f"Target: A+V mean mF1 drop <= {MAX_MF1_DROP} points.",
+        "",
+        "| split | graph | precision | wF1 | mF1 | mF1 drop | label agreement | max abs diff | clips |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for split_name, per_modality in report.items():
+        for modality, per_precision in per_modality.items():
+            for precision, r in per_precision.items():
+                lines.append(
+                    f"| {split_name} | {MODALITY_TITLES[modality]} | {precision} | {r['wF1']:.1f} | {r['mF1']:.1f} | "
+                    f"{r['mF1_drop']:+.2f} | {100 * r['label_agreement']:.1f}% | {r['max_abs_diff']:.3f} | "
+                    f"{r['clips']} |"
+                )
+    if latency:
+        lines += [
+            "",
+            f"CPU latency, A+V graph, batch 1, {latency['seconds']:g}-s clip, {latency['threads']} threads "
+            f"({latency['rounds']} interleaved rounds of {latency['iters']}):",
+            "",
+            "| graph | p50 ms | p90 ms | speed-up vs fp32 (p50) |",
+            "|---|---|---|---|",
+        ]
+        base = latency["results"]["fp32"]["p50"]
+        for name, r in latency["results"].items():
+            lines.append(f"| {name} | {r['p50']:.1f} | {r['p90']:.1f} | {base / r['p50']:.2f}x |")
+    return "\n".join(lines) + "\n"
