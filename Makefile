@@ -15,7 +15,7 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[$*]"
 	touch $@
 
-demo: $(VENV)/.installed-export,dev
+demo: $(VENV)/.installed-calibrate,dev
 	$(BIN)/avemo synth --preset tiny --out $(DEMO)/cache --seed 0
 	for regime in audio visual conventional colearn; do \
 		$(BIN)/avemo train --data $(DEMO)/cache --preset tiny --regime $$regime --out $(DEMO)/runs/$$regime || exit 1; \
@@ -23,16 +23,17 @@ demo: $(VENV)/.installed-export,dev
 	$(BIN)/avemo eval $(DEMO)/runs/audio $(DEMO)/runs/visual $(DEMO)/runs/conventional $(DEMO)/runs/colearn \
 		--split test --data $(DEMO)/cache --out $(DEMO)/table --results-md docs/RESULTS.md
 	$(BIN)/avemo-export $(DEMO)/runs/colearn --precision fp16 --out $(DEMO)/models --force
+	$(BIN)/avemo calibrate $(DEMO)/models --data $(DEMO)/cache --samples 48 --method max
 	$(BIN)/avemo verify $(DEMO)/models
 	$(BIN)/python -m tests.media_factory $(DEMO)/clip.mp4
 	$(BIN)/avemo infer $(DEMO)/clip.mp4 --models $(DEMO)/models
 
-test: $(VENV)/.installed-export,dev
+test: $(VENV)/.installed-calibrate,dev
 	$(BIN)/ruff check .
 	bash scripts/typecheck_trt.sh
 	$(BIN)/pytest
 
-lint: $(VENV)/.installed-export,dev
+lint: $(VENV)/.installed-calibrate,dev
 	$(BIN)/ruff check .
 
 clean:

@@ -46,7 +46,7 @@ from avemo.train.cache import CacheSplit
 
 CALIBRATION_FILE = "calibration.json"
 REPORT_FILE = "accuracy"  # .md and .json
-CPU_INT8_CHOICES = ("auto", "always", "never")
+INT8_DIRS = (PRECISION_DIRS["int8"], PRECISION_DIRS["int8-cpu"])
 
 
 def calibrate(
@@ -69,7 +69,8 @@ def calibrate(
     """Calibrate, check and add INT8 graphs to ``models``; returns the accuracy report."""
     models = Path(models)
     # Every check before any work: hashes, cache features, splits, labels, patterns.
-    manifest = load_manifest(models, verify=True)
+    manifest = load_manifest(models, verify=False)
+    manifest.verify_hashes(skip_dirs=INT8_DIRS)  # the int8 sets are about to be replaced
     if split == "test" or split in report_splits:
         raise AvemoError(f"--split {split}: calibrate on training features, not on a split the report judges")
     calib_split = CacheSplit(data, split, manifest.features)
@@ -150,16 +151,14 @@ def calibrate(
         atomic_write_json(int8_dir / f"{REPORT_FILE}.json", full_report)
         atomic_write_bytes(int8_dir / f"{REPORT_FILE}.md", report_markdown(report, latency).encode())
 
-        for p in ("int8", "int8-cpu"):
-            shutil.rmtree(models / PRECISION_DIRS[p], ignore_errors=True)  # an older calibration goes as a whole
+        for d in INT8_DIRS:
+            shutil.rmtree(models / d, ignore_errors=True)  # an older calibration goes as a whole
         files = move_into_place(staging, models)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
     data_out = dict(manifest.data)
-    data_out["files"] = {
-        k: v for k, v in data_out["files"].items() if k.split("/")[0] not in ("int8", "int8-cpu")
-    } | files
+    data_out["files"] = {k: v for k, v in data_out["files"].items() if k.split("/")[0] not in INT8_DIRS} | files
     for p in ("int8", "int8-cpu"):
         data_out["precisions"].pop(p, None)
     for p in shipped:

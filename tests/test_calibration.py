@@ -1,0 +1,210 @@
+"""INT8 calibration: clip sampling, kept nodes, ModelOpt Q/DQ graphs in ONNX Runtime, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, LABELS, MANIFEST_FILE, graph_file
+from avemo.errors import AvemoError
+from avemo.train.cache import CacheSplit
+
+needs_modelopt = pytest.mark.skipif(
+    importlib.util.find_spec("modelopt") is None,
+    reason="nvidia-modelopt not installed (pip install 'avemo[calibrate]')",
+)
+
+
+def test_one_onnxruntime_distribution_is_installed():
+    """ModelOpt's [onnx] extra would add onnxruntime-gpu over onnxruntime (both own one package directory)."""
+    names = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
+    assert len({n for n in names if n.startswith("onnxruntime")} - {"onnxruntime-extensions"}) == 1
+
+
+def test_clip_sample_covers_labels_and_lengths_and_is_seeded(tiny_cache):
+    from avemo.calibration.data import LENGTH_BINS, select_clips, usable
+
+    split = CacheSplit(tiny_cache, "train")
+    chosen = select_clips(split, 16, seed=3)
+    assert chosen == sorted(set(chosen)) and len(chosen) == 16
+    assert chosen == select_clips(split, 16, seed=3)
+    assert chosen != select_clips(split, 16, seed=4)
+    assert set(chosen) <= set(usable(split, "av").tolist())
+    assert (split.labels[chosen] > 0.5).sum(axis=0).min() >= 1  # every emotion is represented
+    lengths = np.array([split.audio_length(i) for i in usable(split, "av")])
+    edges = np.quantile(lengths, np.linspace(0, 1, LENGTH_BINS + 1)[1:-1])
+    strata = np.digitize([split.audio_length(i) for i in chosen], edges)
+    assert len(set(strata.tolist())) == LENGTH_BINS  # short and long clips alike
+
+
+def test_clip_sample_refuses_too_few_clips_or_positives(tiny_cache):
+    from avemo.calibration.data import select_clips
+
+    split = CacheSplit(tiny_cache, "train")
+    with pytest.raises(AvemoError, match="fewer than --samples 100000"):
+        select_clips(split, 100000, seed=0)
+    with pytest.raises(AvemoError, match="too few positive clips for"):
+        select_clips(split, 8, seed=0, min_per_label=len(split))
+
+
+def test_reader_yields_each_clip_at_its_own_length(tiny_cache):
+    from avemo.calibration.data import CalibrationReader
+
+    split = CacheSplit(tiny_cache, "train")
+    reader = CalibrationReader(split, [0, 1, 2], "av")
+    first = reader.get_first()
+    items = list(reader)
+    assert len(items) == 3 and reader.get_next() is None
+    np.testing.assert_array_equal(first[AUDIO_FEATS], items[0][AUDIO_FEATS])
+    for i, item in zip([0, 1, 2], items, strict=True):
+        assert item[AUDIO_FEATS].shape == (1, split.audio_length(i), split.features.audio_dim)
+        assert item[AUDIO_LENGTHS].tolist() == [split.audio_length(i)]
+        assert item[FACES].shape[:2] == (1, split.face_count(i)) and item[FACE_LENGTHS].tolist() == [
+            split.face_count(i)
+        ]
+        assert 0.0 <= item[FACES].min() and item[FACES].max() <= 1.0
+    assert len(list(reader)) == 3  # iterating again starts over (the quantizers read twice)
+
+
+def test_default_kept_nodes_are_first_convs_and_last_fc(colearn_export):
+    from avemo.calibration.quantize import keep_nodes
+
+    models, _, _ = colearn_export
+    graph = onnx.load(str(models / graph_file("av")), load_external_data=False)
+    kept = keep_nodes(graph)
+    by_name = {n.name: n for n in graph.graph.node}
+    reasons = sorted(kept.values())
+    assert reasons == [
+        "first conv after audio_feats",
+        "first conv after faces",
+        "last fully connected layer before probs",
+    ]
+    assert [by_name[n].op_type for n in kept][:2] == ["Conv", "Conv"]
+    last_fc = [n.name for n in graph.graph.node if n.op_type in ("Gemm", "MatMul")][-1]
+    assert last_fc in kept
+    assert keep_nodes(graph, defaults=False) == {}
+    extra = keep_nodes(graph, defaults=False, patterns=("^node_matmul",))
+    assert extra and all(by_name[n].op_type == "MatMul" for n in extra)
+    with pytest.raises(AvemoError, match="matches no node"):
+        keep_nodes(graph, patterns=("no-such-node",))
+
+
+@pytest.fixture(scope="module")
+def calibrated(colearn_export, tiny_cache, tmp_path_factory):
+    """The tiny co-learning export with int8 graphs (ModelOpt max calibration, 12 clips)."""
+    from avemo.calibration.calibrate import calibrate
+
+    if importlib.util.find_spec("modelopt") is None:
+        pytest.skip("nvidia-modelopt not installed (pip install 'avemo[calibrate]')")
+    models = tmp_path_factory.mktemp("calibrated") / "models"
+    shutil.copytree(colearn_export[0], models)
+    report = calibrate(models, tiny_cache, samples=12, method="max", seed=5, cpu_int8="always", log=lambda *_: None)
+    return models, report
+
+
+@needs_modelopt
+def test_int8_graphs_hold_qdq_nodes_and_run_in_onnxruntime(calibrated, tiny_cache):
+    from avemo.calibration.data import clip_inputs, usable
+    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.ort_backend import OrtBackend
+
+    models, _ = calibrated
+    manifest = load_manifest(models)  # every new file is hashed in the manifest
+    assert {"int8", "int8-cpu"} <= set(manifest.precisions)
+    split = CacheSplit(tiny_cache, "valid")
+    batch = clip_inputs(split, usable(split, "av")[:4], "av")
+    ref = OrtBackend(manifest.graph_path("av", "fp32")).infer(batch)
+    for precision in ("int8", "int8-cpu"):
+        path = manifest.graph_path("av", precision)
+        ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+        assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+        probs = OrtBackend(path).infer(batch)
+        assert probs.shape == (4, len(LABELS)) and np.isfinite(probs).all()
+        assert 0 < np.abs(probs - ref).max() < 0.5  # quantized (not a copy of fp32), still close
+    # The Q/DQ graph is symmetric int8 (zero points 0: what TensorRT requires).
+    graph = onnx.load(str(manifest.graph_path("av", "int8")))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    # The kept nodes stayed unquantized: their weights feed them directly, not through a DequantizeLinear.
+    kept = manifest.data["precisions"]["int8"]["kept_fp32"]["av"]
+    producers = {o: n.op_type for n in graph.graph.node for o in n.output}
+    for node in graph.graph.node:
+        if node.name in kept:
+            assert producers.get(node.input[1]) != "DequantizeLinear", node.name
+
+
+@needs_modelopt
+def test_accuracy_report_compares_precisions_against_fp32(calibrated):
+    models, report = calibrated
+    saved = json.loads((models / "int8" / "accuracy.json").read_text())
+    assert saved["accuracy"] == json.loads(json.dumps(report["accuracy"]))
+    for split in ("valid", "test"):
+        for modality in ("a", "v", "av"):
+            rows = report["accuracy"][split][modality]
+            assert set(rows) == {"fp32", "fp16", "int8", "int8-cpu"}
+            assert rows["fp32"]["label_agreement"] == 1.0 and rows["fp32"]["mF1_drop"] == 0.0
+            assert rows["int8"]["label_agreement"] >= 0.8  # int8 agrees with fp32 on most labels
+            assert rows["int8"]["mF1_drop"] == pytest.approx(rows["fp32"]["mF1"] - rows["int8"]["mF1"])
+    md = (models / "int8" / "accuracy.md").read_text()
+    assert "| test | A+V | int8 |" in md and "speed-up vs fp32" in md
+    latency = report["latency"]
+    assert set(latency["results"]) == {"fp32", "int8", "int8-cpu"}
+    assert all(len(v) == latency["rounds"] * latency["iters"] for v in latency["samples_ms"].values())
+
+
+@needs_modelopt
+def test_same_clips_reproduce_the_same_scales_and_graphs(calibrated, tiny_cache, tmp_path):
+    from avemo.calibration.calibrate import calibrate
+
+    models, _ = calibrated
+    record = json.loads((models / "int8" / "calibration.json").read_text())
+    split = CacheSplit(tiny_cache, "train")
+    assert len(record["clips"]) == 12 and set(record["clips"]) <= set(split.ids)
+    again = tmp_path / "models"
+    shutil.copytree(models, again)
+    shutil.rmtree(again / "int8")
+    calibrate(again, tiny_cache, method="max", clips_from=models / "int8" / "calibration.json", cpu_int8="never",
+              report_splits=("valid",), latency_rounds=1, log=lambda *_: None)  # fmt: skip
+    rebuilt = json.loads((again / "int8" / "calibration.json").read_text())
+    assert rebuilt["clips"] == record["clips"]
+    assert rebuilt["scales"]["int8"] == record["scales"]["int8"]  # bit for bit (floats in JSON round-trip)
+    first = json.loads((models / MANIFEST_FILE).read_text())["files"]
+    second = json.loads((again / MANIFEST_FILE).read_text())["files"]
+    for name in ("int8/avemo_a.onnx", "int8/avemo_av.onnx", "int8/avemo.weights"):
+        assert first[name] == second[name], name
+    assert "int8-cpu" not in json.loads((again / MANIFEST_FILE).read_text())["precisions"]  # --cpu-int8 never
+
+
+def test_bad_input_is_refused_before_any_work(colearn_export, tiny_cache, tmp_path):
+    from avemo.calibration.calibrate import calibrate
+    from avemo.config import PRESETS
+    from avemo.train.synth import SynthSpec, write_synthetic_cache
+
+    models = tmp_path / "models"
+    shutil.copytree(colearn_export[0], models)
+    quiet = {"log": lambda *_: None}
+    with pytest.raises(AvemoError, match="not on a split the report judges"):
+        calibrate(models, tiny_cache, split="test", **quiet)
+    other = tmp_path / "other-cache"
+    features = dataclasses.replace(PRESETS["tiny"].features, face_size=32)
+    write_synthetic_cache(other, features, SynthSpec(clips=12, min_seconds=0.6, max_seconds=1.0), seed=0)
+    with pytest.raises(AvemoError, match=r"cache features differ from the model's.*face_size"):
+        calibrate(models, other, **quiet)
+    with pytest.raises(AvemoError, match="fewer than --samples"):
+        calibrate(models, tiny_cache, samples=10000, **quiet)
+    clips = tmp_path / "clips.json"
+    clips.write_text(json.dumps(["no-such-clip"]))
+    with pytest.raises(AvemoError, match="1 clips are not in"):
+        calibrate(models, tiny_cache, clips_from=clips, **quiet)
+    (models / "avemo_av.onnx").write_bytes((models / "avemo_av.onnx").read_bytes() + b"\0")
+    with pytest.raises(AvemoError, match=r"avemo_av\.onnx: sha256 does not match"):
+        calibrate(models, tiny_cache, **quiet)
+    assert not (models / "int8").exists() and not (models / ".calibrate-staging").exists()
