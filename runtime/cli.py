@@ -185,3 +185,118 @@ def build(
     click.echo(f"building {precision} engines for {device.describe()}")
     for modality in manifest.modalities:
         build_engine(manifest, modality, precision, device, workspace, timing_cache, dla, log=click.echo)
+
+
+def _list(kind: type, choices: tuple[str, ...] | None = None):
+    """A click callback parsing 'a,b,c' (or 'all') into a list."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> list:
+        if choices and value == "all":
+            return list(choices)
+        try:
+            items = [kind(v) for v in value.split(",") if v]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: expected comma-separated {kind.__name__} values") from None
+        bad = [v for v in items if choices and v not in choices]
+        if bad or not items:
+            raise click.BadParameter(f"{value!r}: choose from {', '.join(choices or ())} or all")
+        return items
+
+    return parse
+
+
+@click.command()
+@click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--backend",
+    "backends",
+    default="torch,ort",
+    show_default=True,
+    callback=_list(str, ("torch", "ort", "trt")),
+    help="torch (eager baseline), ort, trt, or all.",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    default="fp32",
+    show_default=True,
+    callback=_list(str, ("fp32", "fp16", "int8", "int8-cpu")),
+    help="Comma-separated, or all.",
+)
+@click.option(
+    "--graph",
+    "graphs",
+    default="av",
+    show_default=True,
+    callback=_list(str, ("a", "v", "av")),
+    help="Comma-separated, or all.",
+)
+@click.option("--batch", "batches", default="1,4,16", show_default=True, callback=_list(int), help="Clips per call.")
+@click.option("--seconds", default="2,5,10,30", show_default=True, callback=_list(float), help="Clip lengths.")
+@click.option(
+    "--iters",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Timed calls per case (1024: MLPerf's single-stream minimum query count).",
+)
+@click.option(
+    "--rounds",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Interleaved rounds the calls are split into (candidates alternate between rounds).",
+)
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed calls per candidate first.")
+@click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch (default: all cores).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Checkpoint of the PyTorch baseline (default: the one recorded in manifest.json).",
+)
+@click.option(
+    "--media",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Also time the full pipeline (decode, features, faces, inference) on this file.",
+)
+@click.option("--no-rss", is_flag=True, help="Skip the peak-RSS probes (one fresh process per backend).")
+@click.option("--no-flops", is_flag=True, help="Skip the FLOP count and the GEMM-rate measurement.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("profile"),
+    show_default=True,
+    help="Folder for profile.json (raw samples), .csv, .md and .png.",
+)
+def profile(
+    models: Path, backends: list[str], precisions: list[str], graphs: list[str], batches: list[int],
+    seconds: list[float], iters: int, rounds: int, warmup: int, threads: int | None, checkpoint: Path | None,
+    media: Path | None, no_rss: bool, no_flops: bool, out: Path,
+) -> None:  # fmt: skip
+    """Latency p50/p90/p99/max, throughput and real-time factor per backend x precision x graph x batch x length.
+
+    PyTorch eager (from the checkpoint) is the baseline measured in the same run;
+    every case reports its speed-up over it. Candidates are timed interleaved.
+    CPU timings use a monotonic clock at the stated thread count; TensorRT uses
+    CUDA events and splits host-to-device, compute and device-to-host.
+
+    \b
+    Examples:
+      avemo profile models/ --backend torch,ort --precision fp32,int8-cpu --seconds 10 --batch 1
+      avemo profile models/ --backend all --precision all --graph all --media clip.mp4 --out bench/
+      python scripts/profile_latency.py models/ --backend ort --iters 200   # runtime-only devices
+    """
+    from avemo.runtime.profiler import add_extras, markdown, run_profile, write_outputs
+
+    if iters < 1 or rounds < 1:
+        raise click.BadParameter("--iters and --rounds must be >= 1")
+    if media is not None and not media.is_file():
+        raise click.BadParameter(f"{media} is not a regular file", param_hint="--media")
+    result = run_profile(
+        models, backends, precisions, graphs, batches, seconds, iters, rounds, warmup, threads, checkpoint
+    )
+    write_outputs(result, out)  # the timings are kept even if a probe below fails
+    add_extras(result, rss=not no_rss, flops=not no_flops, media=media)
+    paths = write_outputs(result, out)
+    click.echo(markdown(result))
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

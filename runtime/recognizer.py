@@ -92,7 +92,7 @@ class Recognizer:
                 m: OrtBackend(self.manifest.graph_path(m, precision), threads, providers)
                 for m in self.manifest.modalities
             }
-        self._cropper = FaceCropper(self.features, face_detector) if self._has("v") else None
+        self.cropper = FaceCropper(self.features, face_detector) if self._has("v") else None
 
     def _has(self, modality: str) -> bool:
         return any(modality in m for m in self.manifest.modalities)
@@ -108,7 +108,7 @@ class Recognizer:
 
     def prepare(self, media: Path, start: float = 0.0, end: float | None = None) -> tuple[ClipInput, list[str]]:
         """Decode and featurise a media file (or the segment [start, end)); returns arrays and notes."""
-        feats = extract(Path(media), self.features, self._cropper, start, end)
+        feats = extract(Path(media), self.features, self.cropper, start, end)
         audio = add_deltas(feats.fbank, self.features.delta_window) if feats.has_audio and self._has("a") else None
         s = self.features.face_size
         faces = np.stack(feats.faces).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if feats.faces else None
@@ -130,7 +130,7 @@ class Recognizer:
             for start in range(0, len(indices), PROFILE_BATCH[2]):
                 chunk = indices[start : start + PROFILE_BATCH[2]]
                 t0 = time.perf_counter()
-                probs = self.backends[modality].infer(_batch([clips[i] for i in chunk], modality))
+                probs = self.backends[modality].infer(batch_inputs([clips[i] for i in chunk], modality))
                 ms = 1000 * (time.perf_counter() - t0)
                 for i, p in zip(chunk, probs, strict=True):
                     results[i] = self._result(modality, p, {"inference": ms, "batch": len(chunk)})
@@ -183,7 +183,7 @@ def resolve_backend(backend: str, manifest: Manifest, precision: str) -> str:
     return "trt" if found else "ort"
 
 
-def _batch(clips: list[ClipInput], modality: str) -> dict[str, np.ndarray]:
+def batch_inputs(clips: list[ClipInput], modality: str) -> dict[str, np.ndarray]:
     """Zero-padded batch inputs of the graph for ``modality``."""
     out: dict[str, np.ndarray] = {}
     if "a" in modality:

@@ -111,7 +111,9 @@ class TrtBackend:
     ``close()`` (or ``with``) frees them.
     """
 
-    def __init__(self, manifest: Manifest, modality: str, precision: str, device_id: int = 0) -> None:
+    def __init__(
+        self, manifest: Manifest, modality: str, precision: str, device_id: int = 0, timed: bool = False
+    ) -> None:
         with _needs_trt():
             import pycuda.driver as cuda
             import tensorrt as trt
@@ -128,6 +130,9 @@ class TrtBackend:
                 raise AvemoError(f"{path}: TensorRT could not deserialise the engine; rebuild it with `avemo build`")
             self.context = self.engine.create_execution_context()
             self.stream = cuda.Stream()
+            # timed: CUDA events around H2D, compute and D2H of every call (for `avemo profile`).
+            self.events = [cuda.Event() for _ in range(4)] if timed else []
+            self.last_phases_ms: dict[str, float] = {}
             self.specs = {s["name"]: np.dtype(s["dtype"]) for s in manifest.data["graphs"][modality]["inputs"]}
             self.specs[PROBS] = np.dtype(np.float32)
             self.limits = profiles(manifest, modality)
@@ -159,6 +164,7 @@ class TrtBackend:
         if missing:
             raise AvemoError(f"missing inputs {sorted(missing)}")
         with self._active():
+            self._mark(0)
             for name in self.input_names:
                 array = np.ascontiguousarray(inputs[name], dtype=self.specs[name])
                 lo, _, hi = self.limits[name]
@@ -170,13 +176,25 @@ class TrtBackend:
                 staged[...] = array
                 cuda.memcpy_htod_async(self.device[name], staged, self.stream)
                 self.context.set_input_shape(name, array.shape)
+            self._mark(1)
             if not self.context.execute_async_v3(self.stream.handle):
                 raise AvemoError("TensorRT execute_async_v3 failed")
+            self._mark(2)
             shape: tuple[int, ...] = tuple(self.context.get_tensor_shape(PROBS))
             out = self.host[PROBS][: int(np.prod(shape))]
             cuda.memcpy_dtoh_async(out, self.device[PROBS], self.stream)
+            self._mark(3)
             self.stream.synchronize()
+            if self.events:
+                e = self.events
+                self.last_phases_ms = {
+                    name: e[k].time_till(e[k + 1]) for k, name in enumerate(("h2d", "compute", "d2h"))
+                }
             return out.reshape(shape).copy()
+
+    def _mark(self, i: int) -> None:
+        if self.events:
+            self.events[i].record(self.stream)
 
     def close(self) -> None:
         if self.closed:

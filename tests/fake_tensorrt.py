@@ -198,7 +198,18 @@ def make_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
     def memcpy_dtoh_async(host, src, stream):
         host[...] = np.frombuffer(MEMORY[int(src)], host.dtype, count=host.size).reshape(host.shape)
 
+    class Event:
+        """Records the order of calls; time_till returns the gap in recorded positions (ms)."""
+
+        def record(self, stream):
+            CALLS.append(("event.record",))
+            self.at = len(CALLS)
+
+        def time_till(self, later):
+            return float(later.at - self.at)
+
     driver.init = lambda: None
+    driver.Event = Event
     driver.Device = Device
     driver.Stream = Stream
     driver.pagelocked_empty = lambda n, dtype: np.empty(n, dtype)

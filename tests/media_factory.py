@@ -114,5 +114,8 @@ def write_mosei_tree(root: Path, videos: dict[str, dict], folds: dict[str, list[
 if __name__ == "__main__":
     import sys
 
-    # `python -m tests.media_factory OUT.mp4`: the demo's clip (speech-like audio, a real face photo).
-    print(write_media(Path(sys.argv[1]), seconds=4.0))
+    # `python -m tests.media_factory OUT.mp4 [SECONDS [WIDTH HEIGHT]]`: the demo's clip (speech-like
+    # audio, a real face photo); the profiling benchmark uses a 10-s 640x360 one.
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
+    size = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (320, 240)
+    print(write_media(Path(sys.argv[1]), seconds=seconds, size=size))

@@ -224,3 +224,25 @@ def test_recognizer_auto_backend_uses_engines_for_this_gpu(fake_gpu, monkeypatch
     assert result.backend == "trt" and result.modality == "av"
     # The fake engine returns lengths / 1000 + k / 100 for the first lengths input (audio frames here).
     assert result.probs["sad"] - result.probs["happy"] == pytest.approx(0.01, abs=1e-6)
+
+
+def test_timed_backend_splits_h2d_compute_d2h_with_cuda_events(fake_gpu):
+    from avemo.runtime.trt_backend import TrtBackend, build_engine, current_device
+
+    manifest = fake_gpu("10.3.0")
+    build_engine(manifest, "a", "fp32", current_device(), log=lambda *_: None)
+    with TrtBackend(manifest, "a", "fp32", timed=True) as backend:
+        fake.CALLS.clear()
+        backend.infer({"audio_feats": np.zeros((2, 60, 240), np.float32), "audio_lengths": np.array([60, 9])})
+        names = [c[0] for c in fake.CALLS]
+        records = [i for i, n in enumerate(names) if n == "event.record"]
+        # Events bracket the copies in, the launch and the copy out, all before the synchronise.
+        assert len(records) == 4
+        assert records[0] < names.index("context.set_input_shape") < records[1]
+        assert records[1] < names.index("context.execute_async_v3") < records[2] < records[3]
+        assert records[3] < names.index("stream.synchronize")
+        assert set(backend.last_phases_ms) == {"h2d", "compute", "d2h"}
+        assert all(v > 0 for v in backend.last_phases_ms.values())
+    with TrtBackend(manifest, "a", "fp32") as untimed:
+        untimed.infer({"audio_feats": np.zeros((1, 60, 240), np.float32), "audio_lengths": np.array([60])})
+        assert untimed.last_phases_ms == {}
