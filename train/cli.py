@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import click
@@ -127,6 +128,13 @@ def prepare(
     help="Pretrained visual-encoder state dict.",
 )
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Data-parallel processes on this machine: relaunches under torchrun (gloo on CPU, NCCL on GPUs).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
     data: Path,
@@ -142,6 +150,7 @@ def train(
     audio_init: Path | None,
     visual_init: Path | None,
     workers: int,
+    nproc: int,
     quiet: bool,
 ) -> None:
     """Train the cross-modal transformer in one of the paper's regimes.
@@ -153,9 +162,14 @@ def train(
       colearn         interactive co-learning (Eq. 20)
 
     \b
-    Example:
+    Examples:
       avemo train --data cache/ --regime colearn --out runs/colearn
+      avemo train --data cache/ --regime colearn --out runs/colearn --nproc 4     # DDP, same global batch
+      torchrun --nnodes 2 --nproc-per-node 8 ... -m avemo.train --data cache/ --out runs/colearn   # a cluster
     """
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_under_torchrun(nproc)
+        return
     from avemo.train.trainer import train as run_training
 
     base = TRAIN_PRESETS[preset]
@@ -235,3 +249,22 @@ def _results_report(
         + "|---|---|---|---|---|\n"
         + run_lines
     )
+
+
+def _relaunch_under_torchrun(nproc: int) -> None:
+    """Run this same command in ``nproc`` processes under torchrun (this process only waits)."""
+    import subprocess
+    import sys
+
+    args = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else sys.argv[1:]
+    for i, arg in enumerate(args):  # drop --nproc N / --nproc=N: the children are the processes
+        if arg == "--nproc":
+            del args[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    code = subprocess.call([*command, "-m", "avemo.train", *args])
+    if code:
+        raise SystemExit(code)

@@ -21,6 +21,10 @@ class Batch:
     labels: Tensor  # [B, 6] float32
     indices: Tensor  # [B] clip indices in the split
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.audio, self.audio_lengths, self.faces, self.face_lengths,
+                                               self.labels, self.indices)))  # fmt: skip
+
     def inputs(self, modality: str) -> dict[str, Tensor]:
         """Model keyword arguments for 'a', 'v' or 'av' inference."""
         kwargs: dict[str, Tensor] = {}
@@ -80,17 +84,34 @@ def collate(items: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> Batc
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shuffled batches of similar length (less padding), reproducible per (seed, epoch)."""
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self, lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True, shard: tuple[int, int] = (0, 1)
+    ) -> None:
         self.lengths = lengths
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return sum(1 for _ in self._global())
 
     def __iter__(self) -> Iterator[list[int]]:
+        """This rank's batches: training (shuffle) takes every world-th clip of each global batch,
+        so a step covers the same clips for any number of processes (a global batch with fewer clips
+        than processes is dropped on every rank alike: no rank may sit a step out); evaluation
+        deals whole batches round-robin, dropping nothing.
+        """
+        for k, batch in enumerate(self._global()):
+            if self.world == 1:
+                yield batch
+            elif self.shuffle and len(batch) >= self.world:
+                yield batch[self.rank :: self.world]
+            elif not self.shuffle and k % self.world == self.rank:
+                yield batch
+
+    def _global(self) -> Iterator[list[int]]:
         if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
             yield from (order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size))
@@ -115,9 +136,11 @@ def make_loader(
     workers: int = 0,
     need_audio: bool = True,
     need_faces: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> torch.utils.data.DataLoader:
+    """Length-bucketed batches; ``shard`` = (rank, world) gives this process its share of each global batch."""
     lengths = np.array([split.audio_length(i) + 30 * split.face_count(i) for i in range(len(split))])
-    sampler = BucketBatchSampler(lengths, batch_size, seed, shuffle)
+    sampler = BucketBatchSampler(lengths, batch_size, seed, shuffle, shard)
     return torch.utils.data.DataLoader(
         ClipDataset(split, need_audio, need_faces),
         batch_sampler=sampler,

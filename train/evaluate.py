@@ -14,38 +14,46 @@ from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit
 from avemo.train.checkpoint import load_model, train_config_of
 from avemo.train.data import make_loader
+from avemo.train.distributed import Dist
 from avemo.train.metrics import emotion_f1
 from avemo.train.model import CrossModalTransformer
 
 
 @torch.no_grad()
 def predict(
-    model: CrossModalTransformer, split: CacheSplit, modality: str, batch_size: int = 32
+    model: CrossModalTransformer, split: CacheSplit, modality: str, batch_size: int = 32, ctx: Dist | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities [N, 6] for the clips that have ``modality``, and their indices in the split."""
+    """Probabilities [N, 6] for the clips that have ``modality``, and their indices in the split.
+
+    Under data parallelism (``ctx``) each rank predicts its share and every rank gets all of it.
+    """
+    ctx = ctx or Dist()
     was_training = model.training
     model.eval()
-    probs, indices = [], []
-    loader = make_loader(split, batch_size, need_audio="a" in modality, need_faces="v" in modality)
-    for batch in loader:
+    probs, indices = [np.zeros((0, len(LABELS)), np.float32)], [np.zeros(0, np.int64)]
+    need = {"need_audio": "a" in modality, "need_faces": "v" in modality}
+    for batch in make_loader(split, batch_size, shard=(ctx.rank, ctx.world), **need):
         keep = batch.usable(modality)
         if keep.any():
-            p = torch.sigmoid(model(**batch.inputs(modality)))
+            p = torch.sigmoid(model(**batch.to(ctx.device).inputs(modality))).cpu()
             probs.append(p[keep].numpy())
             indices.append(batch.indices[keep].numpy())
     model.train(was_training)
-    if not probs:
+    parts = ctx.gather((np.concatenate(probs), np.concatenate(indices)))
+    idx = np.concatenate([i for _, i in parts])
+    if not len(idx):
         raise AvemoError(f"{split.root}/{split.split}: no clip has the {MODALITY_TITLES[modality]} modality")
-    idx = np.concatenate(indices)
     order = np.argsort(idx)
-    return np.concatenate(probs)[order], idx[order]
+    return np.concatenate([p for p, _ in parts])[order], idx[order]
 
 
-def evaluate_model(model: CrossModalTransformer, split: CacheSplit, modalities: tuple[str, ...]) -> dict[str, Any]:
+def evaluate_model(
+    model: CrossModalTransformer, split: CacheSplit, modalities: tuple[str, ...], ctx: Dist | None = None
+) -> dict[str, Any]:
     """Table-2 metrics for each modality: {modality: {emotion: {wF1, mF1}, average: ...}}."""
     out = {}
     for modality in modalities:
-        probs, idx = predict(model, split, modality)
+        probs, idx = predict(model, split, modality, ctx=ctx)
         out[modality] = emotion_f1(split.labels[idx], probs)
         out[modality]["clips"] = len(idx)
     return out

@@ -18,6 +18,7 @@ from avemo.io import atomic_write_json
 from avemo.train.cache import CacheSplit
 from avemo.train.checkpoint import read_checkpoint, save_checkpoint
 from avemo.train.data import Batch, make_loader
+from avemo.train.distributed import init_from_env, shutdown
 from avemo.train.evaluate import evaluate_model
 from avemo.train.model import CrossModalTransformer, count_parameters
 
@@ -29,14 +30,23 @@ def training_modalities(cfg: TrainConfig) -> tuple[str, ...]:
     return {"audio": ("a",), "visual": ("v",), "conventional": ("av",), "colearn": ("av", "a", "v")}[cfg.regime]
 
 
-def batch_loss(model: CrossModalTransformer, batch: Batch, modality: str) -> torch.Tensor | None:
-    """BCE summed over the 6 labels, averaged over the clips that have ``modality``."""
-    keep = batch.usable(modality)
-    if not keep.any():
-        return None
+def loss_sum(model: CrossModalTransformer, batch: Batch, modality: str) -> torch.Tensor:
+    """BCE summed over the 6 labels and over the clips that have ``modality`` (0 if none, still in the graph)."""
     logits = model(**batch.inputs(modality))
     loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").sum(dim=1)
-    return loss[keep].mean()
+    return loss[batch.usable(modality)].sum()
+
+
+class StepLoss(torch.nn.Module):
+    """One step's loss in one forward call (what DistributedDataParallel wraps): sum over the drawn
+    modalities of each modality's summed clip loss times its weight (1 / clips with it, over all ranks)."""
+
+    def __init__(self, model: CrossModalTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, weights: dict[str, float]) -> torch.Tensor:
+        return torch.stack([loss_sum(self.model, batch, m) * w for m, w in weights.items()]).sum()
 
 
 def cmvn_stats(split: CacheSplit, max_clips: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,12 +127,14 @@ def train(
     if train_cfg.colearn_mode not in COLEARN_MODES:
         raise AvemoError(f"unknown --colearn-mode {train_cfg.colearn_mode!r}; expected one of {COLEARN_MODES}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = init_from_env()
+    say = print if ctx.main else _silent
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(train_cfg.seed)
     train_split = CacheSplit(data, "train", model_cfg.features)
     valid_split = CacheSplit(data, "valid", model_cfg.features)
-    model = CrossModalTransformer(model_cfg)
-    optimizer = torch.optim.RAdam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    model = CrossModalTransformer(model_cfg).to(ctx.device)
     modalities = training_modalities(train_cfg)
     state: dict[str, Any] = {"epoch": 0, "best_metric": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
 
@@ -132,19 +144,29 @@ def train(
         if not _same_run(payload, model_cfg, train_cfg):
             raise AvemoError(f"{out}: holds a run with other settings; use a new --out or the same options")
         model.load_state_dict(payload["model"])
+        optimizer = _optimizer(model, train_cfg)
         optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["torch_rng"])
         state = {k: payload[k] for k in state}
-        print(f"resuming {out} after epoch {state['epoch']}")
+        say(f"resuming {out} after epoch {state['epoch']}" + (f" on {ctx.world} processes" if ctx.active else ""))
     else:
         with torch.no_grad():
-            model.set_cmvn(*cmvn_stats(train_split))
+            model.set_cmvn(*(t.to(ctx.device) for t in cmvn_stats(train_split)))
         load_init(model.audio, audio_init, "audio")
         load_init(model.visual, visual_init, "visual")
-    print(
+        optimizer = _optimizer(model, train_cfg)
+    step_loss: torch.nn.Module = StepLoss(model)
+    if ctx.active:
+        # A co-learning step on A or V leaves the other encoder unused; every rank draws the same
+        # modality, so the unused set agrees across ranks and DDP only has to look for it.
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        drawn = train_cfg.regime == "colearn" and train_cfg.colearn_mode == "random"
+        step_loss = torch.nn.parallel.DistributedDataParallel(step_loss, device_ids=ids, find_unused_parameters=drawn)
+    say(
         f"model: {count_parameters(model):,} parameters; regime {train_cfg.regime}"
         f"{' (' + train_cfg.colearn_mode + ')' if train_cfg.regime == 'colearn' else ''}; "
         f"train {len(train_split)} / valid {len(valid_split)} clips"
+        + (f"; {ctx.world} processes ({ctx.device.type}), global batch {train_cfg.batch_size}" if ctx.active else "")
     )
     loader = make_loader(
         train_split,
@@ -154,35 +176,44 @@ def train(
         workers=workers,
         need_audio=model_cfg.use_audio,
         need_faces=model_cfg.use_visual,
+        shard=(ctx.rank, ctx.world),
     )
     while state["epoch"] < train_cfg.max_epochs and (
         state["bad_epochs"] < train_cfg.patience or state["epoch"] < train_cfg.min_epochs
     ):
         epoch = state["epoch"] + 1
         loader.batch_sampler.epoch = epoch
-        draw = np.random.default_rng([train_cfg.seed, epoch, 7])  # co-learning's per-batch modality draw
+        # co-learning's per-batch modality draw: the same sequence on every rank
+        draw = np.random.default_rng([train_cfg.seed, epoch, 7])
+        if ctx.active:
+            torch.manual_seed(train_cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)  # dropout differs per rank
         model.train()
         total, steps, clips, start = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and ctx.main), leave=False)
         for batch in bar:
             if train_cfg.regime == "colearn" and train_cfg.colearn_mode == "random":
                 chosen: tuple[str, ...] = (modalities[draw.integers(len(modalities))],)
             else:
                 chosen = modalities
-            losses = [loss for m in chosen if (loss := batch_loss(model, batch, m)) is not None]
-            if not losses:
+            # Clips with each drawn modality over all ranks: every rank weighs its clip losses so the
+            # averaged gradient equals one process's gradient over the whole global batch.
+            counts = ctx.all_sum(torch.tensor([float(batch.usable(m).sum()) for m in chosen]))
+            weights = {m: ctx.world / float(c) for m, c in zip(chosen, counts, strict=True) if c > 0}
+            if not weights:
                 continue
-            loss = torch.stack(losses).sum()
+            loss = step_loss(batch.to(ctx.device), weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             optimizer.step()
-            total += loss.item()
+            total += loss.item() / ctx.world
             steps += 1
             clips += len(batch.labels)
             bar.set_postfix(loss=f"{total / steps:.3f}")
+        if ctx.active:
+            total, clips = (float(v) for v in ctx.all_sum(torch.tensor([total, float(clips)], dtype=torch.float64)))
         seconds = time.perf_counter() - start
-        results = evaluate_model(model, valid_split, modalities)
+        results = evaluate_model(model, valid_split, modalities, ctx)
         valid_mf1 = {m: results[m]["average"]["mF1"] for m in modalities}
         metric = float(np.mean(list(valid_mf1.values())))
         record = {
@@ -201,18 +232,28 @@ def train(
             state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
-        extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "data": str(data), **state}
-        if improved:
-            save_checkpoint(out / BEST_CHECKPOINT, model, train_cfg, valid=results, **extra)
-        save_checkpoint(last, model, train_cfg, **extra)
-        atomic_write_json(out / HISTORY_FILE, state["history"])
-        plot_curves(state["history"], out / CURVES_FILE)
-        print(
+        if ctx.main:  # one writer; every rank holds the same weights and history
+            extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "data": str(data)}
+            extra |= {**state, "processes": ctx.world}
+            if improved:
+                save_checkpoint(out / BEST_CHECKPOINT, model, train_cfg, valid=results, **extra)
+            save_checkpoint(last, model, train_cfg, **extra)
+            atomic_write_json(out / HISTORY_FILE, state["history"])
+            plot_curves(state["history"], out / CURVES_FILE)
+        ctx.barrier()  # no rank starts an epoch another may resume from before last.pt is complete
+        say(
             f"epoch {epoch}: loss {record['train_loss']:.3f}, valid mean mF1 "
             + ", ".join(f"{m.upper()} {100 * v:.1f}" for m, v in valid_mf1.items())
             + f" ({record['clips_per_second']:.1f} clips/s){' *' if improved else ''}"
         )
-    print(
-        f"best epoch {state['best_epoch']}: valid mean mF1 {100 * state['best_metric']:.1f} -> {out / BEST_CHECKPOINT}"
-    )
+    say(f"best epoch {state['best_epoch']}: valid mean mF1 {100 * state['best_metric']:.1f} -> {out / BEST_CHECKPOINT}")
+    shutdown(ctx)
     return state
+
+
+def _optimizer(model: CrossModalTransformer, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.RAdam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _silent(*args: object, **kwargs: object) -> None:
+    """print() for ranks other than 0."""
