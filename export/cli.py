@@ -61,3 +61,54 @@ def export(run: Path, precision: str, out: Path, opset: int, no_simplify: bool, 
     device = current_device()
     for modality in models.modalities:
         build_engine(models, modality, engine_precision, device, log=click.echo)
+
+
+@click.command("export-triton")
+@click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Repository to write.")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+    help="onnxruntime serves the ONNX graphs; tensorrt the engines built with `avemo build` on the serving GPU.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "int8-cpu"]),
+    default="fp32",
+    show_default=True,
+)
+@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Default: the manifest's profile max.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per model.")
+@click.option(
+    "--engines",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="tensorrt: the engines folder (MODELS/engines/<gpu>-sm<cc>-trt<version>) for the serving GPU.",
+)
+@click.option("--force", is_flag=True, help="Replace avemo models already in --out.")
+def export_triton(
+    models: Path, out: Path, backend: str, precision: str, max_batch: int | None, instances: int,
+    engines: Path | None, force: bool,
+) -> None:  # fmt: skip
+    """Write a Triton Inference Server model repository: avemo_a, avemo_v, avemo_av.
+
+    Each model gets config.pbtxt (the manifest's names, dtypes and dims; dynamic
+    batching; an instance group) and version 1/ with the graph (model.onnx and
+    the shared avemo.weights beside it, hard-linked where possible) or the
+    TensorRT engine (model.plan).
+
+    \b
+    Examples:
+      avemo export-triton models/ --out triton-repo/
+      avemo export-triton models/ --out triton-repo/ --backend tensorrt --precision fp16 --max-batch 16
+      docker run --rm -p8001:8001 -v $PWD/triton-repo:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
+          tritonserver --model-repository=/models
+    """
+    from avemo.export.triton import export_triton as run
+
+    folders = run(models, out, backend, precision, max_batch, instances, engines, force)
+    for folder in folders.values():
+        click.echo(
+            f"{folder}: {', '.join(sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()))}"
+        )
