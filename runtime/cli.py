@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from avemo.contract import PARITY_FILE, PRECISION_DIRS
+from avemo.contract import MODALITIES, PARITY_FILE, PRECISION_DIRS
 
 
 @click.command()
@@ -205,32 +205,19 @@ def _list(kind: type, choices: tuple[str, ...] | None = None):
     return parse
 
 
+def _choices_option(flag: str, dest: str, default: str, choices: tuple[str, ...], what: str):
+    """A comma-separated multiple choice ('all' for every one)."""
+    listed = f"{what}: {', '.join(choices)} (comma-separated) or all."
+    return click.option(flag, dest, default=default, show_default=True, callback=_list(str, choices), help=listed)
+
+
 @click.command()
 @click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option(
-    "--backend",
-    "backends",
-    default="torch,ort",
-    show_default=True,
-    callback=_list(str, ("torch", "ort", "trt")),
-    help="torch (eager baseline), ort, trt, or all.",
+@_choices_option(
+    "--backend", "backends", "torch,ort", ("torch", "ort", "trt"), "Backends (torch = PyTorch eager, the baseline)"
 )
-@click.option(
-    "--precision",
-    "precisions",
-    default="fp32",
-    show_default=True,
-    callback=_list(str, ("fp32", "fp16", "int8", "int8-cpu")),
-    help="Comma-separated, or all.",
-)
-@click.option(
-    "--graph",
-    "graphs",
-    default="av",
-    show_default=True,
-    callback=_list(str, ("a", "v", "av")),
-    help="Comma-separated, or all.",
-)
+@_choices_option("--precision", "precisions", "fp32", tuple(PRECISION_DIRS), "Graph sets")
+@_choices_option("--graph", "graphs", "av", MODALITIES, "Graphs")
 @click.option("--batch", "batches", default="1,4,16", show_default=True, callback=_list(int), help="Clips per call.")
 @click.option("--seconds", default="2,5,10,30", show_default=True, callback=_list(float), help="Clip lengths.")
 @click.option(

@@ -318,6 +318,33 @@ def gemm_rate(threads: int, size: int = 1024, seconds: float = 2.0) -> float:
     return 2.0 * size**3 * runs / (time.perf_counter() - started)
 
 
+def op_breakdown(path: Path, inputs: dict[str, np.ndarray], threads: int, runs: int = 10) -> dict[str, float]:
+    """Where ONNX Runtime's CPU time goes: ms per call by operator type (its own profiler), largest first."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.run(None, inputs)  # warm-up, excluded below
+        session.end_profiling()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, inputs)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + event["dur"] / 1000.0 / runs
+    return dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
+
+
 def _require_onnx() -> Any:
     from avemo.deps import require
 
@@ -413,10 +440,11 @@ def add_extras(
         count = graph_flops(manifest.graph_path(graph, "fp32"), profile_inputs(manifest, graph, batch, seconds))
         rate = gemm_rate(threads)
         ideal_ms = 1000 * count / rate
+        ops = op_breakdown(manifest.graph_path(graph, "fp32"), profile_inputs(manifest, graph, batch, seconds), threads)
         result["flops"] = {
             "graph": graph, "batch": batch, "seconds": seconds, "threads": threads, "flops": count, "gemm_size": 1024,
             "gemm_flops_per_s": rate, "ideal_ms": ideal_ms, "best": f"{best['backend']} {best['precision']}",
-            "best_ms": best["p50_ms"], "ratio": best["p50_ms"] / ideal_ms,
+            "best_ms": best["p50_ms"], "ratio": best["p50_ms"] / ideal_ms, "ort_fp32_ms_by_op": ops,
         }  # fmt: skip
     if media is not None:
         result["pipeline"] = profile_pipeline(models, media, pipeline_precision, threads, repeats)
@@ -492,7 +520,13 @@ def _extra_markdown(kind: str, data: Any) -> list[str]:
             f"{data['flops'] / 1e9:.3f} GFLOP. Sustained GEMM rate (ONNX Runtime MatMul {data['gemm_size']}^3, "
             f"{data['threads']} threads): {data['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s. Ideal time "
             f"{data['ideal_ms']:.2f} ms; best CPU graph {data['best']} p50 {data['best_ms']:.2f} ms = "
-            f"{data['ratio']:.2f}x the ideal."
+            f"{data['ratio']:.2f}x the ideal.",
+            "",
+            "Where ONNX Runtime fp32 spends its time there (its profiler, ms per call by operator type):",
+            "",
+            "| operator | ms |",
+            "|---|---|",
+            *(f"| {op} | {ms:.2f} |" for op, ms in list(data["ort_fp32_ms_by_op"].items())[:12]),
         ]
     rows = [f"| {stage} | {ms:.1f} |" for stage, ms in data["stages_ms"].items()]
     return [

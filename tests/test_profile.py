@@ -149,4 +149,9 @@ def test_profile_cli_help_and_bad_values(colearn_export, tmp_path):
     ok = runner.invoke(main, ["profile", str(colearn_export[0]), "--backend", "ort", "--batch", "1", "--seconds", "1",
                               "--iters", "4", "--rounds", "2", "--no-rss", "--out", str(tmp_path / "p")])  # fmt: skip
     assert ok.exit_code == 0, ok.output
-    assert "flops" in json.loads((tmp_path / "p" / "profile.json").read_text())
+    flops = json.loads((tmp_path / "p" / "profile.json").read_text())["flops"]
+    assert flops["flops"] > 0 and flops["gemm_flops_per_s"] > 0
+    assert flops["ratio"] == pytest.approx(flops["best_ms"] / (1000 * flops["flops"] / flops["gemm_flops_per_s"]))
+    ops = flops["ort_fp32_ms_by_op"]
+    assert {"Conv", "Gemm"} <= set(ops) and list(ops.values()) == sorted(ops.values(), reverse=True)
+    assert "Where ONNX Runtime fp32 spends its time" in (tmp_path / "p" / "profile.md").read_text()
