@@ -79,6 +79,10 @@ def main() -> None:
       avemo synth --preset tiny --out cache/          # or: avemo prepare (real MOSEI)
       avemo train --data cache/ --regime colearn --out runs/colearn
       avemo eval runs/colearn --split test
+      avemo export runs/colearn --precision fp16 --out models/
+      avemo calibrate models/ --data cache/           # int8
+      avemo infer clip.mp4 --models models/
+      avemo profile models/ --backend torch,ort
     """
 
 
