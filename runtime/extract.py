@@ -48,9 +48,10 @@ def extract(
         feats = fbank(samples, features)
     crops, sampled = [], 0
     if video is not None and cropper is not None:
+        near = None  # the face of the previous sampled frame: searched around first
         for _, frame in sample_frames(video, features.fps, start, end):
             sampled += 1
-            crop = cropper.crop(frame)
+            crop, near = cropper.track(frame, near)
             if crop is not None:
                 crops.append(crop)
         if sampled == 0:

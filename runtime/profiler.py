@@ -382,7 +382,10 @@ def profile_pipeline(
         with timed("decode video (3 fps)"):
             frames = [frame for _, frame in sample_frames(media, f.fps)]
         with timed("face detection + crop"):
-            crops = [c for c in map(recognizer.cropper.crop, frames) if c is not None]
+            crops, near = [], None
+            for frame in frames:
+                crop, near = recognizer.cropper.track(frame, near)
+                crops += [crop] if crop is not None else []
         s = f.face_size
         faces = np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if crops else np.zeros((0, 3, s, s))
         clip = ClipInput(audio if audio is not None else np.zeros((0, f.audio_dim), np.float32), faces)

@@ -90,6 +90,35 @@ def test_face_found_on_a_real_photo_and_not_on_a_blank_frame():
     assert cropper.crop(np.full((240, 320, 3), 90, np.uint8)) is None
 
 
+def test_tracking_searches_near_the_last_face_and_falls_back_to_the_frame():
+    cropper = FaceCropper(FEATURES)
+    frame = np.full((360, 640, 3), 70, np.uint8)
+    frame[60:316, 300:556] = face_photo(256)
+    full = cropper.detect(frame)
+    assert full is not None
+    searched = []  # the image sizes the cascade was run on
+
+    class Recorder:
+        def detectMultiScale(self, gray, **kw):
+            searched.append(gray.shape)
+            return haar.detectMultiScale(gray, **kw)
+
+    haar, cropper.haar = cropper.haar, Recorder()
+    # Near the previous box (shifted a little, as between sampled frames): the same face, found in the window.
+    near = (full[0] + 6, full[1] - 4, full[2], full[3])
+    tracked = cropper.detect(frame, near)
+    assert tracked is not None and max(abs(a - b) for a, b in zip(tracked, full, strict=True)) <= 12
+    assert len(searched) == 1 and searched[0][0] * searched[0][1] < 0.5 * 270 * 480  # a window, not the frame
+    # A stale box far from the face: the window finds nothing, the whole frame is searched.
+    searched.clear()
+    stale = cropper.detect(frame, (10, 200, 60, 60))
+    assert stale is not None and abs(stale[0] - full[0]) <= 12
+    assert searched[-1] == (270, 480)
+    crop, box = cropper.track(frame, near)
+    assert crop.shape == (128, 128, 3) and box == tracked
+    assert cropper.track(np.full((360, 640, 3), 70, np.uint8), near) == (None, None)
+
+
 def test_4k_frame_detects_on_a_downscaled_copy():
     import cv2
 
