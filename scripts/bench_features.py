@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.media_
 from avemo.config import FeatureConfig
 from avemo.machine import describe
 from avemo.runtime.audio import fbank
+from avemo.runtime.extract import extract
 from avemo.runtime.faces import FaceCropper
 from avemo.runtime.media import decode_audio, sample_frames
 from avemo.train.mosei import prepare
@@ -54,17 +55,19 @@ def main() -> None:
             fbank(decode_audio(clip, features.sample_rate), features)
 
         def video() -> None:
+            near = None
+            for _, frame in sample_frames(clip, features.fps):
+                _, near = cropper.track(frame, near)
+
+        def full_search() -> None:
             for _, frame in sample_frames(clip, features.fps):
                 cropper.crop(frame)
 
-        def both() -> None:
-            audio()
-            video()
-
         for name, fn in (
             ("audio (decode + fbank)", audio),
-            ("video (decode + 3 fps + detect + crop)", video),
-            ("together", both),
+            ("video (decode + 3 fps + detect with tracking + crop)", video),
+            ("video, every frame searched whole (before tracking)", full_search),
+            ("together (`extract`, what prepare and infer run)", lambda: extract(clip, features, cropper)),
         ):
             times = timed(fn, args.repeats)
             rows[name] = {
