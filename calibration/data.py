@@ -29,20 +29,21 @@ def usable(split: CacheSplit, modality: str) -> np.ndarray:
     return np.asarray(keep, np.int64)
 
 
-def select_clips(split: CacheSplit, samples: int, seed: int, min_per_label: int | None = None) -> list[int]:
-    """A seeded sample of A+V clips that covers every clip-length stratum and all six labels.
+def select_clips(
+    split: CacheSplit, samples: int, seed: int, min_per_label: int | None = None, need: str = "av"
+) -> list[int]:
+    """A seeded sample of clips with the streams ``need``s that covers every clip-length stratum and all six labels.
 
     Each label first gets ``min_per_label`` positive clips (default: an even
     share of half the sample), then the rest is drawn round-robin from length
     quartiles. Raises before any work when the split cannot supply that.
     """
-    pool = usable(split, "av")
+    pool = usable(split, need)
     if samples < 1:
         raise AvemoError("--samples must be at least 1")
     if len(pool) < samples:
-        raise AvemoError(
-            f"{split.root}/{split.split}: {len(pool)} clips have audio and a face, fewer than --samples {samples}"
-        )
+        have = {"av": "audio and a face", "a": "audio", "v": "a face"}[need]
+        raise AvemoError(f"{split.root}/{split.split}: {len(pool)} clips have {have}, fewer than --samples {samples}")
     per_label = max(1, samples // (2 * len(LABELS))) if min_per_label is None else min_per_label
     labels = split.labels[pool] > 0.5
     short = [f"{name} ({int(labels[:, k].sum())})" for k, name in enumerate(LABELS) if labels[:, k].sum() < per_label]
@@ -64,7 +65,7 @@ def select_clips(split: CacheSplit, samples: int, seed: int, min_per_label: int 
                 taken[j] = True
                 chosen.append(j)
                 have += 1
-    lengths = np.array([split.audio_length(int(i)) for i in pool])
+    lengths = np.array([split.audio_length(int(i)) + split.face_count(int(i)) for i in pool])
     edges = np.quantile(lengths, np.linspace(0, 1, LENGTH_BINS + 1)[1:-1])
     strata = np.digitize(lengths, edges)
     queues = [[j for j in order if strata[j] == s and not taken[j]] for s in range(LENGTH_BINS)]

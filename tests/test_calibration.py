@@ -38,9 +38,13 @@ def test_clip_sample_covers_labels_and_lengths_and_is_seeded(tiny_cache):
     assert chosen != select_clips(split, 16, seed=4)
     assert set(chosen) <= set(usable(split, "av").tolist())
     assert (split.labels[chosen] > 0.5).sum(axis=0).min() >= 1  # every emotion is represented
-    lengths = np.array([split.audio_length(i) for i in usable(split, "av")])
+
+    def length(i):
+        return split.audio_length(i) + split.face_count(i)
+
+    lengths = np.array([length(i) for i in usable(split, "av")])
     edges = np.quantile(lengths, np.linspace(0, 1, LENGTH_BINS + 1)[1:-1])
-    strata = np.digitize([split.audio_length(i) for i in chosen], edges)
+    strata = np.digitize([length(i) for i in chosen], edges)
     assert len(set(strata.tolist())) == LENGTH_BINS  # short and long clips alike
 
 
@@ -208,3 +212,22 @@ def test_bad_input_is_refused_before_any_work(colearn_export, tiny_cache, tmp_pa
     with pytest.raises(AvemoError, match=r"avemo_av\.onnx: sha256 does not match"):
         calibrate(models, tiny_cache, **quiet)
     assert not (models / "int8").exists() and not (models / ".calibrate-staging").exists()
+
+
+@needs_modelopt
+def test_a_baseline_model_calibrates_its_one_graph(micro_config, tiny_cache, tmp_path):
+    from avemo.calibration.calibrate import calibrate
+    from avemo.export.exporter import export_run
+    from avemo.runtime.manifest import load_manifest
+    from tests.conftest import make_checkpoint
+
+    ckpt, _ = make_checkpoint(tmp_path / "audio.pt", micro_config, "audio")
+    export_run(ckpt, tmp_path / "models", log=lambda *_: None)
+    report = calibrate(tmp_path / "models", tiny_cache, samples=8, method="max", cpu_int8="never",
+                       report_splits=("valid",), latency_rounds=1, log=lambda *_: None)  # fmt: skip
+    assert list(report["accuracy"]["valid"]) == ["a"] and report["latency"]["graph"] == "a"
+    manifest = load_manifest(tmp_path / "models")
+    assert manifest.precisions == ["fp32", "int8"] and manifest.graph_path("a", "int8").is_file()
+    clips = json.loads((tmp_path / "models" / "int8" / "calibration.json").read_text())["clips"]
+    split = CacheSplit(tiny_cache, "train")
+    assert all(split.audio_length(split.ids.index(c)) > 0 for c in clips)  # audio is all it needs
