@@ -51,10 +51,12 @@ class Manifest:
         if modality not in self.data["graphs"]:
             raise AvemoError(f"{self.root}: no {modality.upper()} graph (this model has {', '.join(self.modalities)})")
         if precision not in self.data["precisions"]:
-            raise AvemoError(
-                f"{self.root}: no {precision} graphs (exported: {', '.join(self.precisions)}); "
-                f"run `avemo export --precision {precision}` or `avemo calibrate`"
-            )
+            how = {
+                "int8": f"`avemo calibrate {self.root} --data CACHE`",
+                "int8-cpu": "`avemo calibrate` (it keeps int8-cpu only when faster than fp32 here; "
+                "--cpu-int8 always forces it)",
+            }.get(precision, f"`avemo export RUN --precision {precision} --out {self.root}`")
+            raise AvemoError(f"{self.root}: no {precision} graphs (has: {', '.join(self.precisions)}); run {how}")
         return self.root / PRECISION_DIRS[precision] / graph_file(modality)
 
     def verify_hashes(self, skip_dirs: tuple[str, ...] = ()) -> None:
