@@ -172,6 +172,7 @@ def test_same_clips_reproduce_the_same_scales_and_graphs(calibrated, tiny_cache,
     record = json.loads((models / "int8" / "calibration.json").read_text())
     split = CacheSplit(tiny_cache, "train")
     assert len(record["clips"]) == 12 and set(record["clips"]) <= set(split.ids)
+    assert (record["method"], record["cpu_method"]) == ("max", "max")
     again = tmp_path / "models"
     shutil.copytree(models, again)
     shutil.rmtree(again / "int8")
