@@ -432,12 +432,15 @@ def add_extras(
     if rss:
         combos = list(dict.fromkeys((c["backend"], c["precision"]) for c in cases))
         result["rss"] = [peak_rss(models, b, p, graph, batch, seconds, threads, checkpoint) for b, p in combos]
-    if flops:
-        cpu = [
-            c
-            for c in cases
-            if (c["graph"], c["batch"], c["seconds"]) == (graph, batch, seconds) and c["backend"] != "trt"
-        ]
+    notes = result.setdefault("notes", [])
+    cpu = [
+        c for c in cases if (c["graph"], c["batch"], c["seconds"]) == (graph, batch, seconds) and c["backend"] != "trt"
+    ]
+    if flops and not cpu:
+        notes.append("FLOP comparison skipped: it rates CPU backends and none was profiled")
+    elif flops and importlib.util.find_spec("onnx") is None:
+        notes.append("FLOP count skipped: it reads the graph with onnx (pip install onnx)")
+    elif flops:
         best = min(cpu, key=lambda c: c["p50_ms"])
         manifest = load_manifest(models, verify=False)
         count = graph_flops(manifest.graph_path(graph, "fp32"), profile_inputs(manifest, graph, batch, seconds))
@@ -475,7 +478,7 @@ def write_outputs(result: dict[str, Any], out: Path, stem: str = "profile", plot
         writer.writerow({**case, "machine": result["machine"]["summary"]})
     atomic_write_bytes(paths["csv"], buffer.getvalue().encode())
     atomic_write_bytes(paths["md"], markdown(result).encode())
-    if plot and result["cases"]:
+    if plot and result["cases"] and importlib.util.find_spec("matplotlib") is not None:
         paths["png"] = out / f"{stem}.png"
         plot_latency(result, paths["png"])
     return paths
@@ -506,6 +509,9 @@ def markdown(result: dict[str, Any]) -> str:
             lines += ["", *_extra_markdown(extra, result[extra])]
     for skip in result["skipped"]:
         lines.append(f"\nSkipped {skip['backend']} {skip['precision']}: {skip['reason']}")
+    lines += [f"\n{note}" for note in result.get("notes", [])]
+    if importlib.util.find_spec("matplotlib") is None:
+        lines.append("\nNo plot: matplotlib is not installed (pip install matplotlib).")
     return "\n".join(lines) + "\n"
 
 

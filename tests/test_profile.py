@@ -155,3 +155,33 @@ def test_profile_cli_help_and_bad_values(colearn_export, tmp_path):
     ops = flops["ort_fp32_ms_by_op"]
     assert {"Conv", "Gemm"} <= set(ops) and list(ops.values()) == sorted(ops.values(), reverse=True)
     assert "Where ONNX Runtime fp32 spends its time" in (tmp_path / "p" / "profile.md").read_text()
+
+
+def test_profile_script_runs_with_only_the_runtime(colearn_export, tmp_path):
+    """scripts/profile_latency.py where torch, onnx and matplotlib cannot be imported (a runtime-only device)."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_latency.py"
+    code = textwrap.dedent(
+        f"""
+        import runpy, sys
+        for name in ("torch", "onnx", "matplotlib"):
+            sys.modules[name] = None  # as if not installed: imports fail, find_spec says None
+        sys.argv = ["profile_latency.py", {str(colearn_export[0])!r}, "--backend", "torch,ort", "--batch", "1",
+                    "--seconds", "1", "--iters", "4", "--rounds", "2", "--out", {str(tmp_path / "p")!r}]
+        try:
+            runpy.run_path({str(script)!r}, run_name="__main__")
+        finally:
+            assert sys.modules["torch"] is None
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "p" / "profile.json").read_text())
+    assert {(c["backend"], c["precision"]) for c in result["cases"]} == {("ort", "fp32")}
+    assert "torch is not installed" in result["skipped"][0]["reason"]
+    assert any("FLOP count skipped" in n for n in result["notes"]) and not result["rss"][0]["torch_loaded"]
+    assert not (tmp_path / "p" / "profile.png").exists() and "No plot" in (tmp_path / "p" / "profile.md").read_text()
