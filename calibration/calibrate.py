@@ -102,27 +102,10 @@ def calibrate(
     try:
         candidates = {"int8": "modelopt"} if cpu_int8 == "never" else {"int8": "modelopt", "int8-cpu": "ort"}
         scale_record: dict[str, Any] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for precision in tqdm(candidates, desc="quantize", unit="set"):
-                outs = {m: (fp32_graphs[m], Path(tmp) / precision / graph_file(m)) for m in manifest.modalities}
-                for _, out in outs.values():
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                keep_names = {m: tuple(k) for m, k in kept.items()}
-                job = QuantJob(outs, keep_names, Path(data), split, tuple(clips), method, candidates[precision])
-                for modality, graph in run_isolated(job).items():
-                    if not quantized_nodes(graph):
-                        raise AvemoError(f"{fp32_graphs[modality]}: the quantizer inserted no Q/DQ nodes")
-                    scale_record.setdefault(precision, {})[modality] = scales(graph)
-                    _stage(staging / PRECISION_DIRS[precision], modality, graph)
-        for precision in candidates:
-            d = staging / PRECISION_DIRS[precision]
-            graphs = {m: onnx.load(str(d / graph_file(m)), load_external_data=True) for m in manifest.modalities}
-            share_weights(graphs, d / WEIGHTS_FILE)
-            for modality, graph in graphs.items():
-                onnx.save(graph, d / graph_file(modality))
-                onnx.checker.check_model(str(d / graph_file(modality)))
-            for leftover in d.glob("*.data"):
-                leftover.unlink()
+        for precision, tool in tqdm(candidates.items(), desc="quantize", unit="set"):
+            kept_names = {m: tuple(k) for m, k in kept.items()}
+            job = QuantJob(fp32_graphs, kept_names, Path(data), split, tuple(clips), method, tool)
+            scale_record[precision] = _quantize_set(job, staging / PRECISION_DIRS[precision])
 
         graph_dirs = {"fp32": models, **({"fp16": models / "fp16"} if "fp16" in manifest.precisions else {})}
         graph_dirs.update({p: staging / PRECISION_DIRS[p] for p in candidates})
@@ -196,10 +179,22 @@ def _streams(modalities: list[str]) -> str:
     return "".join(s for s in "av" if any(s in m for m in modalities))
 
 
-def _stage(d: Path, modality: str, graph: onnx.ModelProto) -> None:
-    """Keep a quantized graph on disk (its weights in a side file) until the shared weights are written."""
-    d.mkdir(parents=True, exist_ok=True)
-    onnx.save(graph, d / graph_file(modality), save_as_external_data=True, location=f"{modality}.data")
+def _quantize_set(job: QuantJob, out: Path) -> dict[str, Any]:
+    """Quantize every graph of ``job`` into ``out`` with one shared weight file; returns each graph's scales."""
+    found: dict[str, Any] = {}
+    graphs: dict[str, onnx.ModelProto] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for modality, graph in run_isolated(job, Path(tmp)).items():
+            if not quantized_nodes(graph):
+                raise AvemoError(f"{job.sources[modality]}: the quantizer inserted no Q/DQ nodes")
+            found[modality] = scales(graph)
+            graphs[modality] = graph
+    out.mkdir(parents=True, exist_ok=True)
+    share_weights(graphs, out / WEIGHTS_FILE)
+    for modality, graph in graphs.items():
+        onnx.save(graph, out / graph_file(modality))
+        onnx.checker.check_model(str(out / graph_file(modality)))
+    return found
 
 
 def _clips_from_file(path: Path, split: CacheSplit) -> list[int]:

@@ -67,7 +67,7 @@ def keep_nodes(model: onnx.ModelProto, defaults: bool = True, patterns: tuple[st
 class QuantJob:
     """Graphs to quantize with one tool; picklable, so it runs in a fresh process (see ``run_isolated``)."""
 
-    graphs: dict[str, tuple[Path, Path]]  # modality -> (fp32 source, int8 output)
+    sources: dict[str, Path]  # modality -> fp32 graph
     keep: dict[str, tuple[str, ...]]  # modality -> node names kept in fp32
     cache: Path
     split: str
@@ -76,30 +76,32 @@ class QuantJob:
     tool: str = "modelopt"  # "modelopt": Q/DQ for TensorRT; "ort": ONNX Runtime's CPU int8 graph
 
 
-def run_isolated(job: QuantJob) -> dict[str, onnx.ModelProto]:
+def run_isolated(job: QuantJob, out: Path) -> dict[str, onnx.ModelProto]:
     """Quantize in a spawned process and load the results.
 
     Importing ModelOpt patches ONNX Runtime's quantizer in place (plain ONNX
     Runtime calls then fail), so each tool gets a clean interpreter.
     """
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(quantize, job).result()
-    return {m: onnx.load(str(out), load_external_data=True) for m, (_, out) in job.graphs.items()}
+        pool.submit(quantize, job, out).result()
+    return {m: onnx.load(str(out / src.name), load_external_data=True) for m, src in job.sources.items()}
 
 
-def quantize(job: QuantJob) -> None:
-    """Write each ``job.graphs`` output (+ external data beside it): the INT8 graph of its source."""
+def quantize(job: QuantJob, out: Path) -> None:
+    """Write the INT8 graph of each of ``job.sources`` into ``out``, same name (+ its external data)."""
     if job.method not in METHODS:
         raise AvemoError(f"unknown calibration method {job.method!r} (choose {', '.join(METHODS)})")
     split = CacheSplit(job.cache, job.split)
-    for modality, (src, out) in job.graphs.items():
+    out.mkdir(parents=True, exist_ok=True)
+    for modality, src in job.sources.items():
+        target = out / src.name
         reader = CalibrationReader(split, list(job.clips), modality)
         with _quiet():
             if job.tool == "ort":
-                _quantize_ort(src, out, reader, job.keep[modality])
+                _quantize_ort(src, target, reader, job.keep[modality])
             else:
-                _quantize_modelopt(src, out, reader, job.method, job.keep[modality])
-        if not out.exists():
+                _quantize_modelopt(src, target, reader, job.method, job.keep[modality])
+        if not target.exists():
             raise AvemoError(f"{src}: the quantizer wrote no graph")
 
 
