@@ -11,6 +11,7 @@ from avemo.config import FeatureConfig
 from avemo.runtime.audio import fbank
 from avemo.runtime.faces import FaceCropper
 from avemo.runtime.media import decode_audio, sample_frames
+from avemo.runtime.timing import stage
 
 MIN_AUDIO_SECONDS = 0.05  # shorter than a few frames is treated as no audio
 
@@ -35,23 +36,35 @@ def extract(
     start: float = 0.0,
     end: float | None = None,
     audio: Path | None = None,
+    timings: dict[str, float] | None = None,
 ) -> MediaFeatures:
-    """Audio fbank from ``audio`` (or the video's own track) and face crops at ``features.fps``."""
+    """Audio fbank from ``audio`` (or the video's own track) and face crops at ``features.fps``.
+
+    ``timings`` (optional) receives the milliseconds spent per stage (`avemo profile --media`).
+    """
     notes: list[str] = []
-    samples = decode_audio(audio or video, features.sample_rate, start, end) if (audio or video) else None
+    with stage(timings, "decode audio"):
+        samples = decode_audio(audio or video, features.sample_rate, start, end) if (audio or video) else None
     feats = None
     if samples is None:
         notes.append("no audio stream")
     elif len(samples) < MIN_AUDIO_SECONDS * features.sample_rate:
         notes.append("audio shorter than 50 ms")
     else:
-        feats = fbank(samples, features)
+        with stage(timings, "audio features"):
+            feats = fbank(samples, features)
     crops, sampled = [], 0
     if video is not None and cropper is not None:
         near = None  # the face of the previous sampled frame: searched around first
-        for _, frame in sample_frames(video, features.fps, start, end):
+        frames = iter(sample_frames(video, features.fps, start, end))
+        while True:
+            with stage(timings, "decode video (3 fps)"):
+                item = next(frames, None)
+            if item is None:
+                break
             sampled += 1
-            crop, near = cropper.track(frame, near)
+            with stage(timings, "face detection + crop"):
+                crop, near = cropper.track(item[1], near)
             if crop is not None:
                 crops.append(crop)
         if sampled == 0:

@@ -10,7 +10,6 @@ so a slow spell on a shared machine hits them alike; raw samples are kept.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import importlib
 import importlib.util
@@ -20,7 +19,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,12 +27,12 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from avemo.contract import AUDIO_LENGTHS, FACE_LENGTHS, MODALITY_TITLES
+from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, MODALITY_TITLES
 from avemo.errors import AvemoError
 from avemo.machine import machine_info
 from avemo.runtime.manifest import Manifest, load_manifest
 from avemo.runtime.parity import sample_inputs
-from avemo.runtime.timing import interleaved_latency, summarize
+from avemo.runtime.timing import interleaved_latency, stage, summarize
 
 BACKENDS = ("torch", "ort", "trt")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
@@ -49,9 +48,9 @@ class Runner(Protocol):
 def profile_inputs(manifest: Manifest, graph: str, batch: int, seconds: float) -> dict[str, np.ndarray]:
     """Seeded inputs where every clip of the batch is ``seconds`` long (no padding: worst case per batch)."""
     inputs = sample_inputs(manifest.features, graph, batch, seconds, seed=0)
-    for name in (AUDIO_LENGTHS, FACE_LENGTHS):
-        if name in inputs:
-            inputs[name][:] = inputs[{"audio_lengths": "audio_feats", "face_lengths": "faces"}[name]].shape[1]
+    for lengths, padded in ((AUDIO_LENGTHS, AUDIO_FEATS), (FACE_LENGTHS, FACES)):
+        if lengths in inputs:
+            inputs[lengths][:] = inputs[padded].shape[1]
     return inputs
 
 
@@ -358,43 +357,24 @@ def profile_pipeline(
     models: Path, media: Path, precision: str = "fp32", threads: int | None = None, repeats: int = 5
 ) -> dict[str, Any]:
     """Per-stage time for one real media file: decode, features, face detection, inference (ONNX Runtime)."""
-    from avemo.runtime.audio import add_deltas, fbank
-    from avemo.runtime.media import decode_audio, media_duration, sample_frames
-    from avemo.runtime.recognizer import ClipInput, Recognizer, batch_inputs
+    from avemo.runtime.media import media_duration
+    from avemo.runtime.recognizer import Recognizer, batch_inputs
 
     recognizer = Recognizer(models, precision, threads)
-    f = recognizer.features
     stages: dict[str, list[float]] = {}
-
-    @contextlib.contextmanager
-    def timed(stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        stages.setdefault(stage, []).append(1000 * (time.perf_counter() - t0))
-
+    totals: list[float] = []
     modality = ""
-    assert recognizer.cropper is not None  # the A+V / V models this pipeline times have one
     for _ in range(repeats):
-        with timed("decode audio"):
-            samples = decode_audio(media, f.sample_rate)
-        with timed("audio features"):
-            audio = add_deltas(fbank(samples, f), f.delta_window) if samples is not None else None
-        with timed("decode video (3 fps)"):
-            frames = [frame for _, frame in sample_frames(media, f.fps)]
-        with timed("face detection + crop"):
-            crops, near = [], None
-            for frame in frames:
-                crop, near = recognizer.cropper.track(frame, near)
-                crops += [crop] if crop is not None else []
-        s = f.face_size
-        faces = np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if crops else np.zeros((0, 3, s, s))
-        clip = ClipInput(audio if audio is not None else np.zeros((0, f.audio_dim), np.float32), faces)
-        modality = recognizer.choose(len(clip.audio) > 0, len(faces) > 0)
-        with timed("inference"):
+        timings: dict[str, float] = {}
+        clip, _ = recognizer.prepare(media, timings=timings)  # the Recognizer's own path, stage by stage
+        modality = recognizer.choose(len(clip.audio) > 0, len(clip.faces) > 0)
+        with stage(timings, "inference"):
             recognizer.backends[modality].infer(batch_inputs([clip], modality))
-    totals = [sum(v[i] for v in stages.values()) for i in range(repeats)]
+        for name, ms in timings.items():
+            stages.setdefault(name, []).append(ms)
+        totals.append(sum(timings.values()))
     duration = media_duration(media)
-    table = {stage: float(np.median(v)) for stage, v in stages.items()}
+    table = {name: float(np.median(v)) for name, v in stages.items()}
     return {
         "media": str(media),
         "duration_s": duration,
@@ -443,10 +423,11 @@ def add_extras(
     elif flops:
         best = min(cpu, key=lambda c: c["p50_ms"])
         manifest = load_manifest(models, verify=False)
-        count = graph_flops(manifest.graph_path(graph, "fp32"), profile_inputs(manifest, graph, batch, seconds))
+        fp32, inputs = manifest.graph_path(graph, "fp32"), profile_inputs(manifest, graph, batch, seconds)
+        count = graph_flops(fp32, inputs)
         rate = gemm_rate(threads)
         ideal_ms = 1000 * count / rate
-        ops = op_breakdown(manifest.graph_path(graph, "fp32"), profile_inputs(manifest, graph, batch, seconds), threads)
+        ops = op_breakdown(fp32, inputs, threads)
         result["flops"] = {
             "graph": graph, "batch": batch, "seconds": seconds, "threads": threads, "flops": count, "gemm_size": 1024,
             "gemm_flops_per_s": rate, "ideal_ms": ideal_ms, "best": f"{best['backend']} {best['precision']}",

@@ -32,6 +32,7 @@ from avemo.runtime.extract import extract
 from avemo.runtime.faces import FaceCropper
 from avemo.runtime.manifest import Manifest, load_manifest
 from avemo.runtime.ort_backend import OrtBackend
+from avemo.runtime.timing import stage
 
 THRESHOLD = 0.5
 
@@ -106,10 +107,16 @@ class Recognizer:
         have = "audio" if has_audio else "faces" if has_faces else "neither audio nor a face"
         raise AvemoError(f"the clip has {have}; this model needs {' or '.join(self.manifest.modalities)} input")
 
-    def prepare(self, media: Path, start: float = 0.0, end: float | None = None) -> tuple[ClipInput, list[str]]:
-        """Decode and featurise a media file (or the segment [start, end)); returns arrays and notes."""
-        feats = extract(Path(media), self.features, self.cropper, start, end)
-        audio = add_deltas(feats.fbank, self.features.delta_window) if feats.has_audio and self._has("a") else None
+    def prepare(
+        self, media: Path, start: float = 0.0, end: float | None = None, timings: dict[str, float] | None = None
+    ) -> tuple[ClipInput, list[str]]:
+        """Decode and featurise a media file (or the segment [start, end)); returns arrays and notes.
+
+        ``timings`` (optional) receives the milliseconds per stage (see ``extract``).
+        """
+        feats = extract(Path(media), self.features, self.cropper, start, end, timings=timings)
+        with stage(timings, "audio features"):
+            audio = add_deltas(feats.fbank, self.features.delta_window) if feats.has_audio and self._has("a") else None
         s = self.features.face_size
         faces = np.stack(feats.faces).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if feats.faces else None
         clip = ClipInput(

@@ -5,8 +5,9 @@ Torch-free; used by `avemo profile` and by `avemo calibrate`'s CPU int8 decision
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -46,3 +47,16 @@ def summarize(samples_ms: np.ndarray) -> dict[str, float]:
     out = {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES}
     out.update(max=float(values.max()), min=float(values.min()), mean=float(values.mean()), n=int(values.size))
     return out
+
+
+@contextlib.contextmanager
+def stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Add the block's wall time (ms) to ``timings[name]``; does nothing when ``timings`` is None."""
+    if timings is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + 1000 * (time.perf_counter() - t0)
