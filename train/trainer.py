@@ -135,6 +135,7 @@ def train(
     train_split = CacheSplit(data, "train", model_cfg.features)
     valid_split = CacheSplit(data, "valid", model_cfg.features)
     model = CrossModalTransformer(model_cfg).to(ctx.device)
+    optimizer = torch.optim.RAdam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     modalities = training_modalities(train_cfg)
     state: dict[str, Any] = {"epoch": 0, "best_metric": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
 
@@ -144,7 +145,6 @@ def train(
         if not _same_run(payload, model_cfg, train_cfg):
             raise AvemoError(f"{out}: holds a run with other settings; use a new --out or the same options")
         model.load_state_dict(payload["model"])
-        optimizer = _optimizer(model, train_cfg)
         optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["torch_rng"])
         state = {k: payload[k] for k in state}
@@ -154,7 +154,6 @@ def train(
             model.set_cmvn(*(t.to(ctx.device) for t in cmvn_stats(train_split)))
         load_init(model.audio, audio_init, "audio")
         load_init(model.visual, visual_init, "visual")
-        optimizer = _optimizer(model, train_cfg)
     step_loss: torch.nn.Module = StepLoss(model)
     if ctx.active:
         # A co-learning step on A or V leaves the other encoder unused; every rank draws the same
@@ -249,10 +248,6 @@ def train(
     say(f"best epoch {state['best_epoch']}: valid mean mF1 {100 * state['best_metric']:.1f} -> {out / BEST_CHECKPOINT}")
     shutdown(ctx)
     return state
-
-
-def _optimizer(model: CrossModalTransformer, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.RAdam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _silent(*args: object, **kwargs: object) -> None:
