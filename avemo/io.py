@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from avemo.errors import AvemoError
 
@@ -49,3 +52,34 @@ def read_versioned_json(path: Path, fmt: str, max_version: int, what: str, missi
     if data.get("version", 0) > max_version:
         raise AvemoError(f"{path}: {what} version {data['version']} is newer than this avemo ({max_version})")
     return data
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def move_into_place(staging: Path, out: Path) -> dict[str, str]:
+    """Rename every staged file into ``out``; returns their sha256 by relative path."""
+    files: dict[str, str] = {}
+    for path in sorted(p for p in Path(staging).rglob("*") if p.is_file()):
+        rel = path.relative_to(staging)
+        target = Path(out) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        files[str(rel)] = sha256_file(target)
+    return files
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy scalars turned into Python numbers and tuples into lists (for json.dumps)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

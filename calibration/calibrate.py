@@ -42,9 +42,8 @@ from avemo.calibration.report import (
 )
 from avemo.contract import MANIFEST_FILE, MODALITY_TITLES, PARITY_FILE, PRECISION_DIRS, WEIGHTS_FILE, graph_file
 from avemo.errors import AvemoError
-from avemo.export.exporter import jsonable, move_into_place
 from avemo.export.weights import share_weights
-from avemo.io import atomic_write_bytes, atomic_write_json
+from avemo.io import atomic_write_bytes, atomic_write_json, jsonable, move_into_place
 from avemo.runtime.manifest import load_manifest
 from avemo.runtime.ort_backend import OrtBackend
 from avemo.runtime.parity import TOLERANCE, check_parity, load_references, parity_samples, sample_inputs

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 
@@ -33,8 +31,8 @@ from avemo.export.fp16 import FP32_OPS, to_fp16
 from avemo.export.graphs import export_graph
 from avemo.export.weights import share_weights
 from avemo.export.wrappers import wrap
-from avemo.io import atomic_write_json
-from avemo.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sha256_file
+from avemo.io import atomic_write_json, jsonable, move_into_place, sha256_file
+from avemo.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
 from avemo.runtime.parity import TOLERANCE, References, Samples, check_parity, parity_samples, save_references
 from avemo.train.checkpoint import load_model, train_config_of
 
@@ -177,25 +175,3 @@ def _write_precisions(
         agree = min(r["label_agreement"] for r in parity[precision].values())
         log(f"{precision}: parity max |diff| {worst:.2e}, thresholded-label agreement {100 * agree:.1f}%")
     return parity, sizes
-
-
-def move_into_place(staging: Path, out: Path) -> dict[str, str]:
-    """Rename every staged file into ``out``; returns their sha256 by relative path."""
-    files: dict[str, str] = {}
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        rel = path.relative_to(staging)
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-        files[str(rel)] = sha256_file(target)
-    return files
-
-
-def jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj

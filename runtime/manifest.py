@@ -6,25 +6,16 @@ not match the manifest is refused with a message naming it.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from avemo.config import FeatureConfig, ModelConfig, from_dict
 from avemo.contract import MANIFEST_FILE, PRECISION_DIRS, graph_file
 from avemo.errors import AvemoError
-from avemo.io import read_versioned_json
+from avemo.io import read_versioned_json, sha256_file
 
 MANIFEST_FORMAT = "avemo-models"
 MANIFEST_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Manifest:
