@@ -32,10 +32,11 @@ class Dist:
         return self.rank == 0
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Element-wise sum over ranks (a copy; the input is left alone)."""
+        """Element-wise sum over ranks, on the CPU (one process: ``values`` itself, no device round trip)."""
+        if not self.active:
+            return values
         out = values.detach().to(self.device, copy=True)
-        if self.active:
-            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out.cpu()
 
     def gather(self, obj: Any) -> list[Any]:
