@@ -23,7 +23,8 @@ def describe() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {python}"
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
     import importlib.metadata
 
     try:
@@ -51,7 +52,7 @@ def gpus() -> list[dict[str, str]]:
 
 def machine_info() -> dict[str, object]:
     """Everything a benchmark number depends on: CPU, cores, GPU + driver, library versions (torch not imported)."""
-    versions = {d: _version(d) for d in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "numpy", "onnx")}
+    versions = {d: package_version(d) for d in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "numpy", "onnx")}
     return {
         "summary": describe(),
         "cpu": cpu_name(),

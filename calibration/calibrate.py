@@ -10,7 +10,6 @@ Everything is checked before any work and staged, so a failure changes nothing.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from avemo.contract import MANIFEST_FILE, MODALITY_TITLES, PARITY_FILE, PRECISIO
 from avemo.errors import AvemoError
 from avemo.export.weights import share_weights
 from avemo.io import atomic_write_bytes, atomic_write_json, jsonable, move_into_place
+from avemo.machine import package_version
 from avemo.runtime.manifest import load_manifest
 from avemo.runtime.ort_backend import OrtBackend
 from avemo.runtime.parity import TOLERANCE, check_parity, load_references, parity_samples, sample_inputs
@@ -256,10 +256,4 @@ def _drop(report: dict[str, Any], precision: str, split: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("nvidia-modelopt", "onnxruntime", "onnx", "numpy"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    return {d: package_version(d) or "not installed" for d in ("nvidia-modelopt", "onnxruntime", "onnx", "numpy")}
