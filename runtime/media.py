@@ -14,6 +14,8 @@ import numpy as np
 from avemo.deps import require
 from avemo.errors import AvemoError
 
+TICK_TOLERANCE = 1e-4  # of a tick (33 us at 3 fps): far below any frame interval, far above float error
+
 
 def _av():
     return require("av", "pip install 'avemo[runtime]'")
@@ -79,16 +81,20 @@ def sample_frames(
         stream.thread_type = "AUTO"
         if start > 0 and stream.time_base is not None:
             container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-        tick, step = start, 1.0 / fps
+        step = 1.0 / fps
+        tick = 0  # index of the next tick to fill: tick k lies at start + k * step
         try:
             for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else tick
+                t = float(frame.time) if frame.time is not None else start + tick * step
                 if end is not None and t >= end:
                     break
-                if t + 1e-6 < tick:
+                # Tick units, with a tolerance for times that land a hair below a tick (1/15360,
+                # 1/90000 or 1001/30000 time bases): such a frame fills that tick, and only that one.
+                position = (t - start) / step + TICK_TOLERANCE
+                if position < tick:
                     continue
                 yield t, frame.to_ndarray(format="rgb24")
-                tick += step * (np.floor((t - tick) / step) + 1)  # skip ticks this frame covered
+                tick = int(np.floor(position)) + 1  # the ticks this frame covered are filled
         except av.error.FFmpegError:
             return  # a truncated or corrupt tail: keep the frames decoded so far
 

@@ -45,10 +45,13 @@ def write_media(
     video: bool = True,
     face: bool = True,
     frame_times: list[float] | None = None,
+    time_base: Fraction = Fraction(1, 1000),
+    codec: str = "mpeg4",
 ) -> Path:
     """An mp4 (or any container FFmpeg infers from the suffix) with optional audio and video streams.
 
-    ``frame_times`` gives explicit presentation times (variable frame rate).
+    ``frame_times`` gives explicit presentation times (variable frame rate); ``time_base``
+    the video stream's (MPEG-4 part 2 takes denominators up to 65535; libx264 any).
     """
     w, h = size
     photo = face_photo(min(w, h) * 3 // 4)
@@ -56,20 +59,20 @@ def write_media(
     with av.open(str(path), "w") as container:
         vstream = astream = None
         if video:
-            vstream = container.add_stream("mpeg4", rate=Fraction(fps).limit_denominator(1000))
+            vstream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
-            vstream.codec_context.time_base = Fraction(1, 1000)
+            vstream.codec_context.time_base = vstream.time_base = time_base
         if audio_rate:
             astream = container.add_stream("aac", rate=audio_rate, layout=audio_layout)
         if vstream is not None:
-            times = frame_times if frame_times is not None else list(np.arange(0, seconds, 1 / fps))
+            times = frame_times if frame_times is not None else [i / fps for i in range(int(seconds * fps + 1e-9))]
             for t in times:
                 img = np.full((h, w, 3), 90, np.uint8)
                 if face:
                     x = (w - photo.shape[1]) // 2 + int(10 * np.sin(t))
                     img[(h - photo.shape[0]) // 2 :][: photo.shape[0], x : x + photo.shape[1]] = photo
                 frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-                frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+                frame.pts, frame.time_base = round(t / time_base), time_base
                 container.mux(vstream.encode(frame))
             container.mux(vstream.encode(None))
         if astream is not None:

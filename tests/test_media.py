@@ -1,5 +1,7 @@
 """Decoding, frame sampling, face crops and filterbanks on media made here (tests/media_factory.py)."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,36 @@ def test_variable_frame_rate_is_sampled_by_timestamp(tmp_path):
     got = [round(t, 3) for t, _ in sample_frames(path, 3.0)]
     # Timestamps are whole milliseconds: frame 10 sits at 0.333 s, before the 1/3 s tick.
     assert got == [0.0, 0.367, 0.667, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("time_base", "fps"),
+    [
+        (Fraction(1, 15360), 30),  # most MP4s (FFmpeg's default for 30 fps)
+        (Fraction(1, 90000), 30),  # MPEG-TS, RTP
+        (Fraction(1001, 30000), Fraction(30000, 1001)),  # NTSC
+        (Fraction(1, 15360), 25),  # frame times that never meet the 1/3-s ticks
+    ],
+    ids=str,
+)
+def test_one_frame_per_tick_on_any_time_base(tmp_path, time_base, fps):
+    path = write_media(
+        tmp_path / "tb.mp4",
+        seconds=20.0,
+        fps=float(fps),
+        size=(64, 48),
+        audio_rate=None,
+        face=False,
+        time_base=time_base,
+        codec="libx264",
+    )
+    times = np.array([t for t, _ in sample_frames(path, 3.0)])
+    assert len(times) == 60  # 20 s at 3 fps: exactly one frame per tick, none twice
+    # Each frame is the first at or after its tick: never earlier than it, less than a frame period after.
+    ticks = np.arange(60) / 3.0
+    assert np.all(times >= ticks - 1e-4) and np.all(times - ticks < 1 / float(fps))
+    # Segments cut from the middle count the same way.
+    assert len(list(sample_frames(path, 3.0, start=5.0, end=15.0))) == 30
 
 
 def test_no_audio_stream_and_no_video_stream(tmp_path):
