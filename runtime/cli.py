@@ -9,6 +9,27 @@ import numpy as np
 
 from avemo.contract import MODALITIES, PARITY_FILE, PRECISION_DIRS
 
+FACE_MODES = ("speaker", "largest")  # as avemo.runtime.faces.FACE_MODES, without importing OpenCV for --help
+
+
+def face_options(command: click.Command) -> click.Command:
+    """--face-detector and --faces, shared by `prepare` (training crops) and `infer` (serving crops)."""
+    command = click.option(
+        "--faces",
+        type=click.Choice(FACE_MODES),
+        default="speaker",
+        show_default=True,
+        help="With several faces in view: the one whose mouth moves with the audio (else the largest), "
+        "or always the largest in each frame.",
+    )(command)
+    return click.option(
+        "--face-detector",
+        default=None,
+        metavar="yunet|haar|PATH",
+        help="Face detector: yunet (a CNN, packaged, the default), haar (OpenCV's cascade) or a YuNet ONNX "
+        "file. prepare records it in the cache; infer uses the model's own and warns about any other.",
+    )(command)
+
 
 @click.command()
 @click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
@@ -61,12 +82,7 @@ def verify(models: Path, threads: int | None) -> None:
 )
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be on.")
-@click.option(
-    "--face-detector",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=None,
-    help="YuNet-style ONNX face detector (default: OpenCV's Haar cascade).",
-)
+@face_options
 @click.option("--window", type=float, default=None, help="Timeline: window length in seconds.")
 @click.option("--hop", type=float, default=None, help="Timeline: hop in seconds (default: the window).")
 @click.option(
@@ -82,7 +98,8 @@ def infer(
     backend: str,
     threads: int | None,
     threshold: float,
-    face_detector: Path | None,
+    face_detector: str | None,
+    faces: str,
     window: float | None,
     hop: float | None,
     plot: Path | None,
@@ -108,7 +125,7 @@ def infer(
         raise click.BadParameter("--plot draws a timeline: give --window too", param_hint="--plot")
     if (window is not None and window <= 0) or (hop is not None and hop <= 0):
         raise click.BadParameter("window and hop must be positive", param_hint="--window/--hop")
-    recognizer = Recognizer(models, precision, threads, face_detector, threshold, backend=backend)
+    recognizer = Recognizer(models, precision, threads, face_detector, threshold, backend=backend, faces=faces)
     failed = 0
     for path in media:
         try:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from avemo.config import FeatureConfig
 from avemo.runtime.audio import fbank
-from avemo.runtime.faces import FaceCropper
+from avemo.runtime.faces import FacePipeline
 from avemo.runtime.media import decode_audio, sample_frames
 from avemo.runtime.timing import stage
 
@@ -21,18 +22,22 @@ class MediaFeatures:
     fbank: np.ndarray | None  # [T, mel bins] log-Mel; None: no usable audio
     faces: list[np.ndarray]  # RGB crops [S, S, 3] uint8, in time order
     frames_sampled: int
-    frames_without_face: int
     notes: list[str]  # what was dropped and why
+    face: dict[str, Any] = field(default_factory=dict)  # the chosen face: box, choice, confidence, faces_seen
 
     @property
     def has_audio(self) -> bool:
         return self.fbank is not None and len(self.fbank) > 0
 
+    @property
+    def frames_with_face(self) -> int:
+        return len(self.faces)
+
 
 def extract(
     video: Path | None,
     features: FeatureConfig,
-    cropper: FaceCropper | None,
+    faces: FacePipeline | None,
     start: float = 0.0,
     end: float | None = None,
     audio: Path | None = None,
@@ -53,22 +58,24 @@ def extract(
     else:
         with stage(timings, "audio features"):
             feats = fbank(samples, features)
-    crops, sampled = [], 0
-    if video is not None and cropper is not None:
-        near = None  # the face of the previous sampled frame: searched around first
-        frames = iter(sample_frames(video, features.fps, start, end))
-        while True:
-            with stage(timings, "decode video (3 fps)"):
-                item = next(frames, None)
-            if item is None:
-                break
-            sampled += 1
-            with stage(timings, "face detection + crop"):
-                crop, near = cropper.track(item[1], near)
-            if crop is not None:
-                crops.append(crop)
-        if sampled == 0:
-            notes.append("no video frames")
-        elif not crops:
-            notes.append(f"no face in {sampled} frames")
-    return MediaFeatures(feats, crops, sampled, sampled - len(crops), notes)
+    if video is None or faces is None:
+        return MediaFeatures(feats, [], 0, notes)
+    collector = faces.clip()
+    frames = iter(sample_frames(video, features.fps, start, end))
+    while True:
+        with stage(timings, "decode video (3 fps)"):
+            item = next(frames, None)
+        if item is None:
+            break
+        with stage(timings, "face detection + crop"):
+            collector.add(*item)
+    with stage(timings, "face detection + crop"):
+        chosen = collector.finish(samples, start)
+    notes.extend(faces.notes)
+    if chosen.frames_sampled == 0:
+        notes.append("no video frames")
+    elif not chosen.crops:
+        notes.append(f"no face in {chosen.frames_sampled} frames")
+    elif chosen.face.get("choice", "").startswith("largest:"):
+        notes.append(f"several faces, {chosen.face['choice']}")
+    return MediaFeatures(feats, chosen.crops, chosen.frames_sampled, notes, chosen.face)

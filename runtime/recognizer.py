@@ -28,8 +28,8 @@ from avemo.contract import (
 )
 from avemo.errors import AvemoError
 from avemo.runtime.audio import add_deltas
-from avemo.runtime.extract import extract
-from avemo.runtime.faces import FaceCropper
+from avemo.runtime.extract import MediaFeatures, extract
+from avemo.runtime.faces import FacePipeline
 from avemo.runtime.manifest import Manifest, load_manifest
 from avemo.runtime.ort_backend import OrtBackend
 from avemo.runtime.timing import stage
@@ -50,6 +50,9 @@ class Recognition:
     end: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    frames_sampled: int | None = None  # video frames taken at 3 fps (media input only)
+    frames_with_face: int | None = None  # of those, frames with the chosen face (the model's face crops)
+    face: dict[str, Any] = field(default_factory=dict)  # the chosen face: box, choice, confidence, faces_seen
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -73,11 +76,13 @@ class Recognizer:
         models: Path,
         precision: str = "fp32",
         threads: int | None = None,
-        face_detector: Path | None = None,
+        face_detector: str | None = None,
         threshold: float = THRESHOLD,
         providers: list[str] | None = None,
         backend: str = "ort",
+        faces: str = "speaker",
     ) -> None:
+        """``face_detector`` overrides the model's own (warned about); ``faces``: speaker or largest."""
         self.manifest = load_manifest(models)
         self.features = self.manifest.features
         self.threshold = threshold
@@ -93,7 +98,7 @@ class Recognizer:
                 m: OrtBackend(self.manifest.graph_path(m, precision), threads, providers)
                 for m in self.manifest.modalities
             }
-        self.cropper = FaceCropper(self.features, face_detector) if self._has("v") else None
+        self.faces = FacePipeline(self.features, faces, face_detector) if self._has("v") else None
 
     def _has(self, modality: str) -> bool:
         return any(modality in m for m in self.manifest.modalities)
@@ -109,12 +114,12 @@ class Recognizer:
 
     def prepare(
         self, media: Path, start: float = 0.0, end: float | None = None, timings: dict[str, float] | None = None
-    ) -> tuple[ClipInput, list[str]]:
-        """Decode and featurise a media file (or the segment [start, end)); returns arrays and notes.
+    ) -> tuple[ClipInput, MediaFeatures]:
+        """Decode and featurise a media file (or the segment [start, end)); returns arrays and what was found.
 
         ``timings`` (optional) receives the milliseconds per stage (see ``extract``).
         """
-        feats = extract(Path(media), self.features, self.cropper, start, end, timings=timings)
+        feats = extract(Path(media), self.features, self.faces, start, end, timings=timings)
         with stage(timings, "audio features"):
             audio = add_deltas(feats.fbank, self.features.delta_window) if feats.has_audio and self._has("a") else None
         s = self.features.face_size
@@ -123,7 +128,7 @@ class Recognizer:
             audio if audio is not None else np.zeros((0, self.features.audio_dim), np.float32),
             faces if faces is not None else np.zeros((0, 3, s, s), np.float32),
         )
-        return clip, feats.notes
+        return clip, feats
 
     def infer(self, clips: list[ClipInput]) -> list[Recognition]:
         """Recognise several clips: grouped by modality, batched by similar length, in input order."""
@@ -146,10 +151,15 @@ class Recognizer:
     def recognize(self, media: Path, start: float = 0.0, end: float | None = None) -> Recognition:
         """One media file (or a segment of it) -> Recognition, with decode/feature and inference timings."""
         t0 = time.perf_counter()
-        clip, notes = self.prepare(media, start, end)
+        clip, feats = self.prepare(media, start, end)
         t1 = time.perf_counter()
         result = self.infer([clip])[0]
-        result.source, result.notes = str(media), notes
+        result.source, result.notes = str(media), feats.notes
+        result.frames_sampled, result.frames_with_face, result.face = (
+            feats.frames_sampled,
+            feats.frames_with_face,
+            feats.face,
+        )
         result.start, result.end = (start, end) if (start or end is not None) else (None, None)
         result.timings_ms = {"features": 1000 * (t1 - t0), "inference": result.timings_ms["inference"]}
         return result

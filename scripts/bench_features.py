@@ -23,7 +23,8 @@ from avemo.config import FeatureConfig
 from avemo.machine import describe
 from avemo.runtime.audio import fbank
 from avemo.runtime.extract import extract
-from avemo.runtime.faces import FaceCropper
+from avemo.runtime.faces import FacePipeline
+from avemo.runtime.faces.tracking import FaceTracker
 from avemo.runtime.media import decode_audio, sample_frames
 from avemo.train.mosei import prepare
 from tests.media_factory import write_media, write_mosei_tree
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     features = FeatureConfig()
-    cropper = FaceCropper(features)
+    faces = FacePipeline(features)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_media(Path(tmp) / "clip.mp4", seconds=args.seconds, fps=30, size=(640, 360))
@@ -54,20 +55,19 @@ def main() -> None:
         def audio() -> None:
             fbank(decode_audio(clip, features.sample_rate), features)
 
-        def video() -> None:
-            near = None
+        def video(redetect_every: int) -> None:
+            tracker = FaceTracker(faces.detector, features.face_detect_side, redetect_every)
             for _, frame in sample_frames(clip, features.fps):
-                _, near = cropper.track(frame, near)
-
-        def full_search() -> None:
-            for _, frame in sample_frames(clip, features.fps):
-                cropper.crop(frame)
+                tracker.update(frame)
 
         for name, fn in (
             ("audio (decode + fbank)", audio),
-            ("video (decode + 3 fps + detect with tracking + crop)", video),
-            ("video, every frame searched whole (before tracking)", full_search),
-            ("together (`extract`, what prepare and infer run)", lambda: extract(clip, features, cropper)),
+            ("video (decode + 3 fps + detect with tracking)", lambda: video(3)),
+            ("video, every frame searched whole (no tracking)", lambda: video(1)),
+            (
+                "together (`extract`: + crops, speaker choice; what prepare and infer run)",
+                lambda: extract(clip, features, faces),
+            ),
         ):
             times = timed(fn, args.repeats)
             rows[name] = {

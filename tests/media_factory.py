@@ -23,6 +23,84 @@ def face_photo(size: int = 256) -> np.ndarray:
     return cv2.resize(head, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def second_face_photo(size: int = 256) -> np.ndarray:
+    """Another real face: the head of scikit-image's `camera()` photograph (grey), turned a little."""
+    import cv2
+    from skimage import data
+
+    head = data.camera()[60:300, 120:360]
+    return cv2.resize(np.repeat(head[:, :, None], 3, axis=2), (size, size), interpolation=cv2.INTER_AREA)
+
+
+# Mouth corners (right, left) in each photo, as fractions of its side (YuNet's landmarks on them).
+MOUTHS = {"astronaut": ((0.445, 0.383), (0.563, 0.393)), "camera": ((0.475, 0.490), (0.490, 0.495))}
+
+
+def speech_gate(seconds: float, seed: int = 0) -> list[tuple[float, float]]:
+    """Talk spurts [(start, end)]: 0.8-1.6 s of speech, then 0.6-1.2 s of silence, seeded."""
+    rng, t, spurts = np.random.default_rng(seed), 0.2, []
+    while t < seconds:
+        end = min(seconds, t + rng.uniform(0.8, 1.6))
+        spurts.append((t, end))
+        t = end + rng.uniform(0.6, 1.2)
+    return spurts
+
+
+def mouth_opening(t: float, spurts: list[tuple[float, float]], seed: int = 0) -> float:
+    """How open a speaker's mouth is at ``t`` (0..1): a new seeded opening every 0.2-s syllable of a spurt."""
+    talking = any(a <= t < b for a, b in spurts)
+    syllable = int(t / 0.2)
+    return float(talking) * float(np.random.default_rng([seed, syllable]).uniform(0.2, 1.0))
+
+
+def draw_mouth(img: np.ndarray, photo: str, x: int, y: int, side: int, opening: float) -> None:
+    """An open mouth (a dark ellipse between the photo's mouth corners), ``opening`` 0..1."""
+    import cv2
+
+    (rx, ry), (lx, ly) = MOUTHS[photo]
+    width = max(lx - rx, 0.06) * side
+    cx, cy = x + (rx + lx) / 2 * side, y + (ry + ly) / 2 * side + 0.1 * width
+    if opening > 0.05:
+        axes = (max(1, round(0.45 * width)), max(1, round(0.45 * width * opening)))
+        cv2.ellipse(img, (round(cx), round(cy)), axes, 0, 0, 360, (25, 10, 10), -1)
+
+
+def write_two_faces(path: Path, seconds: float = 8.0, speaker: str | None = "astronaut", audio: bool = True) -> Path:
+    """Two real faces side by side (640x360, 15 fps): the astronaut small on the left, the cameraman
+    larger on the right; ``speaker``'s mouth opens with the speech, the other's stays shut."""
+    size, fps, rate = (640, 360), 15, 16000
+    photos = {"astronaut": (face_photo(200), 40, 80), "camera": (second_face_photo(300), 320, 30)}
+    spurts = speech_gate(seconds)
+    with av.open(str(path), "w") as container:
+        vstream = container.add_stream("mpeg4", rate=fps)
+        vstream.width, vstream.height, vstream.pix_fmt = *size, "yuv420p"
+        astream = container.add_stream("aac", rate=rate, layout="mono") if audio else None
+        for i in range(int(seconds * fps)):
+            t = i / fps
+            img = np.full((size[1], size[0], 3), 90, np.uint8)
+            for name, (photo, x, y) in photos.items():
+                img[y : y + photo.shape[0], x : x + photo.shape[1]] = photo
+                if name == speaker:
+                    draw_mouth(img, name, x, y, photo.shape[0], mouth_opening(t, spurts))
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            container.mux(vstream.encode(frame))
+        container.mux(vstream.encode(None))
+        if astream is not None:
+            t = np.arange(int(seconds * rate)) / rate
+            gate = np.zeros_like(t)
+            for a, b in spurts:
+                gate[(t >= a) & (t < b)] = 1.0
+            samples = speech_like(seconds, rate)[0] * gate + 0.003 * np.random.default_rng(1).normal(size=t.size)
+            for i in range(0, len(samples), 1024):
+                chunk = samples[None, i : i + 1024].astype(np.float32)
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = rate, i
+                container.mux(astream.encode(frame))
+            container.mux(astream.encode(None))
+    return path
+
+
 def speech_like(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
     """Voiced harmonics under a syllable envelope, plus noise: [channels, samples] float32."""
     rng = np.random.default_rng(seed)

@@ -1,17 +1,20 @@
 """Decoding, frame sampling, face crops and filterbanks on media made here (tests/media_factory.py)."""
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from avemo.config import FeatureConfig
+from avemo.config import LEGACY_FEATURES, FeatureConfig
 from avemo.errors import AvemoError
 from avemo.runtime.audio import fbank
 from avemo.runtime.extract import extract
-from avemo.runtime.faces import FaceCropper
+from avemo.runtime.faces import FacePipeline, open_detector
+from avemo.runtime.faces.crop import square_crop
+from avemo.runtime.faces.tracking import FaceTracker
 from avemo.runtime.media import decode_audio, sample_frames
-from tests.media_factory import face_photo, write_media
+from tests.media_factory import face_photo, second_face_photo, write_media, write_two_faces
 
 FEATURES = FeatureConfig()
 
@@ -80,10 +83,10 @@ def test_no_audio_stream_and_no_video_stream(tmp_path):
     assert decode_audio(silent, 16000) is None
     voice_only = write_media(tmp_path / "voice.m4a", video=False)
     assert list(sample_frames(voice_only, 3.0)) == []
-    cropper = FaceCropper(FEATURES)
-    feats = extract(silent, FEATURES, cropper)
+    faces = FacePipeline(FEATURES)
+    feats = extract(silent, FEATURES, faces)
     assert not feats.has_audio and feats.faces and "no audio stream" in feats.notes
-    feats = extract(voice_only, FEATURES, cropper)
+    feats = extract(voice_only, FEATURES, faces)
     assert feats.has_audio and not feats.faces and "no video frames" in feats.notes
 
 
@@ -106,49 +109,61 @@ def test_zero_duration_segment_and_single_frame(tmp_path):
     path = write_media(tmp_path / "one.mp4", seconds=0.1, fps=10)
     assert len(list(sample_frames(path, 3.0))) == 1
     assert len(decode_audio(path, 16000, start=0.05, end=0.05)) == 0
-    feats = extract(path, FEATURES, FaceCropper(FEATURES), start=0.05, end=0.05)
+    feats = extract(path, FEATURES, FacePipeline(FEATURES), start=0.05, end=0.05)
     assert not feats.has_audio
 
 
-def test_face_found_on_a_real_photo_and_not_on_a_blank_frame():
-    cropper = FaceCropper(FEATURES)
-    photo = face_photo(512)
-    box = cropper.detect(photo)
-    assert box is not None
-    x, y, w, h = box
-    assert 150 < x + w / 2 < 350 and 50 < y + h / 2 < 300 and w > 100  # the astronaut's face
-    crop = cropper.crop(photo)
+@pytest.mark.parametrize("name", ["yunet", "haar"])
+def test_face_found_on_a_real_photo_and_not_on_a_blank_frame(name):
+    detector = open_detector(name)
+    faces = detector.detect(face_photo(512))
+    assert len(faces) == 1
+    x, y, w, h = faces[0].box
+    assert 150 < x + w / 2 < 350 and 50 < y + h / 2 < 300 and w > 80  # the astronaut's face
+    assert (faces[0].landmarks is not None) == (name == "yunet")  # YuNet gives eyes, nose, mouth corners
+    assert detector.detect(np.full((240, 320, 3), 90, np.uint8)) == []
+    crop = square_crop(face_photo(512), faces[0].box, 0.15, 128)
     assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
-    assert cropper.crop(np.full((240, 320, 3), 90, np.uint8)) is None
 
 
-def test_tracking_searches_near_the_last_face_and_falls_back_to_the_frame():
-    cropper = FaceCropper(FEATURES)
-    frame = np.full((360, 640, 3), 70, np.uint8)
-    frame[60:316, 300:556] = face_photo(256)
-    full = cropper.detect(frame)
-    assert full is not None
-    searched = []  # the image sizes the cascade was run on
+def test_yunet_finds_a_turned_face_that_haar_misses():
+    turned = second_face_photo(256)  # the cameraman, looking into his camera
+    assert len(open_detector("yunet").detect(turned)) == 1
+    assert open_detector("haar").detect(turned) == []
 
-    class Recorder:
-        def detectMultiScale(self, gray, **kw):
-            searched.append(gray.shape)
-            return haar.detectMultiScale(gray, **kw)
 
-    haar, cropper.haar = cropper.haar, Recorder()
-    # Near the previous box (shifted a little, as between sampled frames): the same face, found in the window.
-    near = (full[0] + 6, full[1] - 4, full[2], full[3])
-    tracked = cropper.detect(frame, near)
-    assert tracked is not None and max(abs(a - b) for a, b in zip(tracked, full, strict=True)) <= 12
-    assert len(searched) == 1 and searched[0][0] * searched[0][1] < 0.5 * 270 * 480  # a window, not the frame
-    # A stale box far from the face: the window finds nothing, the whole frame is searched.
-    searched.clear()
-    stale = cropper.detect(frame, (10, 200, 60, 60))
-    assert stale is not None and abs(stale[0] - full[0]) <= 12
-    assert searched[-1] == (270, 480)
-    crop, box = cropper.track(frame, near)
-    assert crop.shape == (128, 128, 3) and box == tracked
-    assert cropper.track(np.full((360, 640, 3), 70, np.uint8), near) == (None, None)
+class RecordingDetector:
+    """A test double around a real detector that records the size of every image it is asked to search."""
+
+    def __init__(self, detector):
+        self.inner, self.name, self.sha256, self.searched = detector, detector.name, detector.sha256, []
+
+    def detect(self, rgb, min_side=0.0, max_side=None):
+        self.searched.append(rgb.shape[:2])
+        return self.inner.detect(rgb, min_side, max_side)
+
+
+@pytest.mark.parametrize("name", ["yunet", "haar"])
+def test_tracking_searches_near_the_face_and_the_whole_frame_when_lost(name):
+    frame = np.full((720, 1280, 3), 70, np.uint8)
+    frame[120:632, 600:1112] = face_photo(512)
+    detector = RecordingDetector(open_detector(name))
+    tracker = FaceTracker(detector, detect_side=640, redetect_every=3)
+    [(track, first)] = tracker.update(frame)
+    assert detector.searched == [(360, 640)]  # the first frame: the whole frame, scaled to 640 px
+    shifted = np.roll(frame, (8, -6), axis=(0, 1))  # the face moved a little between sampled frames
+    [(again, tracked)] = tracker.update(shifted)
+    assert again == track and len(detector.searched) == 2
+    h, w = detector.searched[-1]
+    assert h * w < 0.25 * 360 * 640  # a window around the last face, not the frame
+    tolerance = 0.1 * first.box[3]  # the window is searched at a coarser scale than the frame
+    assert abs(tracked.box[0] - (first.box[0] - 6)) < tolerance and abs(tracked.box[1] - (first.box[1] + 8)) < tolerance
+    # Every third sampled frame is a full search again (faces that came into view), same id.
+    assert tracker.update(shifted)[0][0] == track and detector.searched[-1] != (360, 640)
+    assert tracker.update(shifted)[0][0] == track and detector.searched[-1] == (360, 640)
+    # The face gone: the window finds nothing and the whole frame is searched at once.
+    assert tracker.update(np.full((720, 1280, 3), 70, np.uint8)) == []
+    assert detector.searched[-1] == (360, 640)
 
 
 def test_4k_frame_detects_on_a_downscaled_copy():
@@ -156,16 +171,78 @@ def test_4k_frame_detects_on_a_downscaled_copy():
 
     frame = np.full((2160, 3840, 3), 80, np.uint8)
     frame[56:2104, 900:2948] = cv2.resize(face_photo(512), (2048, 2048))
-    box = FaceCropper(FEATURES).detect(frame)
-    assert box is not None and box[2] > 250  # full-resolution coordinates
+    detector = RecordingDetector(open_detector("yunet"))
+    [(_, face)] = FaceTracker(detector, detect_side=640).update(frame)
+    assert detector.searched == [(360, 640)] and face.box[2] > 250  # full-resolution coordinates
 
 
 def test_face_detector_model_errors(tmp_path):
     with pytest.raises(AvemoError, match="face detector model not found"):
-        FaceCropper(FEATURES, tmp_path / "nope.onnx")
+        open_detector(str(tmp_path / "nope.onnx"))
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(AvemoError, match="not a YuNet face detector"):
-        FaceCropper(FEATURES, tmp_path / "bad.onnx")
+        open_detector(str(tmp_path / "bad.onnx"))
+    with pytest.raises(AvemoError, match="unknown face detector 'mtcnn'"):
+        open_detector("mtcnn")
+
+
+def test_packaged_detector_weights_are_hash_checked(monkeypatch):
+    from avemo.contract import FACE_DETECTORS
+
+    monkeypatch.setitem(FACE_DETECTORS, "yunet", {**FACE_DETECTORS["yunet"], "sha256": "0" * 64})
+    with pytest.raises(AvemoError, match="is not the expected 0000"):
+        open_detector("yunet")
+
+
+def test_the_model_detector_is_checked(tmp_path, capsys):
+    import dataclasses
+    import shutil
+
+    from avemo.runtime.faces.detectors import packaged_file
+
+    # Features recording other YuNet weights than the installed ones: refused, both named.
+    other = dataclasses.replace(FEATURES, face_detector_sha256="ab" * 32)
+    with pytest.raises(AvemoError, match=r"installed face detector yunet \(sha256 49f000ec501f\).*abababababab"):
+        FacePipeline(other)
+    # Another detector asked for explicitly: allowed, warned on stderr and in the notes.
+    pipeline = FacePipeline(FEATURES, detector="haar")
+    assert "differs from the training detector yunet" in pipeline.notes[0]
+    assert "WARNING" in capsys.readouterr().err
+    # The same weights under another path: the hash matches, only the name differs -> still a warning.
+    copy = shutil.copy(packaged_file("yunet"), tmp_path / "yunet.onnx")
+    assert FacePipeline(FEATURES, detector=str(copy)).notes
+
+
+def test_settings_of_older_caches_and_models_mean_haar():
+    from avemo.config import from_dict
+
+    old = {k: v for k, v in dataclasses.asdict(FEATURES).items() if k not in LEGACY_FEATURES}
+    legacy = from_dict(FeatureConfig, old)
+    assert (legacy.face_detector, legacy.face_detect_side, legacy.frame_sampler) == ("haar", 480, 1)
+    assert FEATURES.face_detector == "yunet" and FEATURES.frame_sampler == 2
+
+
+@pytest.mark.parametrize("speaker", ["astronaut", "camera"])
+def test_the_speaking_face_is_chosen_among_two(tmp_path, speaker):
+    path = write_two_faces(tmp_path / "two.mp4", speaker=speaker)
+    chosen = extract(path, FEATURES, FacePipeline(FEATURES, "speaker"))
+    largest = extract(path, FEATURES, FacePipeline(FEATURES, "largest"))
+    side = 640 / 2  # the astronaut is on the left, the (larger) cameraman on the right
+    assert chosen.face["choice"] == "speaker" and chosen.face["faces_seen"] == 2
+    assert (chosen.face["box"][0] < side) == (speaker == "astronaut")
+    assert chosen.face["confidence"] > 0.15
+    assert largest.face["choice"] == "largest" and largest.face["box"][0] > side
+    assert chosen.frames_with_face == chosen.frames_sampled == 24
+
+
+def test_without_speech_evidence_the_largest_face_is_kept(tmp_path):
+    for path in (
+        write_two_faces(tmp_path / "silent.mp4", speaker="astronaut", audio=False),
+        write_two_faces(tmp_path / "nobody.mp4", speaker=None),
+    ):
+        feats = extract(path, FEATURES, FacePipeline(FEATURES))
+        assert feats.face["choice"].startswith("largest:") and feats.face["box"][0] > 320
+        assert any("several faces" in note for note in feats.notes)
 
 
 def _numpy_fbank(x, rate=16000, bins=80, frame=400, shift=160, nfft=512):

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from avemo.config import PRESETS, REGIMES, TRAIN_PRESETS, model_config_for_regime
+from avemo.runtime.cli import face_options
 
 
 @click.command()
@@ -69,15 +70,17 @@ def synth(preset: str, out: Path, seed: int, clips: int | None) -> None:
     default=None,
     help="Folds JSON (default: the official MOSEI folds shipped with avemo).",
 )
-@click.option(
-    "--face-detector",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=None,
-    help="YuNet-style ONNX face detector (default: OpenCV's Haar cascade).",
-)
+@face_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def prepare(
-    mosei_root: Path, out: Path, workers: int, preset: str, folds: Path | None, face_detector: Path | None, quiet: bool
+    mosei_root: Path,
+    out: Path,
+    workers: int,
+    preset: str,
+    folds: Path | None,
+    face_detector: str | None,
+    faces: str,
+    quiet: bool,
 ) -> None:
     """Extract features of CMU-MOSEI segments into a feature cache.
 
@@ -88,11 +91,13 @@ def prepare(
     \b
     Example:
       avemo prepare --mosei-root /data/CMU_MOSEI --out cache/ --workers 2
+      avemo prepare --mosei-root /data/CMU_MOSEI --out cache-haar/ --face-detector haar
     """
     from avemo.train.mosei import format_summary
     from avemo.train.mosei import prepare as run_prepare
 
-    summary = run_prepare(mosei_root, out, PRESETS[preset].features, workers, folds, face_detector, not quiet)
+    detector = face_detector or PRESETS[preset].features.face_detector
+    summary = run_prepare(mosei_root, out, PRESETS[preset].features, workers, folds, detector, faces, not quiet)
     click.echo(format_summary(summary))
 
 

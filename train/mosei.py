@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from avemo.config import FeatureConfig
-from avemo.contract import LABELS
+from avemo.contract import DEFAULT_FACE_DETECTOR, LABELS
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json
 from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
@@ -119,8 +119,8 @@ def _safe(name: str) -> str:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(features: FeatureConfig, detector: str | None, out: str, threads: int = 0) -> None:
-    from avemo.runtime.faces import FaceCropper
+def _init_worker(features: FeatureConfig, faces: str, out: str, threads: int = 0) -> None:
+    from avemo.runtime.faces import FacePipeline
 
     if threads:  # several worker processes: one OpenCV thread each, no oversubscription
         import cv2
@@ -128,7 +128,7 @@ def _init_worker(features: FeatureConfig, detector: str | None, out: str, thread
         cv2.setNumThreads(threads)
     _worker.update(
         features=features,
-        cropper=FaceCropper(features, Path(detector) if detector else None),
+        faces=FacePipeline(features, faces),  # the detector named in the features, hash-checked
         writer=CacheWriter(Path(out), features, source="mosei"),
     )
 
@@ -143,12 +143,12 @@ def _process(segment: Segment, video: str | None, audio: str | None) -> dict[str
         media = extract(
             Path(video) if video else None,
             features,
-            _worker["cropper"],
+            _worker["faces"],
             segment.start,
             segment.end,
             audio=Path(audio) if audio else None,
         )
-        result.update(notes=media.notes, frames=media.frames_sampled, no_face=media.frames_without_face)
+        result.update(notes=media.notes, frames=media.frames_sampled, no_face=media.frames_sampled - len(media.faces))
         if not media.has_audio and not media.faces:
             result["error"] = "; ".join(media.notes) or "nothing decoded (interval outside the media?)"
             return result
@@ -171,11 +171,20 @@ def prepare(
     features: FeatureConfig,
     workers: int = 1,
     folds_path: Path | None = None,
-    detector: Path | None = None,
+    detector: str = DEFAULT_FACE_DETECTOR,
+    faces: str = "speaker",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Build (or resume) a feature cache from a MOSEI tree; returns the summary written beside it."""
+    """Build (or resume) a feature cache from a MOSEI tree; returns the summary written beside it.
+
+    ``detector`` (yunet, haar or a YuNet ONNX path) is recorded in the cache's features with
+    its weights' hash, so the model trained on it is served with the same detector.
+    """
     from tqdm import tqdm
+
+    from avemo.runtime.faces import features_for_detector
+
+    features = features_for_detector(features, detector)
 
     csd = find_labels_file(root)
     segments, skipped = read_segments(csd, load_folds(folds_path))
@@ -188,7 +197,7 @@ def prepare(
     jobs = [(s, *_media_paths(root, s.video_id)) for s in todo]
     with failures_path.open("a") as failures, tqdm(total=len(jobs), unit="clip", disable=not progress) as bar:
         try:
-            for result in _run(jobs, features, detector, out, workers):
+            for result in _run(jobs, features, faces, out, workers):
                 bar.update(1)
                 counts["frames"] += result.get("frames", 0)
                 counts["frames without face"] += result.get("no_face", 0)
@@ -199,7 +208,7 @@ def prepare(
                 else:
                     counts["done"] += 1
                     for note in result.get("notes", []):
-                        counts["modality dropped: " + re.sub(r"\d+", "N", note)] += 1
+                        counts["note: " + re.sub(r"[-\d.]+", "N", note)] += 1
         except KeyboardInterrupt:
             raise AvemoError(
                 f"interrupted after {counts['done']} new clips; finished clips are kept: rerun to resume"
@@ -213,11 +222,11 @@ def prepare(
 def _run(
     jobs: list[tuple[Segment, str | None, str | None]],
     features: FeatureConfig,
-    detector: Path | None,
+    faces: str,
     out: Path,
     workers: int,
 ) -> Iterator[dict[str, Any]]:
-    args = (features, str(detector) if detector else None, str(out))
+    args = (features, faces, str(out))
     if workers <= 1:
         _init_worker(*args)
         for job in jobs:

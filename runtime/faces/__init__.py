@@ -1,0 +1,141 @@
+"""Faces, from sampled frames to the model's crops: detect, track, choose the speaker, crop.
+
+``FacePipeline`` is made once per model (it opens the detector the model was
+trained with and checks it); ``FacePipeline.clip()`` starts a per-clip
+collector that takes the sampled frames one by one and, at the end, returns the
+crops of the chosen face. Training (``avemo prepare``) and serving (``avemo
+infer``) both go through here, so their crops are made the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from avemo.config import FeatureConfig
+from avemo.errors import AvemoError
+from avemo.runtime.faces.crop import mouth_patch, square_crop
+from avemo.runtime.faces.detectors import Face, FaceDetector, open_detector
+from avemo.runtime.faces.speaker import SpeakerChoice, audio_activity, choose_speaker
+from avemo.runtime.faces.tracking import FaceTracker
+
+FACE_MODES = ("speaker", "largest")
+
+__all__ = ["FACE_MODES", "ClipFaces", "Face", "FaceDetector", "FacePipeline", "features_for_detector", "open_detector"]
+
+
+@dataclass
+class ClipFaces:
+    """The crops of one clip and how they were chosen."""
+
+    crops: list[np.ndarray]  # [S, S, 3] uint8, one per sampled frame where the chosen face was found
+    frames_sampled: int
+    face: dict[str, Any] = field(default_factory=dict)  # box, choice, confidence, faces_seen
+
+    @property
+    def frames_with_face(self) -> int:
+        return len(self.crops)
+
+
+class FacePipeline:
+    """The model's face settings (detector, resolution, margin, crop size) and the speaker-choice mode.
+
+    ``detector`` overrides the one the model was trained with: allowed, but
+    warned about (on stderr and in ``notes``), since crops then differ from training.
+    """
+
+    def __init__(self, features: FeatureConfig, mode: str = "speaker", detector: str | None = None) -> None:
+        if mode not in FACE_MODES:
+            raise AvemoError(f"unknown face mode {mode!r}; expected one of {', '.join(FACE_MODES)}")
+        self.features, self.mode = features, mode
+        self.detector = open_detector(detector or features.face_detector)
+        self.notes: list[str] = []
+        trained = f"{features.face_detector} (sha256 {features.face_detector_sha256[:12] or 'not recorded'})"
+        used = f"{self.detector.name} (sha256 {self.detector.sha256[:12]})"
+        if self.detector.name != features.face_detector or (
+            features.face_detector_sha256 and self.detector.sha256 != features.face_detector_sha256
+        ):
+            if detector is None:  # the model's own detector, yet other weights: never silently
+                raise AvemoError(
+                    f"the installed face detector {used} is not the one this model was trained with: {trained}; "
+                    "install the same package version, or pass --face-detector to accept the difference"
+                )
+            note = f"face detector {used} differs from the training detector {trained}: crops differ from training"
+            print(f"WARNING: {note}", file=sys.stderr)
+            self.notes.append(note)
+
+    def clip(self) -> ClipCollector:
+        return ClipCollector(self)
+
+
+class ClipCollector:
+    """Takes one clip's sampled frames (``add``), then gives its crops (``finish``)."""
+
+    def __init__(self, pipeline: FacePipeline) -> None:
+        self.pipeline = pipeline
+        f = pipeline.features
+        self.tracker = FaceTracker(pipeline.detector, f.face_detect_side)
+        self.times: list[float] = []
+        self.frames: list[dict[int, tuple[Face, np.ndarray]]] = []  # per frame: track -> (face, crop)
+        self.motion: dict[int, dict[int, float]] = {}  # track -> frame -> mouth change since the frame before
+        self._previous: tuple[np.ndarray, set[int]] | None = None  # last frame and its tracks (speaker mode)
+
+    def add(self, time: float, rgb: np.ndarray) -> None:
+        f = self.pipeline.features
+        k = len(self.frames)
+        found = self.tracker.update(rgb)
+        self.times.append(time)
+        self.frames.append({i: (face, square_crop(rgb, face.box, f.face_margin, f.face_size)) for i, face in found})
+        if self.pipeline.mode == "speaker":
+            if self._previous is not None:
+                before, tracks = self._previous
+                for i, face in found:
+                    if i in tracks:
+                        change = np.abs(mouth_patch(rgb, face) - mouth_patch(before, face))
+                        self.motion.setdefault(i, {})[k] = float(change.mean())
+            self._previous = (rgb, {i for i, _ in found})
+
+    def finish(self, samples: np.ndarray | None = None, start: float = 0.0) -> ClipFaces:
+        """The chosen face's crops; ``samples`` (16 kHz mono from ``start``) inform the speaker choice."""
+        tracks = {i for frame in self.frames for i in frame}
+        if self.pipeline.mode == "speaker" and tracks:
+            activity = audio_activity(samples, self.pipeline.features.sample_rate, self.times, start)
+            choice = choose_speaker({i: self.motion.get(i, {}) for i in tracks}, activity)
+        else:
+            choice = SpeakerChoice(None, "largest", 0.0)
+        chosen = [
+            frame[choice.track] if choice.track is not None else max(frame.values(), key=lambda fc: fc[0].area)
+            for frame in self.frames
+            if frame and (choice.track is None or choice.track in frame)
+        ]
+        info: dict[str, Any] = {"faces_seen": len(tracks)}
+        if chosen:
+            boxes = np.array([face.box for face, _ in chosen])
+            info.update(
+                box=[round(float(v), 1) for v in np.median(boxes, axis=0)],  # x, y, w, h: the chosen face's median
+                choice=choice.method,
+                confidence=round(choice.confidence, 3),
+            )
+            if choice.scores:
+                info["correlations"] = {str(i): round(s, 3) for i, s in sorted(choice.scores.items())}
+        return ClipFaces([crop for _, crop in chosen], len(self.frames), info)
+
+
+def features_for_detector(features: FeatureConfig, name: str) -> FeatureConfig:
+    """``features`` with the named detector, its weights' hash, and the margin and size that suit it."""
+    import dataclasses
+
+    from avemo.contract import FACE_DETECTORS
+
+    detector = open_detector(name)
+    settings = FACE_DETECTORS.get(detector.name, FACE_DETECTORS["yunet"])  # a YuNet file: YuNet's settings
+    return dataclasses.replace(
+        features,
+        face_detector=detector.name,
+        face_detector_sha256=detector.sha256,
+        face_margin=settings["margin"],
+        face_detect_side=settings["detect_side"],
+    )
