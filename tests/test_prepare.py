@@ -103,6 +103,19 @@ def test_cache_with_other_settings_is_refused_before_any_work(mosei, tmp_path):
         prepare(root, tmp_path, PRESETS["paper"].features, folds_path=folds_path, progress=False)
 
 
+def test_the_cache_records_its_face_detector(mosei, tmp_path):
+    from avemo.train.cache import read_meta
+
+    root, folds_path = mosei
+    prepare(root, tmp_path / "haar", FEATURES, folds_path=folds_path, detector="haar", progress=False)
+    recorded = read_meta(tmp_path / "haar")
+    assert recorded.face_detector == "haar" and len(recorded.face_detector_sha256) == 64
+    assert (recorded.face_margin, recorded.face_detect_side) == (0.2, 480)  # Haar's own settings
+    # Resuming that cache with another detector would mix crops of two detectors: refused.
+    with pytest.raises(AvemoError, match="face_detector"):
+        prepare(root, tmp_path / "haar", FEATURES, folds_path=folds_path, detector="yunet", progress=False)
+
+
 def test_not_a_mosei_tree(tmp_path):
     with pytest.raises(AvemoError, match=r"no CMU_MOSEI_Labels\.csd"):
         prepare(tmp_path, tmp_path / "out", FEATURES, progress=False)

@@ -83,6 +83,19 @@ def test_audio_only_model_refuses_a_silent_video(micro_config, media, tmp_path):
         Recognizer(tmp_path / "models").recognize(media["silent"])
 
 
+def test_the_model_carries_its_face_detector(colearn_export, media, capsys):
+    from avemo.config import FeatureConfig
+
+    recognizer = Recognizer(colearn_export[0], threads=1)
+    trained = recognizer.manifest.features
+    assert (trained.face_detector, trained.face_detector_sha256) == ("yunet", FeatureConfig().face_detector_sha256)
+    assert recognizer.faces.detector.name == "yunet"  # the model's own, with no option given
+    other = Recognizer(colearn_export[0], threads=1, face_detector="haar")  # allowed, loudly
+    result = other.recognize(media["both"])
+    assert any("differs from the training detector yunet" in note for note in result.notes)
+    assert "WARNING: face detector haar" in capsys.readouterr().err
+
+
 def test_infer_cli_json_lines_errors_and_timeline(colearn_export, media, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"\x00 not media" * 40)
     runner = CliRunner()
@@ -92,6 +105,9 @@ def test_infer_cli_json_lines_errors_and_timeline(colearn_export, media, tmp_pat
     assert result.exit_code == 1  # one input failed ...
     assert [line.get("modality") for line in lines] == ["av", None, "v"]  # ... the others still ran
     assert "cannot open media" in lines[1]["error"]
+    # 3 s at 3 fps: 9 frames, the face in each; the chosen face is reported.
+    assert (lines[0]["frames_sampled"], lines[0]["frames_with_face"]) == (9, 9)
+    assert lines[0]["face"]["choice"] == "only face" and len(lines[0]["face"]["box"]) == 4
     plot = tmp_path / "timeline.png"
     result = runner.invoke(
         main,
@@ -113,6 +129,7 @@ def test_infer_cli_json_lines_errors_and_timeline(colearn_export, media, tmp_pat
     assert result.exit_code == 0, result.output
     windows = [json.loads(line) for line in result.output.splitlines()]
     assert [(w["start"], w["end"]) for w in windows] == [(0.0, 3.0), (2.0, 5.0), (4.0, 7.0)]
+    assert [w["frames_sampled"] for w in windows] == [9, 9, 9]
     assert plot.read_bytes()[:4] == b"\x89PNG"
     result = runner.invoke(main, ["infer", str(media["long"]), "--models", str(colearn_export[0]), "--plot", "x.png"])
     assert result.exit_code == 2 and "--window" in result.output
