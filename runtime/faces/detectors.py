@@ -12,7 +12,7 @@ import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,7 @@ YUNET_SCORE = 0.6  # OpenCV Zoo's default score threshold
 YUNET_NMS = 0.3
 YUNET_MIN_OPENCV = (4, 11)  # the block-quantized model needs OpenCV's int8 block dequantization
 HAAR_MIN_SIDE = 24  # the cascade's own window
+YUNET_NETS = 8  # input sizes kept shaped at once
 
 
 @dataclass(frozen=True)
@@ -99,17 +100,28 @@ class YuNetDetector:
         self.sha256 = sha256_file(Path(model))
         if expected and self.sha256 != expected:
             raise AvemoError(f"{model}: sha256 {self.sha256} is not the expected {expected}; reinstall the package")
-        try:
-            self._net = cv2.FaceDetectorYN.create(str(model), "", (320, 320), YUNET_SCORE, YUNET_NMS, 5000)
-        except cv2.error as exc:
-            raise AvemoError(f"{model}: not a YuNet face detector model ({exc})") from None
-        self._lock = threading.Lock()  # one network, mutable input size: calls are serialised
+        self._model = str(model)
+        # One network per input size: setInputSize reshapes the network, which costs more than a
+        # small search. Sizes seen: the frame's and the tracking windows' (steps of 32 px).
+        self._nets: dict[tuple[int, int], Any] = {}
+        self._net((320, 320))
+        self._lock = threading.Lock()  # the networks are not thread-safe: calls are serialised
+
+    def _net(self, size: tuple[int, int]) -> Any:
+        cv2 = _cv2()
+        if size not in self._nets:
+            if len(self._nets) >= YUNET_NETS:
+                self._nets.pop(next(iter(self._nets)))
+            try:
+                self._nets[size] = cv2.FaceDetectorYN.create(self._model, "", size, YUNET_SCORE, YUNET_NMS, 5000)
+            except cv2.error as exc:
+                raise AvemoError(f"{self._model}: not a YuNet face detector model ({exc})") from None
+        return self._nets[size]
 
     def detect(self, rgb: np.ndarray, min_side: float = 0.0, max_side: float | None = None) -> list[Face]:
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         with self._lock:
-            self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
-            _, found = self._net.detect(bgr)
+            _, found = self._net((bgr.shape[1], bgr.shape[0])).detect(bgr)
         faces = (
             []
             if found is None

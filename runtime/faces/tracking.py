@@ -92,15 +92,19 @@ class FaceTracker:
         cv2 = require("cv2", "pip install 'avemo[runtime]'")
         x, y, bw, bh = last.box
         side = max(bw, bh)
-        cx, cy, half = x + bw / 2, y + bh / 2, side * TRACK_WINDOW / 2
-        x0, y0 = max(0, round(cx - half)), max(0, round(cy - half))
-        x1, y1 = min(rgb.shape[1], round(cx + half)), min(rgb.shape[0], round(cy + half))
-        if x1 - x0 < side or y1 - y0 < side:
-            return None
-        scale = min(self._scale(rgb), TRACK_FACE_PX / side)
-        roi = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        if scale < 1:
-            roi = cv2.resize(roi, (round((x1 - x0) * scale), round((y1 - y0) * scale)), interpolation=cv2.INTER_AREA)
+        n = max(2, round(side * TRACK_WINDOW))  # a square window, padded where it leaves the frame
+        x0, y0 = round(x + bw / 2 - n / 2), round(y + bh / 2 - n / 2)
+        # Searched at a size in steps of 32 px (160 for most faces): a detector network is shaped
+        # for its input size, and reshaping it for every window would cost more than the search.
+        size = max(32, -(-round(n * min(self._scale(rgb), TRACK_FACE_PX / side)) // 32) * 32)
+        window = np.zeros((n, n, 3), np.uint8)
+        h, w = rgb.shape[:2]
+        ax, ay, bx, by = max(0, x0), max(0, y0), min(w, x0 + n), min(h, y0 + n)
+        if bx - ax < side / 2 or by - ay < side / 2:
+            return None  # the face has (mostly) left the frame
+        window[ay - y0 : by - y0, ax - x0 : bx - x0] = rgb[ay:by, ax:bx]
+        scale = size / n
+        roi = cv2.resize(window, (size, size), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         lo, hi = (side * scale * f for f in TRACK_SCALE)
         faces = [f.moved(x0 * scale, y0 * scale, 1 / scale) for f in self.detector.detect(roi, lo, hi)]
         return max(faces, key=lambda f: iou(f.box, last.box), default=None)
