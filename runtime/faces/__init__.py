@@ -55,9 +55,8 @@ class FacePipeline:
         self.notes: list[str] = []
         trained = f"{features.face_detector} (sha256 {features.face_detector_sha256[:12] or 'not recorded'})"
         used = f"{self.detector.name} (sha256 {self.detector.sha256[:12]})"
-        if self.detector.name != features.face_detector or (
-            features.face_detector_sha256 and self.detector.sha256 != features.face_detector_sha256
-        ):
+        recorded = features.face_detector_sha256  # the weights decide; a name only where no hash was recorded
+        if (self.detector.sha256 != recorded) if recorded else (self.detector.name != features.face_detector):
             if detector is None:  # the model's own detector, yet other weights: never silently
                 raise AvemoError(
                     f"the installed face detector {used} is not the one this model was trained with: {trained}; "
@@ -89,7 +88,7 @@ class ClipCollector:
         found = self.tracker.update(rgb)
         self.times.append(time)
         self.frames.append({i: (face, square_crop(rgb, face.box, f.face_margin, f.face_size)) for i, face in found})
-        if self.pipeline.mode == "speaker":
+        if self.pipeline.mode == "speaker" and len(found) > 1:  # a choice to make only with several faces
             if self._previous is not None:
                 before, tracks = self._previous
                 for i, face in found:
@@ -97,6 +96,8 @@ class ClipCollector:
                         change = np.abs(mouth_patch(rgb, face) - mouth_patch(before, face))
                         self.motion.setdefault(i, {})[k] = float(change.mean())
             self._previous = (rgb, {i for i, _ in found})
+        else:
+            self._previous = None
 
     def finish(self, samples: np.ndarray | None = None, start: float = 0.0) -> ClipFaces:
         """The chosen face's crops; ``samples`` (16 kHz mono from ``start``) inform the speaker choice."""
