@@ -20,8 +20,8 @@ from avemo.runtime.faces.detectors import Face, FaceDetector
 
 TRACK_WINDOW = 2.5  # search window side, in face sides
 TRACK_SCALE = (0.7, 1.4)  # a tracked face may shrink or grow this much between sampled frames
-TRACK_FACE_PX = 64  # the window is scaled so the face is about this big: YuNet finds it, at ~1 ms
-REDETECT_EVERY = 3  # sampled frames between full-frame searches (1 s at 3 fps)
+TRACK_FACE_PX = 48  # the window is scaled so the face is about this big: YuNet finds it in a 128-px image
+REDETECT_EVERY = 6  # sampled frames between full-frame searches for faces that came into view (2 s at 3 fps)
 MATCH_IOU = 0.2  # a new detection continues a track whose last box it overlaps this much
 MAX_GAP = 3  # sampled frames a lost face is remembered for, to continue its track when it is found again
 HAAR_MIN_FRACTION = 1 / 8  # Haar only: faces below this share of the short side are not searched (time)
@@ -94,17 +94,20 @@ class FaceTracker:
         side = max(bw, bh)
         n = max(2, round(side * TRACK_WINDOW))  # a square window, padded where it leaves the frame
         x0, y0 = round(x + bw / 2 - n / 2), round(y + bh / 2 - n / 2)
-        # Searched at a size in steps of 32 px (160 for most faces): a detector network is shaped
+        # Searched at a size in steps of 32 px (128 for most faces): a detector network is shaped
         # for its input size, and reshaping it for every window would cost more than the search.
         size = max(32, -(-round(n * min(self._scale(rgb), TRACK_FACE_PX / side)) // 32) * 32)
-        window = np.zeros((n, n, 3), np.uint8)
+        scale = size / n
         h, w = rgb.shape[:2]
         ax, ay, bx, by = max(0, x0), max(0, y0), min(w, x0 + n), min(h, y0 + n)
         if bx - ax < side / 2 or by - ay < side / 2:
             return None  # the face has (mostly) left the frame
-        window[ay - y0 : by - y0, ax - x0 : bx - x0] = rgb[ay:by, ax:bx]
-        scale = size / n
-        roi = cv2.resize(window, (size, size), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        # Only the part inside the frame is resized (from a view, no copy) into a black square.
+        dx0, dy0 = round((ax - x0) * scale), round((ay - y0) * scale)
+        dx1, dy1 = max(dx0 + 1, round((bx - x0) * scale)), max(dy0 + 1, round((by - y0) * scale))
+        roi = np.zeros((size, size, 3), np.uint8)
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        roi[dy0:dy1, dx0:dx1] = cv2.resize(rgb[ay:by, ax:bx], (dx1 - dx0, dy1 - dy0), interpolation=interpolation)
         lo, hi = (side * scale * f for f in TRACK_SCALE)
         faces = [f.moved(x0 * scale, y0 * scale, 1 / scale) for f in self.detector.detect(roi, lo, hi)]
         return max(faces, key=lambda f: iou(f.box, last.box), default=None)
