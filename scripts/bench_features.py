@@ -24,7 +24,7 @@ from avemo.machine import describe
 from avemo.runtime.audio import fbank
 from avemo.runtime.extract import extract
 from avemo.runtime.faces import FacePipeline
-from avemo.runtime.faces.tracking import FaceTracker
+from avemo.runtime.faces.tracking import REDETECT_EVERY, FaceTracker
 from avemo.runtime.media import decode_audio, sample_frames
 from avemo.train.mosei import prepare
 from tests.media_factory import write_media, write_mosei_tree
@@ -62,12 +62,9 @@ def main() -> None:
 
         for name, fn in (
             ("audio (decode + fbank)", audio),
-            ("video (decode + 3 fps + detect with tracking)", lambda: video(3)),
+            ("video (decode + 3 fps + detect with tracking)", lambda: video(REDETECT_EVERY)),
             ("video, every frame searched whole (no tracking)", lambda: video(1)),
-            (
-                "together (`extract`: + crops, speaker choice; what prepare and infer run)",
-                lambda: extract(clip, features, faces),
-            ),
+            ("together (`extract`, with crops: what prepare and infer run)", lambda: extract(clip, features, faces)),
         ):
             times = timed(fn, args.repeats)
             rows[name] = {
