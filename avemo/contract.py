@@ -106,3 +106,5 @@ FACE_DETECTORS: Final[dict[str, dict[str, Any]]] = {
     },
 }
 DEFAULT_FACE_DETECTOR: Final[str] = "yunet"
+#: With several faces in view: the speaking one (mouth motion vs audio energy), or the largest.
+FACE_MODES: Final[tuple[str, ...]] = ("speaker", "largest")

@@ -7,9 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from avemo.contract import MODALITIES, PARITY_FILE, PRECISION_DIRS
-
-FACE_MODES = ("speaker", "largest")  # as avemo.runtime.faces.FACE_MODES, without importing OpenCV for --help
+from avemo.contract import FACE_MODES, MODALITIES, PARITY_FILE, PRECISION_DIRS
 
 
 def face_options(command: click.Command) -> click.Command:

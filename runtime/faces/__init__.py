@@ -16,15 +16,14 @@ from typing import Any
 import numpy as np
 
 from avemo.config import FeatureConfig
+from avemo.contract import FACE_DETECTORS, FACE_MODES
 from avemo.errors import AvemoError
 from avemo.runtime.faces.crop import mouth_patch, square_crop
 from avemo.runtime.faces.detectors import Face, FaceDetector, open_detector
 from avemo.runtime.faces.speaker import SpeakerChoice, audio_activity, choose_speaker
 from avemo.runtime.faces.tracking import FaceTracker
 
-FACE_MODES = ("speaker", "largest")
-
-__all__ = ["FACE_MODES", "ClipFaces", "Face", "FaceDetector", "FacePipeline", "features_for_detector", "open_detector"]
+__all__ = ["ClipFaces", "Face", "FaceDetector", "FacePipeline", "features_for_detector", "open_detector"]
 
 
 @dataclass
@@ -34,10 +33,6 @@ class ClipFaces:
     crops: list[np.ndarray]  # [S, S, 3] uint8, one per sampled frame where the chosen face was found
     frames_sampled: int
     face: dict[str, Any] = field(default_factory=dict)  # box, choice, confidence, faces_seen
-
-    @property
-    def frames_with_face(self) -> int:
-        return len(self.crops)
 
 
 class FacePipeline:
@@ -128,8 +123,6 @@ class ClipCollector:
 def features_for_detector(features: FeatureConfig, name: str) -> FeatureConfig:
     """``features`` with the named detector, its weights' hash, and the margin and size that suit it."""
     import dataclasses
-
-    from avemo.contract import FACE_DETECTORS
 
     detector = open_detector(name)
     settings = FACE_DETECTORS.get(detector.name, FACE_DETECTORS["yunet"])  # a YuNet file: YuNet's settings
