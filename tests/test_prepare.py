@@ -114,6 +114,11 @@ def test_the_cache_records_its_face_detector(mosei, tmp_path):
     # Resuming that cache with another detector would mix crops of two detectors: refused.
     with pytest.raises(AvemoError, match="face_detector"):
         prepare(root, tmp_path / "haar", FEATURES, folds_path=folds_path, detector="yunet", progress=False)
+    # A model trained with YuNet crops evaluated (or calibrated) on this cache: refused, both named.
+    from avemo.train.cache import CacheSplit
+
+    with pytest.raises(AvemoError, match="face_detector: haar vs yunet"):
+        CacheSplit(tmp_path / "haar", "train", FEATURES)
 
 
 def test_not_a_mosei_tree(tmp_path):
