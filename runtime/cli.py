@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
 from avemo.contract import FACE_MODES, MODALITIES, PARITY_FILE, PRECISION_DIRS
 
@@ -116,7 +115,6 @@ def infer(
     import json
 
     from avemo.errors import AvemoError
-    from avemo.runtime.media import media_duration
     from avemo.runtime.recognizer import Recognizer
 
     if plot and not window:
@@ -129,16 +127,16 @@ def infer(
         try:
             if window is None:
                 results = [recognizer.recognize(path)]
-            else:
-                duration = media_duration(path)
-                starts = np.arange(0.0, max(duration - window, 0.0) + 1e-6, hop or window)
-                results = [recognizer.recognize(path, float(s), float(s) + window) for s in starts]
-        except AvemoError as exc:
+                click.echo(json.dumps(results[0].to_json()))
+            else:  # one pass over the file: each window's line as soon as it is complete
+                results = []
+                for result in recognizer.stream(path, window, hop):
+                    results.append(result)
+                    click.echo(json.dumps(result.to_json()))
+        except AvemoError as exc:  # the lines already written stand
             failed += 1
             click.echo(json.dumps({"source": str(path), "error": str(exc)}))
             continue
-        for result in results:
-            click.echo(json.dumps(result.to_json()))
         if plot:
             target = plot if len(media) == 1 else plot.with_name(f"{plot.stem}-{path.stem}{plot.suffix}")
             plot_timeline(results, target, title=path.name)

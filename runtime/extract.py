@@ -10,7 +10,7 @@ import numpy as np
 
 from avemo.config import FeatureConfig
 from avemo.runtime.audio import fbank
-from avemo.runtime.faces import FacePipeline
+from avemo.runtime.faces import ClipCollector, FacePipeline
 from avemo.runtime.media import decode_audio, sample_frames
 from avemo.runtime.timing import stage
 
@@ -47,17 +47,9 @@ def extract(
 
     ``timings`` (optional) receives the milliseconds spent per stage (`avemo profile --media`).
     """
-    notes: list[str] = []
     with stage(timings, "decode audio"):
         samples = decode_audio(audio or video, features.sample_rate, start, end) if (audio or video) else None
-    feats = None
-    if samples is None:
-        notes.append("no audio stream")
-    elif len(samples) < MIN_AUDIO_SECONDS * features.sample_rate:
-        notes.append("audio shorter than 50 ms")
-    else:
-        with stage(timings, "audio features"):
-            feats = fbank(samples, features)
+    feats, notes = audio_features(samples, features, timings)
     if video is None or faces is None:
         return MediaFeatures(feats, [], 0, notes)
     collector = faces.clip()
@@ -70,8 +62,27 @@ def extract(
         with stage(timings, "face detection + crop"):
             collector.add(*item)
     with stage(timings, "face detection + crop"):
-        chosen = collector.finish(samples, start)
-    notes.extend(faces.notes)
+        return finish(feats, notes, collector, samples, start)
+
+
+def audio_features(
+    samples: np.ndarray | None, features: FeatureConfig, timings: dict[str, float] | None = None
+) -> tuple[np.ndarray | None, list[str]]:
+    """The fbank of decoded samples (None for no or too little audio) and the note saying why."""
+    if samples is None:
+        return None, ["no audio stream"]
+    if len(samples) < MIN_AUDIO_SECONDS * features.sample_rate:
+        return None, ["audio shorter than 50 ms"]
+    with stage(timings, "audio features"):
+        return fbank(samples, features), []
+
+
+def finish(
+    feats: np.ndarray | None, notes: list[str], collector: ClipCollector, samples: np.ndarray | None, start: float
+) -> MediaFeatures:
+    """A clip's (or window's) features once its frames are in: the chosen face's crops, and notes."""
+    chosen = collector.finish(samples, start)
+    notes = notes + collector.pipeline.notes
     if chosen.frames_sampled == 0:
         notes.append("no video frames")
     elif not chosen.crops:

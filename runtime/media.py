@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,8 @@ def _av():
     return require("av", "pip install 'avemo[runtime]'")
 
 
-def _open(path: Path):
+def open_media(path: Path) -> Any:
+    """The PyAV container of a media file; a missing or unreadable file is an AvemoError naming it."""
     av = _av()
     path = Path(path)
     if not path.is_file():
@@ -38,7 +40,7 @@ def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | 
     Any channel layout (stereo, 5.1) is down-mixed and any rate resampled by FFmpeg's resampler.
     """
     av = _av()
-    with _open(path) as container:
+    with open_media(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
@@ -65,6 +67,25 @@ def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | 
     return samples[offset:stop]
 
 
+class TickSampler:
+    """Takes the first frame at or after each tick ``start + k / fps``: exactly one frame per tick.
+
+    Times that land a hair below a tick (1/15360, 1/90000 or 1001/30000 time bases) fill that
+    tick, and only that one (``TICK_TOLERANCE``).
+    """
+
+    def __init__(self, fps: float, start: float = 0.0) -> None:
+        self.step, self.start = 1.0 / fps, start
+        self.tick = 0  # index of the next tick to fill
+
+    def take(self, t: float) -> bool:
+        position = (t - self.start) / self.step + TICK_TOLERANCE
+        if position < self.tick:
+            return False
+        self.tick = int(np.floor(position)) + 1  # the ticks this frame covered are filled
+        return True
+
+
 def sample_frames(
     path: Path, fps: float, start: float = 0.0, end: float | None = None
 ) -> Iterator[tuple[float, np.ndarray]]:
@@ -74,34 +95,28 @@ def sample_frames(
     file; yields nothing when the file has no video stream.
     """
     av = _av()
-    with _open(path) as container:
+    with open_media(path) as container:
         if not container.streams.video:
             return
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if start > 0 and stream.time_base is not None:
             container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-        step = 1.0 / fps
-        tick = 0  # index of the next tick to fill: tick k lies at start + k * step
+        sampler = TickSampler(fps, start)
         try:
             for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else start + tick * step
+                t = float(frame.time) if frame.time is not None else start + sampler.tick * sampler.step
                 if end is not None and t >= end:
                     break
-                # Tick units, with a tolerance for times that land a hair below a tick (1/15360,
-                # 1/90000 or 1001/30000 time bases): such a frame fills that tick, and only that one.
-                position = (t - start) / step + TICK_TOLERANCE
-                if position < tick:
-                    continue
-                yield t, frame.to_ndarray(format="rgb24")
-                tick = int(np.floor(position)) + 1  # the ticks this frame covered are filled
+                if sampler.take(t):
+                    yield t, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError:
             return  # a truncated or corrupt tail: keep the frames decoded so far
 
 
 def media_duration(path: Path) -> float:
     """Duration in seconds (container's, else the longest stream's); 0.0 when unknown."""
-    with _open(path) as container:
+    with open_media(path) as container:
         if container.duration:
             return container.duration / 1_000_000  # AV_TIME_BASE
         spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]

@@ -8,7 +8,9 @@ calls with a lock (decoding, features and inference still overlap).
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,14 +123,16 @@ class Recognizer:
         """
         feats = extract(Path(media), self.features, self.faces, start, end, timings=timings)
         with stage(timings, "audio features"):
-            audio = add_deltas(feats.fbank, self.features.delta_window) if feats.has_audio and self._has("a") else None
+            return self._clip_input(feats), feats
+
+    def _clip_input(self, feats: MediaFeatures) -> ClipInput:
+        audio = add_deltas(feats.fbank, self.features.delta_window) if feats.has_audio and self._has("a") else None
         s = self.features.face_size
         faces = np.stack(feats.faces).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if feats.faces else None
-        clip = ClipInput(
+        return ClipInput(
             audio if audio is not None else np.zeros((0, self.features.audio_dim), np.float32),
             faces if faces is not None else np.zeros((0, 3, s, s), np.float32),
         )
-        return clip, feats
 
     def infer(self, clips: list[ClipInput]) -> list[Recognition]:
         """Recognise several clips: grouped by modality, batched by similar length, in input order."""
@@ -152,16 +156,41 @@ class Recognizer:
         """One media file (or a segment of it) -> Recognition, with decode/feature and inference timings."""
         t0 = time.perf_counter()
         clip, feats = self.prepare(media, start, end)
-        t1 = time.perf_counter()
+        span = (start, end) if (start or end is not None) else (None, None)
+        return self._recognized(str(media), span, clip, feats, 1000 * (time.perf_counter() - t0))
+
+    def stream(self, media: Path, window: float, hop: float | None = None) -> Iterator[Recognition]:
+        """Windows ``[s, s + window)`` every ``hop`` seconds (default: the window) over a file, decoded
+        once: each Recognition is yielded as soon as its window is complete. Windows, samples and
+        3-fps frames are those of ``recognize(media, s, s + window)``; face tracking runs across the
+        whole file instead of restarting per window."""
+        from avemo.runtime.stream.sources import file_source
+        from avemo.runtime.stream.windows import WindowCutter
+
+        if window <= 0 or (hop is not None and hop <= 0):
+            raise AvemoError("window and hop must be positive")
+        info, events = file_source(Path(media), self.features.sample_rate, video=self._has("v"))
+        starts = np.arange(0.0, max((info.duration or 0.0) - window, 0.0) + 1e-6, hop or window).tolist()
+        cutter = WindowCutter(self.features, self.faces, info, starts, window)
+        windows = itertools.chain.from_iterable(itertools.chain((cutter.feed(e) for e in events), [cutter.close()]))
+        t0 = time.perf_counter()
+        for start, end, feats in windows:  # "features" ms: decoding and features since the last window
+            ms = 1000 * (time.perf_counter() - t0)
+            yield self._recognized(str(media), (start, end), self._clip_input(feats), feats, ms)
+            t0 = time.perf_counter()
+
+    def _recognized(
+        self, source: str, span: tuple[float | None, float | None], clip: ClipInput, feats: MediaFeatures, ms: float
+    ) -> Recognition:
         result = self.infer([clip])[0]
-        result.source, result.notes = str(media), feats.notes
+        result.source, result.notes = source, feats.notes
+        result.start, result.end = span
         result.frames_sampled, result.frames_with_face, result.face = (
             feats.frames_sampled,
             feats.frames_with_face,
             feats.face,
         )
-        result.start, result.end = (start, end) if (start or end is not None) else (None, None)
-        result.timings_ms = {"features": 1000 * (t1 - t0), "inference": result.timings_ms["inference"]}
+        result.timings_ms = {"features": ms, "inference": result.timings_ms["inference"]}
         return result
 
     def _check(self, clip: ClipInput, index: int) -> None:

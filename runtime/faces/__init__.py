@@ -23,7 +23,15 @@ from avemo.runtime.faces.detectors import Face, FaceDetector, open_detector
 from avemo.runtime.faces.speaker import SpeakerChoice, audio_activity, choose_speaker
 from avemo.runtime.faces.tracking import FaceTracker
 
-__all__ = ["ClipFaces", "Face", "FaceDetector", "FacePipeline", "features_for_detector", "open_detector"]
+__all__ = [
+    "ClipCollector",
+    "ClipFaces",
+    "Face",
+    "FaceDetector",
+    "FacePipeline",
+    "features_for_detector",
+    "open_detector",
+]
 
 
 @dataclass
@@ -72,23 +80,27 @@ class FacePipeline:
     def clip(self) -> ClipCollector:
         return ClipCollector(self)
 
+    def tracker(self) -> FaceTracker:
+        """A tracker with the model's detector and detection size (one per clip or stream)."""
+        return FaceTracker(self.detector, self.features.face_detect_side)
+
 
 class ClipCollector:
     """Takes one clip's sampled frames (``add``), then gives its crops (``finish``)."""
 
     def __init__(self, pipeline: FacePipeline) -> None:
         self.pipeline = pipeline
-        f = pipeline.features
-        self.tracker = FaceTracker(pipeline.detector, f.face_detect_side)
+        self.tracker = pipeline.tracker()
         self.times: list[float] = []
         self.frames: list[dict[int, tuple[Face, np.ndarray]]] = []  # per frame: track -> (face, crop)
         self.motion: dict[int, dict[int, float]] = {}  # track -> frame -> mouth change since the frame before
         self._previous: tuple[np.ndarray, set[int]] | None = None  # last frame and its tracks (speaker mode)
 
-    def add(self, time: float, rgb: np.ndarray) -> None:
+    def add(self, time: float, rgb: np.ndarray, found: list[tuple[int, Face]] | None = None) -> None:
+        """One sampled frame; ``found`` (track id, face) when a tracker shared by several clips ran already."""
         f = self.pipeline.features
         k = len(self.frames)
-        found = self.tracker.update(rgb)
+        found = self.tracker.update(rgb) if found is None else found
         self.times.append(time)
         self.frames.append({i: (face, square_crop(rgb, face.box, f.face_margin, f.face_size)) for i, face in found})
         if self.pipeline.mode == "speaker" and len(found) > 1:  # a choice to make only with several faces
