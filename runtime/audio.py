@@ -38,24 +38,53 @@ def add_deltas(feats: np.ndarray, window: int = 2) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
+class OnlineFbank:
+    """Filterbank frames of audio that arrives in pieces: ``accept`` samples, ``frames`` as they are ready.
+
+    Frame ``i`` is centred on sample ``i * shift + shift / 2`` of the stream (``snip_edges=False``:
+    one frame per shift); the first and, after ``finish``, the last frames see mirrored samples.
+    """
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        knf = require("kaldi_native_fbank", "pip install 'avemo[runtime]'")
+        opts = knf.FbankOptions()
+        opts.frame_opts.samp_freq = float(cfg.sample_rate)
+        opts.frame_opts.frame_length_ms = cfg.frame_length_ms
+        opts.frame_opts.frame_shift_ms = cfg.frame_shift_ms
+        opts.frame_opts.dither = 0.0  # deterministic features: training and serving agree bit for bit
+        opts.frame_opts.snip_edges = False  # one frame per shift, centred, as most recipes today
+        opts.mel_opts.num_bins = cfg.num_mel_bins
+        self._computer = knf.OnlineFbank(opts)
+        self._rate, self._bins = float(cfg.sample_rate), cfg.num_mel_bins
+        self.taken = 0  # frames handed out so far
+
+    def accept(self, samples: np.ndarray) -> None:
+        # Kaldi's conventions assume 16-bit sample values.
+        self._computer.accept_waveform(self._rate, (np.asarray(samples, np.float32) * 32768.0).tolist())
+
+    def finish(self) -> None:
+        self._computer.input_finished()
+
+    def frames(self) -> np.ndarray:
+        """The frames that became ready since the last call, [n, bins]."""
+        ready = self._computer.num_frames_ready
+        out = [self._computer.get_frame(i) for i in range(self.taken, ready)]
+        self.taken = ready
+        return np.asarray(out, np.float32).reshape(-1, self._bins)
+
+
+def frame_count(num_samples: int, cfg: FeatureConfig) -> int:
+    """Frames Kaldi makes of ``num_samples`` with ``snip_edges=False``: one per shift, rounded."""
+    shift = round(cfg.sample_rate * cfg.frame_shift_ms / 1000)
+    return (num_samples + shift // 2) // shift
+
+
 def fbank(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Log-Mel filterbanks [T, num_mel_bins] of mono float samples in [-1, 1] at cfg.sample_rate."""
-    knf = require("kaldi_native_fbank", "pip install 'avemo[runtime]'")
-    opts = knf.FbankOptions()
-    opts.frame_opts.samp_freq = float(cfg.sample_rate)
-    opts.frame_opts.frame_length_ms = cfg.frame_length_ms
-    opts.frame_opts.frame_shift_ms = cfg.frame_shift_ms
-    opts.frame_opts.dither = 0.0  # deterministic features: training and serving agree bit for bit
-    opts.frame_opts.snip_edges = False  # one frame per shift, centred, as most recipes today
-    opts.mel_opts.num_bins = cfg.num_mel_bins
-    computer = knf.OnlineFbank(opts)
-    # Kaldi's conventions assume 16-bit sample values.
-    computer.accept_waveform(float(cfg.sample_rate), (np.asarray(samples, np.float32) * 32768.0).tolist())
-    computer.input_finished()
-    n = computer.num_frames_ready
-    if n == 0:
-        return np.zeros((0, cfg.num_mel_bins), np.float32)
-    return np.stack([computer.get_frame(i) for i in range(n)]).astype(np.float32)
+    computer = OnlineFbank(cfg)
+    computer.accept(samples)
+    computer.finish()
+    return computer.frames()
 
 
 def audio_features(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:

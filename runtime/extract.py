@@ -66,13 +66,21 @@ def extract(
 
 
 def audio_features(
-    samples: np.ndarray | None, features: FeatureConfig, timings: dict[str, float] | None = None
+    samples: np.ndarray | None,
+    features: FeatureConfig,
+    timings: dict[str, float] | None = None,
+    frames: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, list[str]]:
-    """The fbank of decoded samples (None for no or too little audio) and the note saying why."""
+    """The fbank of decoded samples (None for no or too little audio) and the note saying why.
+
+    ``frames``: these samples' filterbank, already computed (a stream computes it once for all windows).
+    """
     if samples is None:
         return None, ["no audio stream"]
     if len(samples) < MIN_AUDIO_SECONDS * features.sample_rate:
         return None, ["audio shorter than 50 ms"]
+    if frames is not None:
+        return frames, []
     with stage(timings, "audio features"):
         return fbank(samples, features), []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -10,16 +11,28 @@ from avemo.deps import require
 from avemo.errors import AvemoError
 
 
+def session_options(threads: int | None = None) -> Any:
+    """ONNX Runtime settings for every session avemo opens (the emotion graphs and YuNet)."""
+    ort = require("onnxruntime", "pip install 'avemo[runtime]'")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No spin-waiting after a run: between two runs the video decoder and the face detector need the
+    # cores (with spinning, frame conversion ran 4x slower beside per-window inference). Latency of
+    # a lone run is unchanged within noise (docs/BENCHMARKS.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
 class OrtBackend:
     """Runs one graph: ``infer({input name: array}) -> probs [B, 6]``."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
         ort = require("onnxruntime", "pip install 'avemo[runtime]'")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for a bad file

@@ -17,7 +17,9 @@ from avemo.runtime.stream.windows import WindowCutter
 from tests.media_factory import write_media
 
 FEATURES = FeatureConfig()
-EDGE_FRAMES = 10  # a per-window decode seeks: AAC and the resampler warm up over its first few frames
+# A window decoded alone seeks (AAC and the resampler warm up over its first frames) and mirrors
+# samples at both edges; the stream's filterbank sees the real audio there.
+EDGE_FRAMES = 10
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_windows_are_what_decoding_each_window_gives(long_media, window, hop):
     for start, end, got in windows:
         ref = extract(long_media, FEATURES, faces, start, end)
         assert got.fbank.shape == ref.fbank.shape
-        np.testing.assert_allclose(got.fbank[EDGE_FRAMES:], ref.fbank[EDGE_FRAMES:], atol=1e-4)
+        np.testing.assert_allclose(got.fbank[EDGE_FRAMES:-3], ref.fbank[EDGE_FRAMES:-3], atol=1e-4)
         assert got.frames_sampled == ref.frames_sampled and got.frames_with_face == ref.frames_with_face
         # Tracking runs across windows instead of restarting: the boxes differ by a few % of a face.
         assert max(abs(a - b) for a, b in zip(got.face["box"], ref.face["box"], strict=True)) < 0.1 * ref.face["box"][3]

@@ -80,6 +80,11 @@ class FacePipeline:
     def clip(self) -> ClipCollector:
         return ClipCollector(self)
 
+    def crops(self, rgb: np.ndarray, found: list[tuple[int, Face]]) -> dict[int, np.ndarray]:
+        """The model's square crop of each found face, by track id."""
+        f = self.features
+        return {i: square_crop(rgb, face.box, f.face_margin, f.face_size) for i, face in found}
+
     def tracker(self) -> FaceTracker:
         """A tracker with the model's detector and detection size (one per clip or stream)."""
         return FaceTracker(self.detector, self.features.face_detect_side)
@@ -96,13 +101,20 @@ class ClipCollector:
         self.motion: dict[int, dict[int, float]] = {}  # track -> frame -> mouth change since the frame before
         self._previous: tuple[np.ndarray, set[int]] | None = None  # last frame and its tracks (speaker mode)
 
-    def add(self, time: float, rgb: np.ndarray, found: list[tuple[int, Face]] | None = None) -> None:
-        """One sampled frame; ``found`` (track id, face) when a tracker shared by several clips ran already."""
-        f = self.pipeline.features
+    def add(
+        self,
+        time: float,
+        rgb: np.ndarray,
+        found: list[tuple[int, Face]] | None = None,
+        crops: dict[int, np.ndarray] | None = None,
+    ) -> None:
+        """One sampled frame. A stream whose windows overlap runs one tracker and crops each frame
+        once, then hands ``found`` (track id, face) and ``crops`` (by track id) to every window."""
         k = len(self.frames)
         found = self.tracker.update(rgb) if found is None else found
+        crops = self.pipeline.crops(rgb, found) if crops is None else crops
         self.times.append(time)
-        self.frames.append({i: (face, square_crop(rgb, face.box, f.face_margin, f.face_size)) for i, face in found})
+        self.frames.append({i: (face, crops[i]) for i, face in found})
         if self.pipeline.mode == "speaker" and len(found) > 1:  # a choice to make only with several faces
             if self._previous is not None:
                 before, tracks = self._previous

@@ -21,6 +21,7 @@ from avemo.contract import FACE_DETECTORS
 from avemo.deps import require
 from avemo.errors import AvemoError
 from avemo.io import sha256_file
+from avemo.runtime.ort_backend import session_options
 
 YUNET_SCORE = 0.6  # OpenCV Zoo's default score threshold
 YUNET_NMS = 0.3
@@ -101,13 +102,10 @@ class YuNetDetector:
         self.sha256 = sha256_file(Path(model))
         if expected and self.sha256 != expected:
             raise AvemoError(f"{model}: sha256 {self.sha256} is not the expected {expected}; reinstall avemo")
-        options = ort.SessionOptions()
-        # Between two sampled frames the video decoder needs the cores: no spin-waiting after a run.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            self._session = ort.InferenceSession(str(model), options, providers=providers or ["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(model), session_options(threads), providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own exception types per failure
             raise AvemoError(f"{model}: not a YuNet face detector model ({exc})") from None
         names = [o.name for o in self._session.get_outputs()]

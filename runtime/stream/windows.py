@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avemo.config import FeatureConfig
+from avemo.runtime.audio import OnlineFbank, frame_count
 from avemo.runtime.extract import MediaFeatures, audio_features, finish
 from avemo.runtime.faces import ClipCollector, FacePipeline
 from avemo.runtime.media import TickSampler
@@ -50,10 +51,17 @@ class WindowCutter:
         self._starts = deque(float(s) for s in starts)  # windows not opened yet
         self._open: deque[Window] = deque()
         self._tracker = faces.tracker() if faces is not None and info.has_video else None
-        self._samples = np.zeros(0, np.float32)
-        self._samples_time: float | None = None  # stream time of self._samples[0]
         self._audio_time = -np.inf  # stream time the audio has reached
         self._video_time = -np.inf
+        # Raw samples from the earliest open window on (its filterbank edges, the speaker choice).
+        self._samples = np.zeros(0, np.float32)
+        self._samples_time: float | None = None  # stream time of self._samples[0]
+        # The stream's filterbank, computed once for all windows: frame k starts k shifts after the first sample.
+        self._first_audio: float | None = None
+        self._fbank = OnlineFbank(features) if info.has_audio else None
+        self._frames = np.zeros((0, features.num_mel_bins), np.float32)
+        self._frames_first = 0  # stream frame index of self._frames[0]
+        self._shift = round(features.sample_rate * features.frame_shift_ms / 1000)
         self.peak_buffered_samples = 0  # for tests and benchmarks: the audio buffer's high-water mark
 
     def feed(self, event: Event) -> Iterator[tuple[float, float, MediaFeatures]]:
@@ -65,46 +73,57 @@ class WindowCutter:
 
     def close(self) -> Iterator[tuple[float, float, MediaFeatures]]:
         """The source ended: every remaining window is complete with what arrived."""
+        if self._fbank is not None:
+            self._fbank.finish()
+            self._frames = np.concatenate([self._frames, self._fbank.frames()])
         self._open_until(np.inf)
         yield from self._complete(final=True)
 
     def _open_until(self, t: float) -> None:
-        while self._starts and self._starts[0] <= t + self._tolerance:
+        tolerance = 1e-3 / self.features.fps  # a frame a hair before a window's first tick opens it
+        while self._starts and self._starts[0] <= t + tolerance:
             start = self._starts.popleft()
             collector = self.faces.clip() if self._tracker is not None and self.faces is not None else None
             self._open.append(Window(start, start + self.window, TickSampler(self.features.fps, start), collector))
 
-    @property
-    def _tolerance(self) -> float:
-        return 1e-3 / self.features.fps  # a frame a hair before its window's first tick still opens it
-
     def _add_audio(self, chunk: AudioChunk) -> None:
+        rate = self.features.sample_rate
         if self._samples_time is None:
-            self._samples_time = chunk.time
+            self._samples_time = self._first_audio = chunk.time
         self._samples = np.concatenate([self._samples, chunk.samples])
-        self._audio_time = chunk.time + len(chunk.samples) / self.features.sample_rate
+        if self._fbank is not None:
+            self._fbank.accept(chunk.samples)
+            self._frames = np.concatenate([self._frames, self._fbank.frames()])
+        self._audio_time = chunk.time + len(chunk.samples) / rate
         self._open_until(self._audio_time)
         keep_from = self._open[0].start if self._open else (self._starts[0] if self._starts else self._audio_time)
-        drop = max(0, round((keep_from - self._samples_time) * self.features.sample_rate))
+        drop = max(0, round((keep_from - self._samples_time) * rate))
         if drop:
-            self._samples, self._samples_time = (
-                self._samples[drop:],
-                self._samples_time + drop / self.features.sample_rate,
-            )
+            self._samples = self._samples[drop:]
+            self._samples_time += drop / rate
+        first_needed = max(0, self._sample_index(keep_from) // self._shift)
+        if first_needed > self._frames_first:
+            self._frames = self._frames[first_needed - self._frames_first :]
+            self._frames_first = first_needed
         self.peak_buffered_samples = max(self.peak_buffered_samples, len(self._samples))
+
+    def _sample_index(self, t: float) -> int:
+        """Index in the stream's audio of the sample at time ``t``."""
+        return round((t - (self._first_audio or 0.0)) * self.features.sample_rate)
 
     def _add_video(self, frame: VideoFrame) -> None:
         t = frame.time
         self._video_time = max(self._video_time, t)
         self._open_until(t)
         takers = [w for w in self._open if t < w.end and w.sampler.take(t)]
-        if not takers or self._tracker is None:
+        if not takers or self._tracker is None or self.faces is None:
             return
         rgb = frame.rgb()
         found = self._tracker.update(rgb)
+        crops = self.faces.crops(rgb, found)
         for w in takers:
             if w.collector is not None:
-                w.collector.add(t, rgb, found)
+                w.collector.add(t, rgb, found, crops)
 
     def _window_samples(self, w: Window) -> np.ndarray | None:
         if not self.info.has_audio:
@@ -115,6 +134,21 @@ class WindowCutter:
         offset = max(0, round((w.start - self._samples_time) * rate))
         return self._samples[offset : offset + round(self.window * rate)]
 
+    def _window_frames(self, w: Window, samples: np.ndarray) -> np.ndarray | None:
+        """The window's filterbank cut from the stream's, or None where the window does not start on a
+        frame boundary (then it is computed from its own samples) or its last frame is not ready yet.
+
+        A window decoded alone mirrors samples at its edges; cut from the stream, its first and last
+        two frames see the real neighbouring audio instead (docs/BENCHMARKS.md: how much that changes)."""
+        index = self._sample_index(w.start)
+        if self._first_audio is None or index < 0 or index % self._shift:
+            return None
+        first = index // self._shift - self._frames_first
+        count = frame_count(len(samples), self.features)
+        if first < 0 or first + count > len(self._frames):
+            return None
+        return self._frames[first : first + count]
+
     def _complete(self, final: bool) -> Iterator[tuple[float, float, MediaFeatures]]:
         while self._open:
             w = self._open[0]
@@ -122,9 +156,13 @@ class WindowCutter:
             video_done = not self.info.has_video or self._video_time >= w.end or self._audio_time >= w.end + MAX_SKEW
             if not final and not (audio_done and video_done):
                 return
-            self._open.popleft()
             samples = self._window_samples(w)
-            feats, notes = audio_features(samples, self.features)
+            frames = self._window_frames(w, samples) if samples is not None else None
+            if frames is None and not final and samples is not None and self._sample_index(w.start) % self._shift == 0:
+                if self._audio_time < w.end + MAX_SKEW:
+                    return  # its last filterbank frames need a few more milliseconds of audio
+            self._open.popleft()
+            feats, notes = audio_features(samples, self.features, frames=frames)
             if w.collector is None:
                 yield w.start, w.end, MediaFeatures(feats, [], 0, notes)
             else:
