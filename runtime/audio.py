@@ -68,9 +68,11 @@ class OnlineFbank:
     def frames(self) -> np.ndarray:
         """The frames that became ready since the last call, [n, bins]."""
         ready = self._computer.num_frames_ready
-        out = [self._computer.get_frame(i) for i in range(self.taken, ready)]
+        # get_frame returns views into kaldi-native-fbank's storage: copy them out before popping.
+        out = np.array([self._computer.get_frame(i) for i in range(self.taken, ready)], np.float32)
+        self._computer.pop(ready - self.taken)  # it keeps every frame otherwise (32 KB/s, 115 MB an hour)
         self.taken = ready
-        return np.asarray(out, np.float32).reshape(-1, self._bins)
+        return out.reshape(-1, self._bins)
 
 
 def frame_count(num_samples: int, cfg: FeatureConfig) -> int:

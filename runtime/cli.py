@@ -129,9 +129,10 @@ def infer(
                 results = [recognizer.recognize(path)]
                 click.echo(json.dumps(results[0].to_json()))
             else:  # one pass over the file: each window's line as soon as it is complete
-                results = []
+                results = []  # kept only for --plot: memory stays bounded on long files
                 for result in recognizer.stream(path, window, hop):
-                    results.append(result)
+                    if plot:
+                        results.append(result)
                     click.echo(json.dumps(result.to_json()))
         except AvemoError as exc:  # the lines already written stand
             failed += 1

@@ -42,3 +42,23 @@ def test_add_deltas_of_a_ramp():
 def test_add_deltas_rejects_wrong_rank():
     with pytest.raises(ValueError, match="frames, dims"):
         add_deltas(np.zeros(10))
+
+
+def test_online_fbank_in_pieces_equals_one_call_and_keeps_nothing():
+    from avemo.config import FeatureConfig
+    from avemo.runtime.audio import OnlineFbank, fbank, frame_count
+
+    cfg = FeatureConfig()
+    x = (np.random.default_rng(0).random(40000).astype(np.float32) - 0.5) * 0.2
+    online = OnlineFbank(cfg)
+    parts = []
+    for piece in np.array_split(x, 7):  # uneven pieces, as a demuxer delivers them
+        online.accept(piece)
+        parts.append(online.frames())
+    online.finish()
+    parts.append(online.frames())
+    whole = fbank(x, cfg)
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
+    assert len(whole) == frame_count(len(x), cfg) == 250
+    with pytest.raises(Exception, match="already removed"):  # handed-out frames are not kept inside
+        online._computer.get_frame(0)
