@@ -62,7 +62,7 @@ def verify(models: Path, threads: int | None) -> None:
 
 
 @click.command()
-@click.argument("media", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("media", nargs=-1, required=True)
 @click.option(
     "--models",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -83,13 +83,21 @@ def verify(models: Path, threads: int | None) -> None:
 @click.option("--window", type=float, default=None, help="Timeline: window length in seconds.")
 @click.option("--hop", type=float, default=None, help="Timeline: hop in seconds (default: the window).")
 @click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Live sources: seconds without data (or to connect) before giving up with an error.",
+)
+@click.option("--max-seconds", type=float, default=None, help="Stop after this much stream time.")
+@click.option(
     "--plot",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
     help="With --window: PNG of the six probabilities over time.",
 )
 def infer(
-    media: tuple[Path, ...],
+    media: tuple[str, ...],
     models: Path,
     precision: str,
     backend: str,
@@ -99,50 +107,107 @@ def infer(
     faces: str,
     window: float | None,
     hop: float | None,
+    timeout: float,
+    max_seconds: float | None,
     plot: Path | None,
 ) -> None:
-    """Recognise emotions in media files: one JSON line per file (or per window).
+    """Recognise emotions in media files or live streams: one JSON line per file (or per window).
 
     The graph is chosen by what each clip has: A+V, or A when no face is found,
     or V when there is no audio stream; the line says which ("modality").
     A file that cannot be read gets an "error" line; the others still run.
 
+    MEDIA may also be a network stream (udp://, rtp://, rtsp://, http(s)://,
+    srt://, tcp://) or an FFmpeg input FORMAT:INPUT (lavfi:..., alsa:...):
+    those need --window, print each window's line as soon as its data has
+    arrived (with latency_ms), and run until the stream ends, --max-seconds,
+    or Ctrl-C (which stops after the current window). A summary goes to stderr.
+
     \b
     Examples:
       avemo infer clip.mp4 --models models/
       avemo infer talk.mp4 --models models/ --window 5 --hop 2.5 --plot talk.png
+      avemo infer udp://127.0.0.1:5000 --models models/ --window 5 --hop 1
+      avemo infer rtsp://camera.local/stream --models models/ --window 5 --hop 1 --timeout 5
+      avemo infer "lavfi:testsrc=rate=30[out0];sine=f=220[out1]" --models models/ --window 2 --max-seconds 10
     """
     import json
+    import signal
+    import threading
 
     from avemo.errors import AvemoError
     from avemo.runtime.recognizer import Recognizer
+    from avemo.runtime.stream.live import is_live
 
     if plot and not window:
         raise click.BadParameter("--plot draws a timeline: give --window too", param_hint="--plot")
     if (window is not None and window <= 0) or (hop is not None and hop <= 0):
         raise click.BadParameter("window and hop must be positive", param_hint="--window/--hop")
+    live = [m for m in media if is_live(m)]
+    if live and window is None:
+        raise click.BadParameter(f"{live[0]} is a live source: give --window (and --hop)", param_hint="--window")
     recognizer = Recognizer(models, precision, threads, face_detector, threshold, backend=backend, faces=faces)
+    stop = threading.Event()  # Ctrl-C / SIGTERM: finish the current window, then stop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     failed = 0
-    for path in media:
+    for name in media:
+        source = name if is_live(name) else Path(name)
+        results: list = []  # kept only for --plot and the summary's latencies: bounded per source
+        summary = StreamSummary(name)
         try:
             if window is None:
-                results = [recognizer.recognize(path)]
-                click.echo(json.dumps(results[0].to_json()))
-            else:  # one pass over the file: each window's line as soon as it is complete
-                results = []  # kept only for --plot: memory stays bounded on long files
-                for result in recognizer.stream(path, window, hop):
+                click.echo(json.dumps(recognizer.recognize(source).to_json()))
+            else:  # one pass: each window's line as soon as it is complete
+                for result in recognizer.stream(source, window, hop, timeout, max_seconds, stop):
+                    summary.add(result)
                     if plot:
                         results.append(result)
-                    click.echo(json.dumps(result.to_json()))
+                    click.echo(json.dumps(result.to_json()), nl=True)
         except AvemoError as exc:  # the lines already written stand
             failed += 1
-            click.echo(json.dumps({"source": str(path), "error": str(exc)}))
-            continue
-        if plot:
-            target = plot if len(media) == 1 else plot.with_name(f"{plot.stem}-{path.stem}{plot.suffix}")
-            plot_timeline(results, target, title=path.name)
+            summary.error = str(exc)
+            click.echo(json.dumps({"source": name, "error": str(exc)}))
+        if window is not None:
+            summary.stopped = stop.is_set()
+            click.echo(json.dumps({"summary": summary.to_json()}), err=True)
+        if plot and results:
+            target = plot if len(media) == 1 else plot.with_name(f"{plot.stem}-{Path(name).stem}{plot.suffix}")
+            plot_timeline(results, target, title=Path(name).name)
+        if stop.is_set():
+            break
     if failed:
         raise SystemExit(1)
+
+
+class StreamSummary:
+    """What a windowed run did, for the summary line on stderr."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.windows, self.dropped, self.end = source, 0, 0, 0.0
+        self.latencies: list[float] = []
+        self.error: str | None = None
+        self.stopped = False
+
+    def add(self, result: object) -> None:
+        self.windows += 1
+        self.end = getattr(result, "end", 0.0) or 0.0
+        self.dropped = getattr(result, "dropped_windows", 0) or 0
+        latency = getattr(result, "latency_ms", None)
+        if latency is not None:
+            self.latencies.append(latency)
+
+    def to_json(self) -> dict:
+        import numpy as np
+
+        out: dict = {"source": self.source, "windows": self.windows, "dropped_windows": self.dropped}
+        out["stream_seconds"] = self.end
+        if self.latencies:
+            out["latency_ms"] = {
+                q: round(float(np.percentile(self.latencies, p)), 1) for q, p in (("p50", 50), ("p90", 90))
+            }
+        out["ended"] = "error" if self.error else "interrupted" if self.stopped else "end of stream or --max-seconds"
+        return out
 
 
 def plot_timeline(results: list, path: Path, title: str) -> None:

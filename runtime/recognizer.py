@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from avemo.runtime.ort_backend import OrtBackend
 from avemo.runtime.timing import stage
 
 THRESHOLD = 0.5
+LIVE_FIELDS = ("latency_ms", "behind_s", "dropped_windows")  # only in results from live sources
 
 
 @dataclass
@@ -52,12 +54,15 @@ class Recognition:
     end: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    latency_ms: float | None = None  # live sources: arrival of the window's last data -> this result
+    behind_s: float | None = None  # live sources: how far the source had gone past this window's end
+    dropped_windows: int | None = None  # live sources: windows skipped so far because processing fell behind
     frames_sampled: int | None = None  # video frames taken at 3 fps (media input only)
     frames_with_face: int | None = None  # of those, frames with the chosen face (the model's face crops)
     face: dict[str, Any] = field(default_factory=dict)  # the chosen face: box, choice, confidence, faces_seen
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {k: v for k, v in asdict(self).items() if v is not None or k not in LIVE_FIELDS}
         out["modality_title"] = MODALITY_TITLES[self.modality]
         return out
 
@@ -159,25 +164,76 @@ class Recognizer:
         span = (start, end) if (start or end is not None) else (None, None)
         return self._recognized(str(media), span, clip, feats, 1000 * (time.perf_counter() - t0))
 
-    def stream(self, media: Path, window: float, hop: float | None = None) -> Iterator[Recognition]:
-        """Windows ``[s, s + window)`` every ``hop`` seconds (default: the window) over a file, decoded
-        once: each Recognition is yielded as soon as its window is complete. Windows, samples and
-        3-fps frames are those of ``recognize(media, s, s + window)``; face tracking runs across the
-        whole file instead of restarting per window."""
+    def stream(
+        self,
+        source: Path | str,
+        window: float,
+        hop: float | None = None,
+        timeout: float = 10.0,
+        max_seconds: float | None = None,
+        stop: threading.Event | None = None,
+        max_behind: float | None = None,
+    ) -> Iterator[Recognition]:
+        """Windows ``[s, s + window)`` every ``hop`` seconds (default: the window), decoded in one pass,
+        each yielded as soon as it is complete.
+
+        ``source``: a file, a network URL (udp://, rtp://, rtsp://, http(s)://, srt://, tcp://) or an
+        FFmpeg input ``FORMAT:INPUT`` (``lavfi:testsrc=...``, ``alsa:default``). For a file, windows,
+        samples and 3-fps frames are those of ``recognize(media, s, s + window)``; face tracking runs
+        across the whole file instead of restarting per window. A live source's windows start at its
+        first packet and go on until it ends, ``max_seconds`` of stream time, or ``stop`` is set (then
+        after the current window); nothing for ``timeout`` seconds is an error. Live results carry
+        ``latency_ms`` (from the arrival of the window's last data to the result), ``behind_s`` and
+        ``dropped_windows``: when processing falls more than ``max_behind`` seconds (default two
+        windows) behind the source, the windows it cannot reach are skipped and counted.
+        """
+        from avemo.runtime.stream.live import LiveSource, is_live
         from avemo.runtime.stream.sources import file_source
         from avemo.runtime.stream.windows import WindowCutter
 
         if window <= 0 or (hop is not None and hop <= 0):
             raise AvemoError("window and hop must be positive")
-        info, events = file_source(Path(media), self.features.sample_rate, video=self._has("v"))
-        starts = np.arange(0.0, max((info.duration or 0.0) - window, 0.0) + 1e-6, hop or window).tolist()
+        step = hop or window
+        live = is_live(str(source))
+        if live:
+            reader = LiveSource(str(source), self.features.sample_rate, video=self._has("v"), timeout=timeout)
+            info, events = reader.info, reader.events()
+            starts: Iterable[float] = (k * step for k in itertools.count())
+        else:
+            info, events = file_source(Path(source), self.features.sample_rate, video=self._has("v"))
+            starts = np.arange(0.0, max((info.duration or 0.0) - window, 0.0) + 1e-6, step).tolist()
         cutter = WindowCutter(self.features, self.faces, info, starts, window)
-        windows = itertools.chain.from_iterable(itertools.chain((cutter.feed(e) for e in events), [cutter.close()]))
-        t0 = time.perf_counter()
-        for start, end, feats in windows:  # "features" ms: decoding and features since the last window
-            ms = 1000 * (time.perf_counter() - t0)
-            yield self._recognized(str(media), (start, end), self._clip_input(feats), feats, ms)
-            t0 = time.perf_counter()
+        limit = max_behind if max_behind is not None else 2 * window
+        clock = {"features": time.perf_counter(), "arrival": 0.0}
+
+        def result_of(start: float, end: float, feats: MediaFeatures) -> Recognition:
+            ms = 1000 * (time.perf_counter() - clock["features"])  # decoding and features since the last window
+            result = self._recognized(str(source), (start, end), self._clip_input(feats), feats, ms)
+            if live:
+                result.latency_ms = round(1000 * (time.monotonic() - clock["arrival"]), 1)
+                result.behind_s = round(max(0.0, reader.newest_time - end), 3)
+                if result.behind_s > limit:
+                    cutter.drop_before(reader.newest_time - window)
+                result.dropped_windows = cutter.dropped
+            clock["features"] = time.perf_counter()
+            return result
+
+        try:
+            for event in events:
+                if max_seconds is not None and event.time >= max_seconds:
+                    break
+                clock["arrival"] = event.arrival
+                for start, end, feats in cutter.feed(event):
+                    yield result_of(start, end, feats)
+                    if stop is not None and stop.is_set():
+                        return
+                if stop is not None and stop.is_set():
+                    break
+            for start, end, feats in cutter.close(whole_only=live):
+                yield result_of(start, end, feats)
+        finally:
+            if live:
+                reader.close()
 
     def _recognized(
         self, source: str, span: tuple[float | None, float | None], clip: ClipInput, feats: MediaFeatures, ms: float

@@ -127,7 +127,10 @@ def test_infer_cli_json_lines_errors_and_timeline(colearn_export, media, tmp_pat
         ],
     )
     assert result.exit_code == 0, result.output
-    windows = [json.loads(line) for line in result.output.splitlines()]
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    windows = [line for line in lines if "summary" not in line]
+    summary = next(line["summary"] for line in lines if "summary" in line)  # on stderr
+    assert summary["windows"] == 3 and summary["stream_seconds"] == 7.0
     assert [(w["start"], w["end"]) for w in windows] == [(0.0, 3.0), (2.0, 5.0), (4.0, 7.0)]
     assert [w["frames_sampled"] for w in windows] == [9, 9, 9]
     assert plot.read_bytes()[:4] == b"\x89PNG"

@@ -71,6 +71,6 @@ def test_a_truncated_stream_keeps_the_windows_before_the_cut(colearn_export, tmp
     (tmp_path / "cut.ts").write_bytes(good[: int(len(good) * 0.6)])
     args = ["infer", str(tmp_path / "cut.ts"), "--models", str(colearn_export[0]), "--window", "2", "--hop", "1"]
     result = CliRunner().invoke(main, args)
-    lines = [json.loads(line) for line in result.output.splitlines()]
+    lines = [json.loads(line) for line in result.output.splitlines() if '"summary"' not in line]
     assert result.exit_code == 0 and len(lines) >= 2, result.output
     assert all(line["modality"] == "av" and line["frames_sampled"] == 6 for line in lines)

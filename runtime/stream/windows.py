@@ -12,7 +12,7 @@ plus one hop of audio, and the face crops of the open windows.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,11 +44,13 @@ class WindowCutter:
         features: FeatureConfig,
         faces: FacePipeline | None,
         info: SourceInfo,
-        starts: list[float],
+        starts: Iterable[float],
         window: float,
     ) -> None:
         self.features, self.faces, self.info, self.window = features, faces, info, window
-        self._starts = deque(float(s) for s in starts)  # windows not opened yet
+        self._starts = iter(starts)  # windows not opened yet: a list for a file, endless for a live source
+        self._next_start: float | None = next(self._starts, None)
+        self.dropped = 0  # windows skipped because processing fell behind a live source (drop_before)
         self._open: deque[Window] = deque()
         self._tracker = faces.tracker() if faces is not None and info.has_video else None
         self._audio_time = -np.inf  # stream time the audio has reached
@@ -71,18 +73,32 @@ class WindowCutter:
             self._add_video(event)
         yield from self._complete(final=False)
 
-    def close(self) -> Iterator[tuple[float, float, MediaFeatures]]:
-        """The source ended: every remaining window is complete with what arrived."""
+    def close(self, whole_only: bool = False) -> Iterator[tuple[float, float, MediaFeatures]]:
+        """The source ended: the remaining windows are complete with what arrived (a file's last
+        windows may be short). ``whole_only`` (a live source stopped): windows that did not get
+        to their end are dropped instead."""
         if self._fbank is not None:
             self._fbank.finish()
             self._frames = np.concatenate([self._frames, self._fbank.frames()])
-        self._open_until(np.inf)
+        reached = max(self._audio_time, self._video_time)
+        if whole_only:
+            self._open = deque(w for w in self._open if w.end <= reached + 1e-6)
+            self._next_start = None
+        else:
+            self._open_until(np.inf)
         yield from self._complete(final=True)
+
+    def drop_before(self, t: float) -> int:
+        """Skip the open windows that end before ``t`` (processing fell behind a live source); returns how many."""
+        kept = deque(w for w in self._open if w.end >= t)
+        dropped = len(self._open) - len(kept)
+        self._open, self.dropped = kept, self.dropped + dropped
+        return dropped
 
     def _open_until(self, t: float) -> None:
         tolerance = 1e-3 / self.features.fps  # a frame a hair before a window's first tick opens it
-        while self._starts and self._starts[0] <= t + tolerance:
-            start = self._starts.popleft()
+        while self._next_start is not None and self._next_start <= t + tolerance:
+            start, self._next_start = self._next_start, next(self._starts, None)
             collector = self.faces.clip() if self._tracker is not None and self.faces is not None else None
             self._open.append(Window(start, start + self.window, TickSampler(self.features.fps, start), collector))
 
@@ -96,7 +112,11 @@ class WindowCutter:
             self._frames = np.concatenate([self._frames, self._fbank.frames()])
         self._audio_time = chunk.time + len(chunk.samples) / rate
         self._open_until(self._audio_time)
-        keep_from = self._open[0].start if self._open else (self._starts[0] if self._starts else self._audio_time)
+        keep_from = (
+            self._open[0].start
+            if self._open
+            else (self._next_start if self._next_start is not None else self._audio_time)
+        )
         drop = max(0, round((keep_from - self._samples_time) * rate))
         if drop:
             self._samples = self._samples[drop:]

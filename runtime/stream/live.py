@@ -1,0 +1,117 @@
+"""Live sources: network streams and FFmpeg inputs (lavfi, alsa, ...) read by a thread.
+
+A reader thread demuxes packets as they arrive and stamps each with its
+arrival time, so nothing waits on the model: packets that arrive while a
+window is being recognised queue up (compressed, small) and are decoded by the
+consumer. A source that sends nothing for ``timeout`` seconds, or breaks, ends
+with an AvemoError that says which; ``close()`` stops the reader.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from avemo.deps import require
+from avemo.errors import AvemoError
+from avemo.runtime.stream.sources import Event, SourceInfo, decode_packets, select_streams
+
+#: URL schemes read as network streams (what FFmpeg's protocols in PyAV's wheel open).
+NETWORK_SCHEMES = ("udp", "rtp", "rtsp", "rtmp", "http", "https", "srt", "tcp")
+#: ``FORMAT:INPUT`` for FFmpeg's own inputs, e.g. ``lavfi:testsrc=size=640x360:rate=30``.
+INPUT_FORMATS = ("lavfi", "alsa", "pulse", "v4l2")
+QUEUE_PACKETS = 20000  # at most a minute or two of 720p packets waiting (compressed: tens of MB)
+_END = object()
+
+
+def is_live(spec: str) -> bool:
+    """A network URL or ``FORMAT:INPUT``; anything else is a file path."""
+    if "://" in spec:
+        return spec.split("://", 1)[0].lower() in NETWORK_SCHEMES
+    return spec.split(":", 1)[0] in INPUT_FORMATS and ":" in spec
+
+
+class LiveSource:
+    """Opens ``spec`` and starts reading it; ``events()`` yields decoded events with stream times from 0."""
+
+    def __init__(self, spec: str, sample_rate: int, video: bool = True, timeout: float = 10.0) -> None:
+        av = require("av", "pip install 'avemo[runtime]'")
+        self.spec, self.sample_rate, self.timeout = spec, sample_rate, timeout
+        fmt, url = (None, spec) if "://" in spec else spec.split(":", 1)
+        options = {"rtsp_transport": "tcp"} if spec.startswith("rtsp://") else {}
+        if spec.startswith(("udp://", "rtp://")):
+            options["fifo_size"] = "1000000"  # FFmpeg's own receive buffer, in 188-byte packets
+            options["overrun_nonfatal"] = "1"
+        try:
+            self._container = av.open(url, format=fmt, options=options, timeout=timeout)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise AvemoError(f"{spec}: cannot open the stream ({exc})") from None
+        self._streams = select_streams(self._container, video)
+        has = {s.type for s in self._streams}
+        if not has:
+            self._container.close()
+            raise AvemoError(f"{spec}: the stream has neither audio nor video")
+        self.info = SourceInfo(spec, "audio" in has, "video" in has, None)
+        self.newest_time = 0.0  # stream time (from the first packet) of the newest packet read
+        self._origin: float | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_PACKETS)
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, name=f"avemo-reader {spec}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        # FFmpeg's filters (lavfi) produce as fast as they can: pace them at real time, like `ffmpeg -re`,
+        # so that they behave as a live source. Network streams and devices pace themselves.
+        pace = self.spec.startswith("lavfi:")
+        started = time.monotonic()
+        try:
+            for packet in self._container.demux(*self._streams):
+                if self._stop.is_set():
+                    break
+                if packet.pts is not None and packet.time_base is not None:
+                    t = float(packet.pts * packet.time_base)
+                    if self._origin is None:
+                        self._origin = t
+                    self.newest_time = max(self.newest_time, t - self._origin)
+                    if pace:
+                        time.sleep(max(0.0, started + t - self._origin - time.monotonic()))
+                self._queue.put((packet, time.monotonic()))
+        except Exception as exc:  # a broken connection or corrupt data: said by the consumer
+            self._queue.put(exc)
+        self._queue.put(_END)
+
+    def _packets(self) -> Iterator[tuple[Any, float]]:
+        while True:
+            try:
+                item = self._queue.get(timeout=self.timeout)
+            except queue.Empty:
+                raise AvemoError(f"{self.spec}: no data for {self.timeout:g} s (stalled stream)") from None
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise AvemoError(f"{self.spec}: the stream broke ({item})")
+            yield item
+
+    def events(self) -> Iterator[Event]:
+        packets = self._packets()
+        first = next(packets, None)
+        if first is None:
+            return
+        origin = self._origin if self._origin is not None else 0.0
+        yield from decode_packets(_chain(first, packets), self.sample_rate, origin)
+
+    def close(self) -> None:
+        self._stop.set()
+        while not self._queue.empty():  # unblock a reader waiting on a full queue
+            self._queue.get_nowait()
+        self._reader.join(timeout=self.timeout)
+        if not self._reader.is_alive():  # else it is still inside FFmpeg: closing under it would crash
+            self._container.close()
+
+
+def _chain(first: tuple[Any, float], rest: Iterator[tuple[Any, float]]) -> Iterator[tuple[Any, float]]:
+    yield first
+    yield from rest
