@@ -192,8 +192,31 @@ def write_mosei_tree(root: Path, videos: dict[str, dict], folds: dict[str, list[
     return root, folds_path
 
 
+def send(path: Path, url: str, seconds: float | None = None) -> None:
+    """Remux ``path`` (MPEG-TS) to ``url`` at real-time pace, like `ffmpeg -re -i path -c copy -f mpegts url`;
+    ``seconds``: stop after that much media time (a stream that breaks off)."""
+    import time
+
+    with av.open(str(path)) as source, av.open(url, "w", format="mpegts") as sink:
+        streams = {s.index: sink.add_stream_from_template(s) for s in source.streams if s.type in ("audio", "video")}
+        started = time.monotonic()
+        for packet in source.demux(*[s for s in source.streams if s.index in streams]):
+            if packet.dts is None:
+                continue
+            t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
+            if seconds is not None and t >= seconds:
+                break
+            time.sleep(max(0.0, started + t - time.monotonic()))
+            packet.stream = streams[packet.stream.index]
+            sink.mux(packet)
+
+
 if __name__ == "__main__":
     import sys
+
+    if sys.argv[1] == "send":  # `python -m tests.media_factory send FILE.ts URL [SECONDS]`
+        send(Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else None)
+        sys.exit(0)
 
     # `python -m tests.media_factory OUT.mp4 [SECONDS [WIDTH HEIGHT]]`: the demo's clip (speech-like
     # audio, a real face photo); the profiling benchmark uses a 10-s 640x360 one.

@@ -74,3 +74,96 @@ def test_a_truncated_stream_keeps_the_windows_before_the_cut(colearn_export, tmp
     lines = [json.loads(line) for line in result.output.splitlines() if '"summary"' not in line]
     assert result.exit_code == 0 and len(lines) >= 2, result.output
     assert all(line["modality"] == "av" and line["frames_sampled"] == 6 for line in lines)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def receive(models, url, *args):
+    """`avemo infer URL` in its own process, as a user runs it."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "from avemo.cli import main; main()", "infer", url, "--models", str(models), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def send(path, url, seconds=None):
+    import subprocess
+    import sys
+
+    extra = [] if seconds is None else [str(seconds)]
+    return subprocess.Popen([sys.executable, "-m", "tests.media_factory", "send", str(path), url, *extra])
+
+
+@pytest.fixture(scope="module")
+def ts_media(tmp_path_factory):
+    return write_media(tmp_path_factory.mktemp("live") / "live.ts", seconds=7.0, size=(640, 360))
+
+
+def test_live_udp_stream_one_line_per_hop(colearn_export, ts_media):
+    import time
+
+    port = free_port()
+    receiver = receive(colearn_export[0], f"udp://127.0.0.1:{port}", "--window", "2", "--hop", "1",
+                       "--max-seconds", "5", "--timeout", "8")  # fmt: skip
+    time.sleep(2.5)  # the receiver loads the model and listens first
+    sender = send(ts_media, f"udp://127.0.0.1:{port}?pkt_size=1316")
+    out, err = receiver.communicate(timeout=60)
+    sender.wait(timeout=30)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert receiver.returncode == 0, err
+    assert [(line["start"], line["end"]) for line in lines] == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0), (3.0, 5.0)]
+    for line in lines:
+        assert line["modality"] == "av" and line["frames_sampled"] == 6 and line["frames_with_face"] == 6
+        assert 0 <= line["latency_ms"] < 2000 and line["dropped_windows"] == 0
+    summary = json.loads(err.strip().splitlines()[-1])["summary"]
+    assert summary["windows"] == 4 and summary["latency_ms"]["p90"] >= summary["latency_ms"]["p50"]
+
+
+def test_a_stream_that_stops_ends_with_an_error_after_the_timeout(colearn_export, ts_media):
+    import time
+
+    port = free_port()
+    receiver = receive(colearn_export[0], f"udp://127.0.0.1:{port}", "--window", "2", "--hop", "1", "--timeout", "3")
+    time.sleep(2.0)
+    send(ts_media, f"udp://127.0.0.1:{port}?pkt_size=1316", seconds=4).wait(timeout=30)
+    started = time.monotonic()
+    out, _ = receiver.communicate(timeout=60)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert receiver.returncode == 1 and time.monotonic() - started < 15  # no hang
+    assert len(lines) >= 2 and all("error" not in line for line in lines[:-1])  # the windows before stand
+    assert "no data for 3 s (stalled stream)" in lines[-1]["error"]
+
+
+def test_a_stream_that_never_starts_is_an_error_not_a_hang(colearn_export):
+    import time
+
+    started = time.monotonic()
+    receiver = receive(colearn_export[0], f"udp://127.0.0.1:{free_port()}", "--window", "2", "--timeout", "2")
+    out, _ = receiver.communicate(timeout=60)
+    assert receiver.returncode == 1 and time.monotonic() - started < 30
+    assert "cannot open the stream" in json.loads(out.splitlines()[-1])["error"]
+
+
+def test_lavfi_source_paced_like_a_live_one(colearn_export):
+    source = "lavfi:testsrc=size=320x240:rate=15[out0];sine=frequency=220:sample_rate=16000[out1]"
+    result = CliRunner().invoke(
+        main, ["infer", source, "--models", str(colearn_export[0]), "--window", "2", "--hop", "1", "--max-seconds", "4"]
+    )
+    lines = [json.loads(line) for line in result.output.splitlines() if '"summary"' not in line]
+    assert result.exit_code == 0, result.output
+    assert [(line["start"], line["end"]) for line in lines] == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)]
+    assert all(line["modality"] == "a" and "latency_ms" in line for line in lines)  # test pattern: no face
+    with pytest.raises(Exception, match="live source: give --window"):
+        raise_on_error(CliRunner().invoke(main, ["infer", source, "--models", str(colearn_export[0])]))
+
+
+def raise_on_error(result):
+    if result.exit_code:
+        raise RuntimeError(result.output)

@@ -41,7 +41,10 @@ class LiveSource:
         av = require("av", "pip install 'avemo[runtime]'")
         self.spec, self.sample_rate, self.timeout = spec, sample_rate, timeout
         fmt, url = (None, spec) if "://" in spec else spec.split(":", 1)
-        options = {"rtsp_transport": "tcp"} if spec.startswith("rtsp://") else {}
+        # Probe one second of a network stream, not FFmpeg's default five: the timeout covers the probe too.
+        options = {"analyzeduration": "1000000", "probesize": "1000000"} if "://" in spec else {}
+        if spec.startswith("rtsp://"):
+            options["rtsp_transport"] = "tcp"
         if spec.startswith(("udp://", "rtp://")):
             options["fifo_size"] = "1000000"  # FFmpeg's own receive buffer, in 188-byte packets
             options["overrun_nonfatal"] = "1"
