@@ -167,3 +167,18 @@ def test_lavfi_source_paced_like_a_live_one(colearn_export):
 def raise_on_error(result):
     if result.exit_code:
         raise RuntimeError(result.output)
+
+
+def test_ctrl_c_stops_after_the_current_window_with_a_summary(colearn_export):
+    import signal
+
+    source = "lavfi:testsrc=size=320x240:rate=15[out0];sine=frequency=220:sample_rate=16000[out1]"
+    receiver = receive(colearn_export[0], source, "--window", "2", "--hop", "1")  # endless without Ctrl-C
+    first = receiver.stdout.readline()  # a window is out: the stream runs
+    receiver.send_signal(signal.SIGINT)
+    out, err = receiver.communicate(timeout=30)
+    assert receiver.returncode == 0, err
+    lines = [json.loads(line) for line in [first, *out.splitlines()]]
+    assert all("error" not in line for line in lines) and len(lines) <= 3
+    summary = json.loads(err.strip().splitlines()[-1])["summary"]
+    assert summary["ended"] == "interrupted" and summary["windows"] == len(lines)
