@@ -62,7 +62,7 @@ def verify(models: Path, threads: int | None) -> None:
 
 
 @click.command()
-@click.argument("media", nargs=-1, required=True)
+@click.argument("media", nargs=-1)
 @click.option(
     "--models",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -91,6 +91,16 @@ def verify(models: Path, threads: int | None) -> None:
 )
 @click.option("--max-seconds", type=float, default=None, help="Stop after this much stream time.")
 @click.option(
+    "--camera",
+    default=None,
+    metavar="INDEX|PATH|PIPELINE",
+    help="Read a camera through OpenCV: 0 (USB/V4L2), a device path, or a GStreamer pipeline ending in "
+    "appsink (Jetson CSI). With --mic, both are read together on one capture clock.",
+)
+@click.option(
+    "--mic", default=None, metavar="FORMAT:DEVICE", help="A microphone through FFmpeg: alsa:default, pulse:default."
+)
+@click.option(
     "--plot",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
@@ -109,6 +119,8 @@ def infer(
     hop: float | None,
     timeout: float,
     max_seconds: float | None,
+    camera: str | None,
+    mic: str | None,
     plot: Path | None,
 ) -> None:
     """Recognise emotions in media files or live streams: one JSON line per file (or per window).
@@ -130,6 +142,7 @@ def infer(
       avemo infer udp://127.0.0.1:5000 --models models/ --window 5 --hop 1
       avemo infer rtsp://camera.local/stream --models models/ --window 5 --hop 1 --timeout 5
       avemo infer "lavfi:testsrc=rate=30[out0];sine=f=220[out1]" --models models/ --window 2 --max-seconds 10
+      avemo infer --camera 0 --mic alsa:default --models models/ --window 5 --hop 1
     """
     import json
     import signal
@@ -143,6 +156,11 @@ def infer(
         raise click.BadParameter("--plot draws a timeline: give --window too", param_hint="--plot")
     if (window is not None and window <= 0) or (hop is not None and hop <= 0):
         raise click.BadParameter("window and hop must be positive", param_hint="--window/--hop")
+    if camera is not None or mic is not None:
+        device = "+".join(filter(None, [f"camera:{camera}" if camera is not None else None, mic]))
+        media = (*media, device)
+    if not media:
+        raise click.UsageError("give MEDIA (files or stream URLs), --camera or --mic")
     live = [m for m in media if is_live(m)]
     if live and window is None:
         raise click.BadParameter(f"{live[0]} is a live source: give --window (and --hop)", param_hint="--window")

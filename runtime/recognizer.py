@@ -177,17 +177,19 @@ class Recognizer:
         """Windows ``[s, s + window)`` every ``hop`` seconds (default: the window), decoded in one pass,
         each yielded as soon as it is complete.
 
-        ``source``: a file, a network URL (udp://, rtp://, rtsp://, http(s)://, srt://, tcp://) or an
-        FFmpeg input ``FORMAT:INPUT`` (``lavfi:testsrc=...``, ``alsa:default``). For a file, windows,
-        samples and 3-fps frames are those of ``recognize(media, s, s + window)``; face tracking runs
-        across the whole file instead of restarting per window. A live source's windows start at its
+        ``source``: a file, a network URL (udp://, rtp://, rtsp://, http(s)://, srt://, tcp://), an
+        FFmpeg input ``FORMAT:INPUT`` (``lavfi:testsrc=...``, ``alsa:default``), a camera
+        ``camera:SPEC`` (OpenCV: index, path or GStreamer pipeline) or ``camera:SPEC+alsa:default``.
+        For a file, windows, samples and 3-fps frames are those of ``recognize(media, s, s + window)``;
+        face tracking runs across the whole file instead of restarting per window. A live source's windows start at its
         first packet and go on until it ends, ``max_seconds`` of stream time, or ``stop`` is set (then
         after the current window); nothing for ``timeout`` seconds is an error. Live results carry
-        ``latency_ms`` (from the arrival of the window's last data to the result), ``behind_s`` and
+        ``latency_ms`` (from the arrival of the data that completed the window, both streams past its
+        end, to the result), ``behind_s`` and
         ``dropped_windows``: when processing falls more than ``max_behind`` seconds (default two
         windows) behind the source, the windows it cannot reach are skipped and counted.
         """
-        from avemo.runtime.stream.live import LiveSource, is_live
+        from avemo.runtime.stream.live import is_live, open_live
         from avemo.runtime.stream.sources import file_source
         from avemo.runtime.stream.windows import WindowCutter
 
@@ -196,7 +198,7 @@ class Recognizer:
         step = hop or window
         live = is_live(str(source))
         if live:
-            reader = LiveSource(str(source), self.features.sample_rate, video=self._has("v"), timeout=timeout)
+            reader = open_live(str(source), self.features.sample_rate, video=self._has("v"), timeout=timeout)
             info, events = reader.info, reader.events()
             starts: Iterable[float] = (k * step for k in itertools.count())
         else:

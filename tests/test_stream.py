@@ -182,3 +182,23 @@ def test_ctrl_c_stops_after_the_current_window_with_a_summary(colearn_export):
     assert all("error" not in line for line in lines) and len(lines) <= 3
     summary = json.loads(err.strip().splitlines()[-1])["summary"]
     assert summary["ended"] == "interrupted" and summary["windows"] == len(lines)
+
+
+def test_camera_source_reads_frames_on_the_capture_clock(long_media):
+    from avemo.runtime.stream.devices import CameraSource
+
+    camera = CameraSource(str(long_media), timeout=5)  # OpenCV opens a file as it opens a camera
+    frames = list(camera.events())
+    camera.close()
+    assert len(frames) == 7 * 15  # every frame of the 15-fps file, none dropped
+    times = [f.time for f in frames]
+    assert times == sorted(times) and times[0] >= 0 and all(f.arrival > 0 for f in frames)
+    assert frames[0].rgb().shape == (240, 320, 3)
+
+
+def test_a_missing_camera_is_an_error_line(colearn_export):
+    result = CliRunner().invoke(
+        main, ["infer", "--camera", "/dev/video97", "--models", str(colearn_export[0]), "--window", "2"]
+    )
+    assert result.exit_code == 1
+    assert "camera:/dev/video97: cannot open it" in result.output

@@ -28,10 +28,27 @@ _END = object()
 
 
 def is_live(spec: str) -> bool:
-    """A network URL or ``FORMAT:INPUT``; anything else is a file path."""
+    """A network URL, ``FORMAT:INPUT``, ``camera:SPEC`` or ``camera:SPEC+FORMAT:INPUT``; else a file path."""
     if "://" in spec:
         return spec.split("://", 1)[0].lower() in NETWORK_SCHEMES
-    return spec.split(":", 1)[0] in INPUT_FORMATS and ":" in spec
+    return ":" in spec and spec.split(":", 1)[0] in (*INPUT_FORMATS, "camera")
+
+
+def open_live(spec: str, sample_rate: int, video: bool = True, timeout: float = 10.0) -> Any:
+    """The reader for a live ``spec`` (see ``is_live``): it has ``info``, ``events()``, ``newest_time``, ``close()``."""
+    from avemo.runtime.stream.devices import CameraSource, MergedSource
+
+    if spec.startswith("camera:"):
+        camera_spec, _, audio_spec = spec[len("camera:") :].partition("+")
+        camera = CameraSource(camera_spec, timeout)
+        if not audio_spec:
+            return camera
+        try:
+            return MergedSource(camera, LiveSource(audio_spec, sample_rate, video=False, timeout=timeout), timeout)
+        except AvemoError:
+            camera.close()
+            raise
+    return LiveSource(spec, sample_rate, video, timeout)
 
 
 class LiveSource:
