@@ -91,6 +91,13 @@ def verify(models: Path, threads: int | None) -> None:
 )
 @click.option("--max-seconds", type=float, default=None, help="Stop after this much stream time.")
 @click.option(
+    "--reconnect",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Live sources: open the stream again this many times after it breaks or stalls.",
+)
+@click.option(
     "--camera",
     default=None,
     metavar="INDEX|PATH|PIPELINE",
@@ -119,6 +126,7 @@ def infer(
     hop: float | None,
     timeout: float,
     max_seconds: float | None,
+    reconnect: int,
     camera: str | None,
     mic: str | None,
     plot: Path | None,
@@ -177,7 +185,9 @@ def infer(
             if window is None:
                 click.echo(json.dumps(recognizer.recognize(source).to_json()))
             else:  # one pass: each window's line as soon as it is complete
-                for result in recognizer.stream(source, window, hop, timeout, max_seconds, stop):
+                if is_live(name):
+                    click.echo(f"{name}: reading (windows of {window:g} s; Ctrl-C stops)", err=True)
+                for result in recognizer.stream(source, window, hop, timeout, max_seconds, stop, reconnect=reconnect):
                     summary.add(result)
                     if plot:
                         results.append(result)

@@ -7,6 +7,7 @@ calls with a lock (decoding, features and inference still overlap).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import threading
@@ -173,6 +174,7 @@ class Recognizer:
         max_seconds: float | None = None,
         stop: threading.Event | None = None,
         max_behind: float | None = None,
+        reconnect: int = 0,
     ) -> Iterator[Recognition]:
         """Windows ``[s, s + window)`` every ``hop`` seconds (default: the window), decoded in one pass,
         each yielded as soon as it is complete.
@@ -187,7 +189,9 @@ class Recognizer:
         ``latency_ms`` (from the arrival of the data that completed the window, both streams past its
         end, to the result), ``behind_s`` and
         ``dropped_windows``: when processing falls more than ``max_behind`` seconds (default two
-        windows) behind the source, the windows it cannot reach are skipped and counted.
+        windows) behind the source, the windows it cannot reach are skipped and counted. A network
+        source that breaks or stalls is opened again up to ``reconnect`` times; windows go on after
+        the break (those it cut are counted as dropped).
         """
         from avemo.runtime.stream.live import is_live, open_live
         from avemo.runtime.stream.sources import file_source
@@ -196,46 +200,82 @@ class Recognizer:
         if window <= 0 or (hop is not None and hop <= 0):
             raise AvemoError("window and hop must be positive")
         step = hop or window
-        live = is_live(str(source))
-        if live:
-            reader = open_live(str(source), self.features.sample_rate, video=self._has("v"), timeout=timeout)
-            info, events = reader.info, reader.events()
-            starts: Iterable[float] = (k * step for k in itertools.count())
-        else:
+        if not is_live(str(source)):
             info, events = file_source(Path(source), self.features.sample_rate, video=self._has("v"))
             starts = np.arange(0.0, max((info.duration or 0.0) - window, 0.0) + 1e-6, step).tolist()
-        cutter = WindowCutter(self.features, self.faces, info, starts, window)
+            cutter = WindowCutter(self.features, self.faces, info, starts, window)
+            yield from self._windows(str(source), events, cutter, None, window, max_seconds, stop, max_behind)
+            return
+        offset, dropped = 0.0, 0  # stream time and windows lost before the current connection
+        for attempt in range(reconnect + 1):
+            try:
+                reader = open_live(str(source), self.features.sample_rate, video=self._has("v"), timeout=timeout)
+            except AvemoError:
+                if attempt == reconnect:
+                    raise
+                time.sleep(1.0)
+                continue
+            first = -(-offset // step) * step  # windows go on from the next hop after the break
+            starts = (first + k * step for k in itertools.count())
+            cutter = WindowCutter(self.features, self.faces, reader.info, starts, window)
+            cutter.dropped = dropped
+            events = (dataclasses.replace(e, time=e.time + offset) for e in reader.events())
+            try:
+                yield from self._windows(
+                    str(source), events, cutter, reader, window, max_seconds, stop, max_behind, offset
+                )
+                return
+            except AvemoError:
+                if attempt == reconnect or (stop is not None and stop.is_set()):
+                    raise
+                offset = max(cutter.reached, offset) + 1e-3
+                dropped = cutter.dropped + cutter.open_windows  # the windows the break cut
+            finally:
+                reader.close()
+
+    def _windows(
+        self,
+        source: str,
+        events: Iterable[Any],
+        cutter: Any,
+        reader: Any,
+        window: float,
+        max_seconds: float | None,
+        stop: threading.Event | None,
+        max_behind: float | None,
+        offset: float = 0.0,
+    ) -> Iterator[Recognition]:
+        """Feed one connection's events to ``cutter``; a Recognition per completed window.
+        ``reader``: the live reader (None for a file), for latency and the drop policy; ``offset``:
+        the stream time this connection's clock starts at (after a reconnection)."""
         limit = max_behind if max_behind is not None else 2 * window
         clock = {"features": time.perf_counter(), "arrival": 0.0}
 
         def result_of(start: float, end: float, feats: MediaFeatures) -> Recognition:
             ms = 1000 * (time.perf_counter() - clock["features"])  # decoding and features since the last window
-            result = self._recognized(str(source), (start, end), self._clip_input(feats), feats, ms)
-            if live:
+            result = self._recognized(source, (start, end), self._clip_input(feats), feats, ms)
+            if reader is not None:
                 result.latency_ms = round(1000 * (time.monotonic() - clock["arrival"]), 1)
-                result.behind_s = round(max(0.0, reader.newest_time - end), 3)
+                newest = reader.newest_time + offset  # the reader's clock starts at its own first packet
+                result.behind_s = round(max(0.0, newest - end), 3)
                 if result.behind_s > limit:
-                    cutter.drop_before(reader.newest_time - window)
+                    cutter.drop_before(newest - window)
                 result.dropped_windows = cutter.dropped
             clock["features"] = time.perf_counter()
             return result
 
-        try:
-            for event in events:
-                if max_seconds is not None and event.time >= max_seconds:
-                    break
-                clock["arrival"] = event.arrival
-                for start, end, feats in cutter.feed(event):
-                    yield result_of(start, end, feats)
-                    if stop is not None and stop.is_set():
-                        return
-                if stop is not None and stop.is_set():
-                    break
-            for start, end, feats in cutter.close(whole_only=live):
+        for event in events:
+            if max_seconds is not None and event.time >= max_seconds:
+                break
+            clock["arrival"] = event.arrival
+            for start, end, feats in cutter.feed(event):
                 yield result_of(start, end, feats)
-        finally:
-            if live:
-                reader.close()
+                if stop is not None and stop.is_set():
+                    return
+            if stop is not None and stop.is_set():
+                break
+        for start, end, feats in cutter.close(whole_only=reader is not None):
+            yield result_of(start, end, feats)
 
     def _recognized(
         self, source: str, span: tuple[float | None, float | None], clip: ClipInput, feats: MediaFeatures, ms: float

@@ -88,6 +88,18 @@ class WindowCutter:
             self._open_until(np.inf)
         yield from self._complete(final=True)
 
+    @property
+    def reached(self) -> float:
+        """The stream time both streams (those the source has) have reached."""
+        times = [
+            t for t, has in ((self._audio_time, self.info.has_audio), (self._video_time, self.info.has_video)) if has
+        ]
+        return max(0.0, min(times)) if times else 0.0
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._open)
+
     def drop_before(self, t: float) -> int:
         """Skip the open windows that end before ``t`` (processing fell behind a live source); returns how many."""
         kept = deque(w for w in self._open if w.end >= t)
