@@ -142,6 +142,7 @@ def write_media(
             vstream.codec_context.time_base = vstream.time_base = time_base
         if audio_rate:
             astream = container.add_stream("aac", rate=audio_rate, layout=audio_layout)
+        packets = []  # muxed in time order at the end: audio and video interleaved, as a camera writes them
         if vstream is not None:
             times = frame_times if frame_times is not None else [i / fps for i in range(int(seconds * fps + 1e-9))]
             for t in times:
@@ -151,8 +152,8 @@ def write_media(
                     img[(h - photo.shape[0]) // 2 :][: photo.shape[0], x : x + photo.shape[1]] = photo
                 frame = av.VideoFrame.from_ndarray(img, format="rgb24")
                 frame.pts, frame.time_base = round(t / time_base), time_base
-                container.mux(vstream.encode(frame))
-            container.mux(vstream.encode(None))
+                packets.extend(vstream.encode(frame))
+            packets.extend(vstream.encode(None))
         if astream is not None:
             samples = speech_like(seconds, audio_rate, channels)
             step = 1024
@@ -160,8 +161,11 @@ def write_media(
                 chunk = np.ascontiguousarray(samples[:, i : i + step])
                 frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=audio_layout)
                 frame.sample_rate, frame.pts = audio_rate, i
-                container.mux(astream.encode(frame))
-            container.mux(astream.encode(None))
+                packets.extend(astream.encode(frame))
+            packets.extend(astream.encode(None))
+        packets.sort(key=lambda p: float(p.dts * p.time_base) if p.dts is not None else 0.0)
+        for packet in packets:
+            container.mux(packet)
     return path
 
 
@@ -197,7 +201,8 @@ def send(path: Path, url: str, seconds: float | None = None) -> None:
     ``seconds``: stop after that much media time (a stream that breaks off)."""
     import time
 
-    with av.open(str(path)) as source, av.open(url, "w", format="mpegts") as sink:
+    probe = {"probesize": "50000000", "analyzeduration": "20000000"}  # 720p TS: find the audio's parameters too
+    with av.open(str(path), options=probe) as source, av.open(url, "w", format="mpegts") as sink:
         streams = {s.index: sink.add_stream_from_template(s) for s in source.streams if s.type in ("audio", "video")}
         started = time.monotonic()
         for packet in source.demux(*[s for s in source.streams if s.index in streams]):

@@ -121,7 +121,7 @@ class LiveSource:
         if first is None:
             return
         origin = self._origin if self._origin is not None else 0.0
-        yield from decode_packets(_chain(first, packets), self.sample_rate, origin)
+        yield from decode_packets(_chain(first, packets), self.sample_rate, origin, live=True)
 
     def close(self) -> None:
         self._stop.set()

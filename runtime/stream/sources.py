@@ -66,30 +66,36 @@ def select_streams(container: Any, video: bool) -> list[Any]:
     return streams
 
 
-def decode_packets(packets: Iterable[tuple[Any, float]], sample_rate: int, origin: float = 0.0) -> Iterator[Event]:
+def decode_packets(
+    packets: Iterable[tuple[Any, float]], sample_rate: int, origin: float = 0.0, live: bool = False
+) -> Iterator[Event]:
     """Decode demuxed (packet, arrival time) pairs into events; times are stream times minus ``origin``.
 
     Audio is resampled to ``sample_rate`` mono and timed by its sample count from the first audio
-    frame, as ``decode_audio`` does. A corrupt or truncated tail ends the events (what decoded is kept)."""
+    frame, as ``decode_audio`` does. In a file a corrupt or truncated tail ends the events (what
+    decoded is kept); in a live stream a packet that does not decode (lost datagrams) is skipped."""
     av = require("av", "pip install 'avemo[runtime]'")
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
     first: float | None = None  # time of the first audio frame: sample i lies at first + i / rate
     emitted = 0
-    try:
-        for packet, arrival in packets:
-            for frame in packet.decode():
-                if packet.stream.type == "video":
-                    if frame.time is not None:
-                        yield VideoFrame(float(frame.time) - origin, frame, arrival)
-                    continue
-                if first is None:
-                    first = (float(frame.time) if frame.time is not None else origin) - origin
-                for out in resampler.resample(frame):
-                    samples = out.to_ndarray().reshape(-1).astype(np.float32)
-                    yield AudioChunk(first + emitted / sample_rate, samples, arrival)
-                    emitted += len(samples)
-    except av.error.FFmpegError:
-        pass  # a truncated or corrupt tail: keep what decoded
+    for packet, arrival in packets:
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            if live:
+                continue
+            break  # a truncated or corrupt tail: keep what decoded
+        for frame in frames:
+            if packet.stream.type == "video":
+                if frame.time is not None:
+                    yield VideoFrame(float(frame.time) - origin, frame, arrival)
+                continue
+            if first is None:
+                first = (float(frame.time) if frame.time is not None else origin) - origin
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1).astype(np.float32)
+                yield AudioChunk(first + emitted / sample_rate, samples, arrival)
+                emitted += len(samples)
     if first is not None:
         for out in resampler.resample(None):
             samples = out.to_ndarray().reshape(-1).astype(np.float32)
