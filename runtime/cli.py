@@ -188,6 +188,12 @@ def infer(
                 if is_live(name):
                     click.echo(f"{name}: reading (windows of {window:g} s; Ctrl-C stops)", err=True)
                 for result in recognizer.stream(source, window, hop, timeout, max_seconds, stop, reconnect=reconnect):
+                    if (result.dropped_windows or 0) > summary.dropped:
+                        click.echo(
+                            f"WARNING: {name}: processing fell {result.behind_s:g} s behind the stream; "
+                            f"{result.dropped_windows - summary.dropped} window(s) skipped",
+                            err=True,
+                        )
                     summary.add(result)
                     if plot:
                         results.append(result)

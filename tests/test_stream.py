@@ -221,3 +221,22 @@ def test_a_broken_stream_is_opened_again_with_reconnect(colearn_export, ts_media
     starts = [line["start"] for line in lines]
     assert starts[0] == 0.0 and max(starts) >= 4.0 and starts == sorted(starts)  # windows go on after the break
     assert lines[-1]["dropped_windows"] > 0  # the windows the break cut are counted
+
+
+def test_falling_behind_a_live_source_drops_whole_windows_and_says_so(colearn_export):
+    import time
+
+    recognizer = Recognizer(colearn_export[0], threads=1)
+    infer = recognizer.infer
+
+    def slow_infer(clips):  # a model far slower than real time: 1.2 s per 0.5-s hop
+        time.sleep(1.2)
+        return infer(clips)
+
+    recognizer.infer = slow_infer
+    source = "lavfi:testsrc=size=160x120:rate=15[out0];sine=frequency=220:sample_rate=16000[out1]"
+    results = list(recognizer.stream(source, 1.0, 0.5, max_seconds=6.0, max_behind=1.0))
+    assert results[-1].dropped_windows > 0  # windows were skipped, and counted
+    assert max(r.behind_s for r in results) > 1.0  # the field says how far behind it was
+    starts = [r.start for r in results]
+    assert starts == sorted(starts) and len(starts) + results[-1].dropped_windows <= 11  # whole windows, in order
