@@ -21,9 +21,8 @@ import numpy as np
 
 from avemo.deps import require
 from avemo.errors import AvemoError
+from avemo.runtime.stream.live import END, queued, stop_reader
 from avemo.runtime.stream.sources import AudioChunk, Event, SourceInfo, VideoFrame
-
-_END = object()
 
 
 class BgrImage:
@@ -65,24 +64,14 @@ class CameraSource:
                 break
             self.newest_time = now - self.origin
             self._queue.put(VideoFrame(now - self.origin, BgrImage(bgr), now))
-        self._queue.put(_END)
+        self._queue.put(END)
 
     def events(self) -> Iterator[Event]:
-        while True:
-            try:
-                item = self._queue.get(timeout=self.timeout)
-            except queue.Empty:
-                raise AvemoError(f"camera:{self.spec}: no frame for {self.timeout:g} s") from None
-            if item is _END:
-                return
-            yield item
+        return queued(self._queue, self.timeout, self.info.name)
 
     def close(self) -> None:
-        self._stop.set()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._thread.join(timeout=self.timeout)
-        self._capture.release()
+        if stop_reader(self._stop, self._queue, self._thread, self.timeout):
+            self._capture.release()
 
 
 class MergedSource:
@@ -116,21 +105,11 @@ class MergedSource:
                 self._queue.put(event)
         except AvemoError as exc:
             self._queue.put(exc)
-        self._queue.put(_END)
+        self._queue.put(END)
 
     def events(self) -> Iterator[Event]:
-        ended = 0
-        while ended < 2:
-            try:
-                item = self._queue.get(timeout=self.timeout)
-            except queue.Empty:
-                raise AvemoError(f"{self.info.name}: no data for {self.timeout:g} s") from None
-            if item is _END:
-                ended += 1  # one device ended: the other's windows go on until it ends too
-            elif isinstance(item, AvemoError):
-                raise item
-            else:
-                yield item
+        # Until both devices have ended: the other one's windows go on after one stops.
+        return queued(self._queue, self.timeout, self.info.name, ends=2)
 
     def close(self) -> None:
         self.video.close()

@@ -24,7 +24,34 @@ NETWORK_SCHEMES = ("udp", "rtp", "rtsp", "rtmp", "http", "https", "srt", "tcp")
 #: ``FORMAT:INPUT`` for FFmpeg's own inputs, e.g. ``lavfi:testsrc=size=640x360:rate=30``.
 INPUT_FORMATS = ("lavfi", "alsa", "pulse", "v4l2")
 QUEUE_PACKETS = 20000  # at most a minute or two of 720p packets waiting (compressed: tens of MB)
-_END = object()
+END = object()  # what a reader thread puts on its queue when its source ends
+
+
+def queued(items: queue.Queue[Any], timeout: float, name: str, ends: int = 1) -> Iterator[Any]:
+    """What reader threads put on ``items``, until ``ends`` of them have put END. Nothing for ``timeout``
+    seconds is a stalled source; an exception a reader put is raised here, naming ``name``."""
+    while ends:
+        try:
+            item = items.get(timeout=timeout)
+        except queue.Empty:
+            raise AvemoError(f"{name}: no data for {timeout:g} s (stalled stream)") from None
+        if item is END:
+            ends -= 1
+        elif isinstance(item, AvemoError):
+            raise item
+        elif isinstance(item, Exception):
+            raise AvemoError(f"{name}: the stream broke ({item})")
+        else:
+            yield item
+
+
+def stop_reader(stop: threading.Event, items: queue.Queue[Any], thread: threading.Thread, timeout: float) -> bool:
+    """Ask a reader thread to stop, unblock it if it waits on a full queue; True once it has ended."""
+    stop.set()
+    while not items.empty():
+        items.get_nowait()
+    thread.join(timeout=timeout)
+    return not thread.is_alive()
 
 
 def is_live(spec: str) -> bool:
@@ -101,22 +128,10 @@ class LiveSource:
                 self._queue.put((packet, time.monotonic()))
         except Exception as exc:  # a broken connection or corrupt data: said by the consumer
             self._queue.put(exc)
-        self._queue.put(_END)
-
-    def _packets(self) -> Iterator[tuple[Any, float]]:
-        while True:
-            try:
-                item = self._queue.get(timeout=self.timeout)
-            except queue.Empty:
-                raise AvemoError(f"{self.spec}: no data for {self.timeout:g} s (stalled stream)") from None
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                raise AvemoError(f"{self.spec}: the stream broke ({item})")
-            yield item
+        self._queue.put(END)
 
     def events(self) -> Iterator[Event]:
-        packets = self._packets()
+        packets = queued(self._queue, self.timeout, self.spec)
         first = next(packets, None)
         if first is None:
             return
@@ -124,12 +139,8 @@ class LiveSource:
         yield from decode_packets(_chain(first, packets), self.sample_rate, origin, live=True)
 
     def close(self) -> None:
-        self._stop.set()
-        while not self._queue.empty():  # unblock a reader waiting on a full queue
-            self._queue.get_nowait()
-        self._reader.join(timeout=self.timeout)
-        if not self._reader.is_alive():  # else it is still inside FFmpeg: closing under it would crash
-            self._container.close()
+        if stop_reader(self._stop, self._queue, self._reader, self.timeout):
+            self._container.close()  # not while the reader is still inside FFmpeg: closing under it would crash
 
 
 def _chain(first: tuple[Any, float], rest: Iterator[tuple[Any, float]]) -> Iterator[tuple[Any, float]]:
