@@ -1,7 +1,7 @@
 """Media made by the tests: mp4/wav files with speech-like audio and a real face photo, and a MOSEI tree.
 
-The face is scikit-image's `astronaut()` photograph, so the default Haar
-detector finds a real face, not a drawing.
+The faces are scikit-image's `astronaut()` and `camera()` photographs, so the
+detectors find real faces, not drawings; `send` streams a file at real-time pace.
 """
 
 from __future__ import annotations
