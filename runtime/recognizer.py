@@ -203,8 +203,8 @@ class Recognizer:
         if not is_live(str(source)):
             info, events = file_source(Path(source), self.features.sample_rate, video=self._has("v"))
             starts = np.arange(0.0, max((info.duration or 0.0) - window, 0.0) + 1e-6, step).tolist()
-            cutter = WindowCutter(self.features, self.faces, info, starts, window)
-            yield from self._windows(str(source), events, cutter, None, window, max_seconds, stop, max_behind)
+            cutter = WindowCutter(self.features, self.faces, info, until(starts, max_seconds, window), window)
+            yield from self._windows(str(source), events, cutter, None, window, stop, max_behind)
             return
         offset, dropped = 0.0, 0  # stream time and windows lost before the current connection
         for attempt in range(reconnect + 1):
@@ -217,13 +217,11 @@ class Recognizer:
                 continue
             first = -(-offset // step) * step  # windows go on from the next hop after the break
             starts = (first + k * step for k in itertools.count())
-            cutter = WindowCutter(self.features, self.faces, reader.info, starts, window)
+            cutter = WindowCutter(self.features, self.faces, reader.info, until(starts, max_seconds, window), window)
             cutter.dropped = dropped
             events = (dataclasses.replace(e, time=e.time + offset) for e in reader.events())
             try:
-                yield from self._windows(
-                    str(source), events, cutter, reader, window, max_seconds, stop, max_behind, offset
-                )
+                yield from self._windows(str(source), events, cutter, reader, window, stop, max_behind, offset)
                 return
             except AvemoError:
                 if attempt == reconnect or (stop is not None and stop.is_set()):
@@ -240,7 +238,6 @@ class Recognizer:
         cutter: Any,
         reader: Any,
         window: float,
-        max_seconds: float | None,
         stop: threading.Event | None,
         max_behind: float | None,
         offset: float = 0.0,
@@ -265,16 +262,17 @@ class Recognizer:
             return result
 
         for event in events:
-            if max_seconds is not None and event.time >= max_seconds:
-                break
             clock["arrival"] = event.arrival
             for start, end, feats in cutter.feed(event):
                 yield result_of(start, end, feats)
                 if stop is not None and stop.is_set():
                     return
+            if cutter.exhausted:  # --max-seconds: its last window is out
+                return
             if stop is not None and stop.is_set():
                 break
-        for start, end, feats in cutter.close(whole_only=reader is not None):
+        # The source ended (a file's last windows may be short), or Ctrl-C between windows (whole ones only).
+        for start, end, feats in cutter.close(whole_only=reader is not None or (stop is not None and stop.is_set())):
             yield result_of(start, end, feats)
 
     def _recognized(
@@ -309,6 +307,11 @@ class Recognizer:
         named = {name: float(p) for name, p in zip(LABELS, probs, strict=True)}
         labels = [name for name, p in named.items() if p >= self.threshold]
         return Recognition(modality=modality, probs=named, backend=self.backend, labels=labels, timings_ms=timings)
+
+
+def until(starts: Iterable[float], max_seconds: float | None, window: float = 0.0) -> Iterable[float]:
+    """Window starts whose windows end by ``max_seconds`` (all of them when None)."""
+    return starts if max_seconds is None else itertools.takewhile(lambda s: s + window <= max_seconds + 1e-6, starts)
 
 
 def resolve_backend(backend: str, manifest: Manifest, precision: str) -> str:

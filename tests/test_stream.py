@@ -59,6 +59,12 @@ def test_stream_recognitions_match_recognize(colearn_export, long_media):
         assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < 2e-2
 
 
+def test_max_seconds_ends_with_the_last_whole_window(colearn_export, long_media):
+    recognizer = Recognizer(colearn_export[0], threads=1)
+    spans = [(r.start, r.end) for r in recognizer.stream(long_media, 2.0, 1.0, max_seconds=4.0)]
+    assert spans == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)]
+
+
 def test_audio_kept_is_bounded_by_the_window(tmp_path):
     path = write_media(tmp_path / "talk.m4a", seconds=30.0, video=False)
     windows, cutter = cut(path, 2.0, 1.0, None)

@@ -100,6 +100,11 @@ class WindowCutter:
     def open_windows(self) -> int:
         return len(self._open)
 
+    @property
+    def exhausted(self) -> bool:
+        """Every window has been handed out (the starts were finite)."""
+        return self._next_start is None and not self._open
+
     def drop_before(self, t: float) -> int:
         """Skip the open windows that end before ``t`` (processing fell behind a live source); returns how many."""
         kept = deque(w for w in self._open if w.end >= t)
