@@ -7,12 +7,10 @@ calls with a lock (decoding, features and inference still overlap).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import itertools
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,104 +174,22 @@ class Recognizer:
         max_behind: float | None = None,
         reconnect: int = 0,
     ) -> Iterator[Recognition]:
-        """Windows ``[s, s + window)`` every ``hop`` seconds (default: the window), decoded in one pass,
-        each yielded as soon as it is complete.
+        """Windows ``[s, s + window)`` every ``hop`` seconds over a file or a live source, decoded in one
+        pass, each yielded as soon as it is complete (``avemo.runtime.stream.run.stream_windows``)."""
+        from avemo.runtime.stream.run import stream_windows
 
-        ``source``: a file, a network URL (udp://, rtp://, rtsp://, http(s)://, srt://, tcp://), an
-        FFmpeg input ``FORMAT:INPUT`` (``lavfi:testsrc=...``, ``alsa:default``), a camera
-        ``camera:SPEC`` (OpenCV: index, path or GStreamer pipeline) or ``camera:SPEC+alsa:default``.
-        For a file, windows, samples and 3-fps frames are those of ``recognize(media, s, s + window)``;
-        face tracking runs across the whole file instead of restarting per window. A live source's windows start at its
-        first packet and go on until it ends, ``max_seconds`` of stream time, or ``stop`` is set (then
-        after the current window); nothing for ``timeout`` seconds is an error. Live results carry
-        ``latency_ms`` (from the arrival of the data that completed the window, both streams past its
-        end, to the result), ``behind_s`` and
-        ``dropped_windows``: when processing falls more than ``max_behind`` seconds (default two
-        windows) behind the source, the windows it cannot reach are skipped and counted. A network
-        source that breaks or stalls is opened again up to ``reconnect`` times; windows go on after
-        the break (those it cut are counted as dropped).
-        """
-        from avemo.runtime.stream.live import is_live, open_live
-        from avemo.runtime.stream.sources import file_source
-        from avemo.runtime.stream.windows import WindowCutter
+        return stream_windows(self, source, window, hop, timeout, max_seconds, stop, max_behind, reconnect)
 
-        if window <= 0 or (hop is not None and hop <= 0):
-            raise AvemoError("window and hop must be positive")
-        step = hop or window
-        if not is_live(str(source)):
-            info, events = file_source(Path(source), self.features.sample_rate, video=self._has("v"))
-            starts = np.arange(0.0, max((info.duration or 0.0) - window, 0.0) + 1e-6, step).tolist()
-            cutter = WindowCutter(self.features, self.faces, info, until(starts, max_seconds, window), window)
-            yield from self._windows(str(source), events, cutter, None, window, stop, max_behind)
-            return
-        offset, dropped = 0.0, 0  # stream time and windows lost before the current connection
-        for attempt in range(reconnect + 1):
-            try:
-                reader = open_live(str(source), self.features.sample_rate, video=self._has("v"), timeout=timeout)
-            except AvemoError:
-                if attempt == reconnect:
-                    raise
-                time.sleep(1.0)
-                continue
-            first = -(-offset // step) * step  # windows go on from the next hop after the break
-            starts = (first + k * step for k in itertools.count())
-            cutter = WindowCutter(self.features, self.faces, reader.info, until(starts, max_seconds, window), window)
-            cutter.dropped = dropped
-            events = (dataclasses.replace(e, time=e.time + offset) for e in reader.events())
-            try:
-                yield from self._windows(str(source), events, cutter, reader, window, stop, max_behind, offset)
-                return
-            except AvemoError:
-                if attempt == reconnect or (stop is not None and stop.is_set()):
-                    raise
-                offset = max(cutter.reached, offset) + 1e-3
-                dropped = cutter.dropped + cutter.open_windows  # the windows the break cut
-            finally:
-                reader.close()
+    @property
+    def needs_video(self) -> bool:
+        """Whether any of the model's graphs reads faces (else video is not decoded)."""
+        return self._has("v")
 
-    def _windows(
-        self,
-        source: str,
-        events: Iterable[Any],
-        cutter: Any,
-        reader: Any,
-        window: float,
-        stop: threading.Event | None,
-        max_behind: float | None,
-        offset: float = 0.0,
-    ) -> Iterator[Recognition]:
-        """Feed one connection's events to ``cutter``; a Recognition per completed window.
-        ``reader``: the live reader (None for a file), for latency and the drop policy; ``offset``:
-        the stream time this connection's clock starts at (after a reconnection)."""
-        limit = max_behind if max_behind is not None else 2 * window
-        clock = {"features": time.perf_counter(), "arrival": 0.0}
-
-        def result_of(start: float, end: float, feats: MediaFeatures) -> Recognition:
-            ms = 1000 * (time.perf_counter() - clock["features"])  # decoding and features since the last window
-            result = self._recognized(source, (start, end), self._clip_input(feats), feats, ms)
-            if reader is not None:
-                result.latency_ms = round(1000 * (time.monotonic() - clock["arrival"]), 1)
-                newest = reader.newest_time + offset  # the reader's clock starts at its own first packet
-                result.behind_s = round(max(0.0, newest - end), 3)
-                if result.behind_s > limit:
-                    cutter.drop_before(newest - window)
-                result.dropped_windows = cutter.dropped
-            clock["features"] = time.perf_counter()
-            return result
-
-        for event in events:
-            clock["arrival"] = event.arrival
-            for start, end, feats in cutter.feed(event):
-                yield result_of(start, end, feats)
-                if stop is not None and stop.is_set():
-                    return
-            if cutter.exhausted:  # --max-seconds: its last window is out
-                return
-            if stop is not None and stop.is_set():
-                break
-        # The source ended (a file's last windows may be short), or Ctrl-C between windows (whole ones only).
-        for start, end, feats in cutter.close(whole_only=reader is not None or (stop is not None and stop.is_set())):
-            yield result_of(start, end, feats)
+    def recognize_features(
+        self, feats: MediaFeatures, source: str, span: tuple[float | None, float | None], features_ms: float
+    ) -> Recognition:
+        """The Recognition of already extracted features (a window cut from a stream)."""
+        return self._recognized(source, span, self._clip_input(feats), feats, features_ms)
 
     def _recognized(
         self, source: str, span: tuple[float | None, float | None], clip: ClipInput, feats: MediaFeatures, ms: float
@@ -307,11 +223,6 @@ class Recognizer:
         named = {name: float(p) for name, p in zip(LABELS, probs, strict=True)}
         labels = [name for name, p in named.items() if p >= self.threshold]
         return Recognition(modality=modality, probs=named, backend=self.backend, labels=labels, timings_ms=timings)
-
-
-def until(starts: Iterable[float], max_seconds: float | None, window: float = 0.0) -> Iterable[float]:
-    """Window starts whose windows end by ``max_seconds`` (all of them when None)."""
-    return starts if max_seconds is None else itertools.takewhile(lambda s: s + window <= max_seconds + 1e-6, starts)
 
 
 def resolve_backend(backend: str, manifest: Manifest, precision: str) -> str:
