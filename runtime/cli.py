@@ -187,7 +187,9 @@ def infer(
             else:  # one pass: each window's line as soon as it is complete
                 if is_live(name):
                     click.echo(f"{name}: reading (windows of {window:g} s; Ctrl-C stops)", err=True)
-                for result in recognizer.stream(source, window, hop, timeout, max_seconds, stop, reconnect=reconnect):
+                for result in recognizer.stream(
+                    source, window, hop, timeout=timeout, max_seconds=max_seconds, stop=stop, reconnect=reconnect
+                ):
                     if (result.dropped_windows or 0) > summary.dropped:
                         click.echo(
                             f"WARNING: {name}: processing fell {result.behind_s:g} s behind the stream; "

@@ -6,7 +6,8 @@ segments are cut from full-length videos without re-encoding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,34 +35,93 @@ def open_media(path: Path) -> Any:
         raise AvemoError(f"{path}: cannot open media ({exc})") from None
 
 
+@dataclass
+class AudioChunk:
+    time: float  # stream time of samples[0], seconds
+    samples: np.ndarray  # float32 mono at the requested rate
+    arrival: float = 0.0  # live sources: time.monotonic() when its packet was read
+
+
+@dataclass
+class VideoFrame:
+    time: float  # presentation time, seconds
+    frame: Any  # the decoded av.VideoFrame: converted to RGB only when a window takes it
+    arrival: float = 0.0  # live sources: time.monotonic() when its packet was read
+
+    def rgb(self) -> np.ndarray:
+        return self.frame.to_ndarray(format="rgb24")
+
+
+Event = AudioChunk | VideoFrame
+
+
+def decode_packets(
+    packets: Iterable[tuple[Any, float]], sample_rate: int, origin: float = 0.0, live: bool = False, name: str = ""
+) -> Iterator[Event]:
+    """Decode demuxed (packet, arrival time) pairs into events; times are stream times minus ``origin``.
+
+    Audio is resampled to ``sample_rate`` mono (any layout down-mixed, any rate resampled by
+    FFmpeg) and timed by its sample count from the first audio frame. In a file, media that
+    does not decode from the start is an AvemoError naming ``name``, and a corrupt or truncated
+    tail ends the events (what decoded is kept); in a live stream a packet that does not decode
+    (lost datagrams) is skipped.
+    """
+    av = _av()
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    first: float | None = None  # time of the first audio frame: sample i lies at first + i / rate
+    emitted, decoded = 0, False
+    items = iter(packets)
+    while True:
+        try:
+            packet, arrival = next(items)  # demuxing a truncated file can fail too
+            frames = packet.decode()
+        except StopIteration:
+            break
+        except av.error.FFmpegError as exc:
+            if live:
+                continue
+            if not decoded:
+                raise AvemoError(f"{name}: corrupt media ({exc})") from None
+            break  # a truncated or corrupt tail: keep what decoded
+        for frame in frames:
+            decoded = True
+            if packet.stream.type == "video":
+                if frame.time is not None:
+                    yield VideoFrame(float(frame.time) - origin, frame, arrival)
+                continue
+            if first is None:
+                first = (float(frame.time) if frame.time is not None else origin) - origin
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1).astype(np.float32)
+                yield AudioChunk(first + emitted / sample_rate, samples, arrival)
+                emitted += len(samples)
+    if first is not None:
+        for out in resampler.resample(None):
+            samples = out.to_ndarray().reshape(-1).astype(np.float32)
+            yield AudioChunk(first + emitted / sample_rate, samples)
+            emitted += len(samples)
+
+
 def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | None = None) -> np.ndarray | None:
     """Mono float32 samples in [-1, 1] at ``sample_rate`` for ``[start, end)``; None if there is no audio stream.
 
-    Any channel layout (stereo, 5.1) is down-mixed and any rate resampled by FFmpeg's resampler.
+    The same decoding as a stream's (``decode_packets``), from a seek to ``start``.
     """
-    av = _av()
     with open_media(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         if start > 0 and stream.time_base is not None:
             container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
         chunks: list[np.ndarray] = []
         first_time: float | None = None
-        try:
-            for frame in container.decode(stream):
-                if first_time is None:
-                    first_time = float(frame.time) if frame.time is not None else 0.0
-                if end is not None and frame.time is not None and frame.time >= end:
-                    break
-                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-        except av.error.FFmpegError as exc:
-            if not chunks:
-                raise AvemoError(f"{path}: corrupt audio stream ({exc})") from None
-            # A truncated file: keep what decoded.
-    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        for chunk in decode_packets(((p, 0.0) for p in container.demux(stream)), sample_rate, name=str(path)):
+            if first_time is None:
+                first_time = chunk.time
+            if end is not None and chunk.time >= end:
+                break
+            chunks.append(chunk.samples)
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     offset = max(0, round((start - (first_time or 0.0)) * sample_rate))
     stop = None if end is None else offset + max(0, round((end - start) * sample_rate))
     return samples[offset:stop]
@@ -117,7 +177,12 @@ def sample_frames(
 def media_duration(path: Path) -> float:
     """Duration in seconds (container's, else the longest stream's); 0.0 when unknown."""
     with open_media(path) as container:
-        if container.duration:
-            return container.duration / 1_000_000  # AV_TIME_BASE
-        spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
-        return max(spans, default=0.0)
+        return container_duration(container)
+
+
+def container_duration(container: Any) -> float:
+    """Duration in seconds of an open container (its own, else the longest stream's); 0.0 when unknown."""
+    if container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    spans = [float(s.duration * s.time_base) for s in container.streams if s.duration and s.time_base]
+    return max(spans, default=0.0)

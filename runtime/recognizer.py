@@ -8,7 +8,6 @@ calls with a lock (decoding, features and inference still overlap).
 from __future__ import annotations
 
 import importlib.util
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -164,21 +163,14 @@ class Recognizer:
         return self._recognized(str(media), span, clip, feats, 1000 * (time.perf_counter() - t0))
 
     def stream(
-        self,
-        source: Path | str,
-        window: float,
-        hop: float | None = None,
-        timeout: float = 10.0,
-        max_seconds: float | None = None,
-        stop: threading.Event | None = None,
-        max_behind: float | None = None,
-        reconnect: int = 0,
+        self, source: Path | str, window: float, hop: float | None = None, **options: Any
     ) -> Iterator[Recognition]:
         """Windows ``[s, s + window)`` every ``hop`` seconds over a file or a live source, decoded in one
-        pass, each yielded as soon as it is complete (``avemo.runtime.stream.run.stream_windows``)."""
+        pass, each yielded as soon as it is complete. ``options`` (timeout, max_seconds, stop,
+        max_behind, reconnect) and the details: ``avemo.runtime.stream.run.stream_windows``."""
         from avemo.runtime.stream.run import stream_windows
 
-        return stream_windows(self, source, window, hop, timeout, max_seconds, stop, max_behind, reconnect)
+        return stream_windows(self, source, window, hop, **options)
 
     @property
     def needs_video(self) -> bool:

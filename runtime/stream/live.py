@@ -9,6 +9,7 @@ with an AvemoError that says which; ``close()`` stops the reader.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -17,7 +18,8 @@ from typing import Any
 
 from avemo.deps import require
 from avemo.errors import AvemoError
-from avemo.runtime.stream.sources import Event, SourceInfo, decode_packets, select_streams
+from avemo.runtime.media import Event, decode_packets
+from avemo.runtime.stream.sources import SourceInfo, select_streams
 
 #: URL schemes read as network streams (what FFmpeg's protocols in PyAV's wheel open).
 NETWORK_SCHEMES = ("udp", "rtp", "rtsp", "rtmp", "http", "https", "srt", "tcp")
@@ -136,13 +138,10 @@ class LiveSource:
         if first is None:
             return
         origin = self._origin if self._origin is not None else 0.0
-        yield from decode_packets(_chain(first, packets), self.sample_rate, origin, live=True)
+        yield from decode_packets(
+            itertools.chain([first], packets), self.sample_rate, origin, live=True, name=self.spec
+        )
 
     def close(self) -> None:
         if stop_reader(self._stop, self._queue, self._reader, self.timeout):
             self._container.close()  # not while the reader is still inside FFmpeg: closing under it would crash
-
-
-def _chain(first: tuple[Any, float], rest: Iterator[tuple[Any, float]]) -> Iterator[tuple[Any, float]]:
-    yield first
-    yield from rest

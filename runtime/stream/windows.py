@@ -3,10 +3,12 @@
 
 Each window owns a 3-fps ``TickSampler`` starting at its own start, so it takes
 the frames a per-window decode would take; a frame that any open window takes
-is converted and searched for faces once, by one tracker for the stream. Raw
-audio is kept from the earliest open window on; a window's filterbank is
-computed from its own samples when it completes. Memory: at most one window
-plus one hop of audio, and the face crops of the open windows.
+is converted and searched for faces once, by one tracker for the stream. The
+filterbank is computed once for the stream and each window's frames are cut
+from it (a window not starting on a frame boundary computes its own); raw
+audio is kept from the earliest open window on, for those and for the speaker
+choice. Memory: about one window of audio and filterbank, and the face crops
+of the open windows.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from avemo.config import FeatureConfig
 from avemo.runtime.audio import OnlineFbank, frame_count
 from avemo.runtime.extract import MediaFeatures, audio_features, finish
 from avemo.runtime.faces import ClipCollector, FacePipeline
-from avemo.runtime.media import TickSampler
-from avemo.runtime.stream.sources import AudioChunk, Event, SourceInfo, VideoFrame
+from avemo.runtime.media import AudioChunk, Event, TickSampler, VideoFrame
+from avemo.runtime.stream.sources import SourceInfo
 
 MAX_SKEW = 10.0  # seconds one stream may lag the other before the lagging one counts as ended (a gap)
 
