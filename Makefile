@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo_out
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean study
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(VENV)/.installed-calibrate,dev
 		$(BIN)/avemo train --data $(DEMO)/cache --preset tiny --regime $$regime --out $(DEMO)/runs/$$regime || exit 1; \
 	done
 	$(BIN)/avemo eval $(DEMO)/runs/audio $(DEMO)/runs/visual $(DEMO)/runs/conventional $(DEMO)/runs/colearn \
-		--split test --data $(DEMO)/cache --out $(DEMO)/table --results-md docs/RESULTS.md
+		--split test --data $(DEMO)/cache --out $(DEMO)/table --results-md $(DEMO)/RESULTS.md
 	$(BIN)/avemo-export $(DEMO)/runs/colearn --precision fp16 --out $(DEMO)/models --force
 	$(BIN)/avemo calibrate $(DEMO)/models --data $(DEMO)/cache --samples 48 --method max
 	$(BIN)/avemo verify $(DEMO)/models
@@ -33,8 +33,17 @@ test: $(VENV)/.installed-calibrate,dev
 	bash scripts/typecheck_trt.sh
 	$(BIN)/pytest
 
+# The multi-seed co-learning study behind docs/RESULTS.md (about an hour on 2 CPU cores; resumable).
+STUDY := study_out
+study: $(VENV)/.installed-calibrate,dev
+	$(BIN)/avemo synth --preset tiny --out $(STUDY)/cache-mixed --clips 1200 --seed 0
+	$(BIN)/avemo synth --preset tiny --out $(STUDY)/cache-audio-led --clips 1200 --seed 0 --benchmark audio-led
+	$(BIN)/avemo study --data mixed=$(STUDY)/cache-mixed --data audio-led=$(STUDY)/cache-audio-led \
+		--preset tiny --seeds 3 --epochs 40 --patience 6 --min-epochs 8 --out $(STUDY) --quiet \
+		--results-md docs/RESULTS.md
+
 lint: $(VENV)/.installed-calibrate,dev
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(DEMO) $(STUDY) .pytest_cache

@@ -80,6 +80,9 @@ class CacheWriter:
                     f"{meta_path}: this cache was made with other feature settings "
                     f"({_diff(existing, features)}); use a new --out directory"
                 )
+            made_by = json.loads(meta_path.read_text()).get("source")
+            if made_by != source:  # e.g. another synthetic seed or benchmark: clips would mix
+                raise AvemoError(f"{meta_path}: this cache holds {made_by}, not {source}; use a new --out directory")
         else:
             atomic_write_json(
                 meta_path,
@@ -148,6 +151,11 @@ def _pack_split(out: Path, shard_paths: list[Path], bins: int) -> None:
     )
     atomic_write_bytes(out / "index.npz", buf.getvalue())
     atomic_write_json(out / "clips.json", ids)
+
+
+def cache_source(root: Path) -> str:
+    """What made a cache: ``mosei`` or the synthetic generator's settings."""
+    return str(json.loads((Path(root) / CACHE_META_FILE).read_text()).get("source", "unknown"))
 
 
 def read_meta(root: Path) -> FeatureConfig:

@@ -17,6 +17,7 @@ from avemo.train.data import make_loader
 from avemo.train.distributed import Dist
 from avemo.train.metrics import emotion_f1
 from avemo.train.model import CrossModalTransformer
+from avemo.train.study import variant_of
 
 
 @torch.no_grad()
@@ -76,6 +77,7 @@ def evaluate_runs(runs: list[Path], data: Path | None, split_name: str) -> list[
         history = json.loads(history_file.read_text()) if history_file.exists() else payload.get("history", [])
         training = {
             "seed": tcfg.seed,
+            "colearn_mode": tcfg.colearn_mode,
             "epochs": len(history),
             "best_epoch": payload.get("best_epoch"),
             "clips_per_second": float(np.median([h["clips_per_second"] for h in history])) if history else None,
@@ -84,50 +86,12 @@ def evaluate_runs(runs: list[Path], data: Path | None, split_name: str) -> list[
             rows.append(
                 {
                     "run": str(run),
+                    "data": str(cache),
                     "regime": tcfg.regime,
+                    "variant": variant_of(tcfg.regime, tcfg.colearn_mode),
                     "inference": modality,
                     "metrics": metrics,
                     "training": training,
                 }
             )
     return rows
-
-
-REGIME_TITLES = {
-    "audio": "Baseline A",
-    "visual": "Baseline V",
-    "conventional": "Conventional A+V",
-    "colearn": "Interactive co-learning",
-}
-
-
-def table_markdown(rows: list[dict[str, Any]]) -> str:
-    """The paper's Table 2 layout: percentages, one decimal."""
-    head = ["Training", "Inference"] + [
-        f"{name.capitalize()} {m}" for name in (*LABELS, "average") for m in ("wF1", "mF1")
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [REGIME_TITLES.get(row["regime"], row["regime"]), MODALITY_TITLES[row["inference"]]]
-        for name in (*LABELS, "average"):
-            cells += [f"{100 * row['metrics'][name][m]:.1f}" for m in ("wF1", "mF1")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def colearn_comparison(rows: list[dict[str, Any]]) -> list[str]:
-    """Sentences comparing co-learning with the conventional model per inference modality, as measured."""
-    by = {(r["regime"], r["inference"]): r["metrics"]["average"] for r in rows}
-    out = []
-    for modality in ("a", "v", "av"):
-        c, p = by.get(("conventional", modality)), by.get(("colearn", modality))
-        if c is None or p is None:
-            continue
-        delta = 100 * (p["mF1"] - c["mF1"])
-        verdict = "beat" if delta > 0 else "did not beat"
-        out.append(
-            f"{MODALITY_TITLES[modality]} inference: co-learning {verdict} the conventional model "
-            f"(average mF1 {100 * p['mF1']:.1f} vs {100 * c['mF1']:.1f}, {delta:+.1f} points; "
-            f"wF1 {100 * p['wF1']:.1f} vs {100 * c['wF1']:.1f})."
-        )
-    return out

@@ -3,9 +3,17 @@
 Each clip has six binary labels drawn with MOSEI's Table-1 training
 frequencies. A present emotion leaves a cue in the audio (a raised band of
 log-Mel bins over part of the clip) and/or in the face crops (a drawn facial
-feature), each with an emotion-specific probability: some emotions are mostly
-heard, others mostly seen, and every one is recognised best from both. Absent
-emotions leave spurious cues now and then, so no modality is perfect.
+feature), each with a probability set by the benchmark (`SYNTH_BENCHMARKS`):
+
+- ``mixed`` (the default, and the demo's): some emotions are mostly heard,
+  others mostly seen, and every one is recognised best from both.
+- ``audio-led``: every emotion is cued in the voice with probability 0.9 and
+  in the face with 0.5. Audio alone nearly explains the labels, so a model
+  trained only on A+V can lean on it and neglect the face, while the face
+  still carries real information (as in MOSEI, where the paper's conventional
+  model lost accuracy on single-modality input).
+
+Absent emotions leave spurious cues now and then, so no modality is perfect.
 
 Written with the same CacheWriter as `avemo prepare`, read by the same dataset.
 """
@@ -20,15 +28,18 @@ import numpy as np
 
 from avemo.config import FeatureConfig
 from avemo.contract import LABELS, NUM_LABELS
+from avemo.errors import AvemoError
 from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 
 #: CMU-MOSEI: clips per split and positives per emotion in training (paper Table 1).
 MOSEI_SPLIT_SIZES = {"train": 16327, "valid": 1871, "test": 4662}
 MOSEI_TRAIN_POSITIVES = {"happy": 8735, "sad": 4269, "anger": 3526, "surprise": 1642, "disgust": 2955, "fear": 1331}
 
-#: Probability that a present emotion is cued in audio / in the face.
-AUDIO_CUE = np.array([0.55, 0.85, 0.85, 0.45, 0.35, 0.85])
-VISUAL_CUE = np.array([0.85, 0.45, 0.45, 0.85, 0.85, 0.40])
+#: Per benchmark: probability that a present emotion is cued in audio / in the face (label order).
+SYNTH_BENCHMARKS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mixed": ((0.55, 0.85, 0.85, 0.45, 0.35, 0.85), (0.85, 0.45, 0.45, 0.85, 0.85, 0.40)),
+    "audio-led": ((0.9,) * NUM_LABELS, (0.5,) * NUM_LABELS),
+}
 SPURIOUS_CUE = 0.06  # an absent emotion still leaves a cue in a modality
 
 
@@ -37,6 +48,7 @@ class SynthSpec:
     clips: int
     min_seconds: float
     max_seconds: float
+    benchmark: str = "mixed"  # a key of SYNTH_BENCHMARKS
 
 
 SYNTH_PRESETS = {
@@ -114,11 +126,12 @@ def make_clip(seed: int, clip_id: str, spec: SynthSpec, features: FeatureConfig)
 
     cv2 = require("cv2", "pip install 'avemo[runtime]'")
     rng = np.random.default_rng(seed)
+    audio_cue, visual_cue = (np.array(p) for p in SYNTH_BENCHMARKS[spec.benchmark])
     labels = (rng.random(NUM_LABELS) < label_prevalence()).astype(np.float32)
     seconds = rng.uniform(spec.min_seconds, spec.max_seconds)
     frames = int(seconds * features.frames_per_second)
-    audio_cues = np.where(labels > 0, rng.random(NUM_LABELS) < AUDIO_CUE, rng.random(NUM_LABELS) < SPURIOUS_CUE)
-    visual_cues = np.where(labels > 0, rng.random(NUM_LABELS) < VISUAL_CUE, rng.random(NUM_LABELS) < SPURIOUS_CUE)
+    audio_cues = np.where(labels > 0, rng.random(NUM_LABELS) < audio_cue, rng.random(NUM_LABELS) < SPURIOUS_CUE)
+    visual_cues = np.where(labels > 0, rng.random(NUM_LABELS) < visual_cue, rng.random(NUM_LABELS) < SPURIOUS_CUE)
     fbank = _synth_fbank(rng, frames, audio_cues, features.num_mel_bins)
     n_faces = max(1, int(seconds * features.fps))
     faces = []
@@ -136,7 +149,11 @@ def write_synthetic_cache(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     """Write (or resume writing) a synthetic cache; returns clip counts per split."""
-    writer = CacheWriter(out, features, source=f"synth(seed={seed}, clips={spec.clips})")
+    if spec.benchmark not in SYNTH_BENCHMARKS:
+        raise AvemoError(f"unknown synthetic benchmark {spec.benchmark!r}; expected one of {sorted(SYNTH_BENCHMARKS)}")
+    # The mixed benchmark keeps its old source text, so caches written before benchmarks existed still resume.
+    variant = "" if spec.benchmark == "mixed" else f", benchmark={spec.benchmark}"
+    writer = CacheWriter(out, features, source=f"synth(seed={seed}, clips={spec.clips}{variant})")
     seeds = np.random.SeedSequence(seed).generate_state(spec.clips)
     index = 0
     for split in SPLITS:
