@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "study": ("avemo.train.cli", "study", "Multi-seed study of the paper's claims: train, evaluate, aggregate, judge."),
     "export": ("avemo.export.cli", "export", "ONNX graphs (A, V, A+V) with shared weights and a manifest."),
     "export-triton": ("avemo.export.cli", "export_triton", "A Triton Inference Server model repository (A, V, A+V)."),
+    "triton-serve": (
+        "avemo.runtime.serving.cli",
+        "triton_serve",
+        "Serve a Triton repository here (tritonserver of the nvidia-pytriton wheel).",
+    ),
     "infer": ("avemo.runtime.cli", "infer", "Recognise emotions in media files (JSON lines; A, V or A+V per clip)."),
     "profile": ("avemo.runtime.cli", "profile", "Latency p50/p90/p99, throughput, RTF per backend/precision/shape."),
     "verify": ("avemo.runtime.cli", "verify", "Re-hash an exported model directory and re-run its parity checks."),

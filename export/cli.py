@@ -68,10 +68,11 @@ def export(run: Path, precision: str, out: Path, opset: int, no_simplify: bool, 
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Repository to write.")
 @click.option(
     "--backend",
-    type=click.Choice(["onnxruntime", "tensorrt"]),
+    type=click.Choice(["onnxruntime", "tensorrt", "python"]),
     default="onnxruntime",
     show_default=True,
-    help="onnxruntime serves the ONNX graphs; tensorrt the engines built with `avemo build` on the serving GPU.",
+    help="onnxruntime serves the ONNX graphs; tensorrt the engines built with `avemo build` on the serving GPU; "
+    "python runs them through avemo's runtime and adds avemo_media (encoded clip in, emotions out).",
 )
 @click.option(
     "--precision",
@@ -86,29 +87,45 @@ def export(run: Path, precision: str, out: Path, opset: int, no_simplify: bool, 
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     help="tensorrt: the engines folder (MODELS/engines/<gpu>-sm<cc>-trt<version>) for the serving GPU.",
 )
+@click.option(
+    "--python-env",
+    default=None,
+    help="python: the environment with avemo installed, for Triton's EXECUTION_ENV_PATH "
+    "(default: this virtualenv; '' when avemo is installed in the Triton stub's own Python).",
+)
+@click.option(
+    "--python-runtime",
+    type=click.Choice(["auto", "ort", "trt"]),
+    default="auto",
+    show_default=True,
+    help="python: run the graphs on ONNX Runtime, TensorRT, or TensorRT where engines for the GPU exist.",
+)
 @click.option("--force", is_flag=True, help="Replace avemo models already in --out.")
 def export_triton(
     models: Path, out: Path, backend: str, precision: str, max_batch: int | None, instances: int,
-    engines: Path | None, force: bool,
+    engines: Path | None, python_env: str | None, python_runtime: str, force: bool,
 ) -> None:  # fmt: skip
-    """Write a Triton Inference Server model repository: avemo_a, avemo_v, avemo_av.
+    """Write a Triton Inference Server model repository: avemo_a, avemo_v, avemo_av (+ avemo_media).
 
     Each model gets config.pbtxt (the manifest's names, dtypes and dims; dynamic
     batching; an instance group) and version 1/ with the graph (model.onnx and
-    the shared avemo.weights beside it, hard-linked where possible) or the
-    TensorRT engine (model.plan).
+    the shared avemo.weights beside it, hard-linked where possible), the
+    TensorRT engine (model.plan), or, for --backend python, a model.py that
+    runs the graph through avemo's runtime with the models folder beside it.
 
     \b
     Examples:
       avemo export-triton models/ --out triton-repo/
       avemo export-triton models/ --out triton-repo/ --backend tensorrt --precision fp16 --max-batch 16
+      avemo export-triton models/ --out triton-repo/ --backend python && avemo triton-serve triton-repo/
       docker run --rm -p8001:8001 -v $PWD/triton-repo:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
           tritonserver --model-repository=/models
     """
-    from avemo.export.triton import export_triton as run
+    from avemo.runtime.serving.repository import export_triton as run
 
-    folders = run(models, out, backend, precision, max_batch, instances, engines, force)
+    folders = run(models, out, backend, precision, max_batch, instances, engines, force, python_env, python_runtime)
     for folder in folders.values():
-        click.echo(
-            f"{folder}: {', '.join(sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()))}"
-        )
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        shown = [f for f in files if not f.startswith("1/models/")]
+        hidden = len(files) - len(shown)
+        click.echo(f"{folder}: {', '.join(shown)}" + (f" (+ {hidden} files in 1/models/)" if hidden else ""))

@@ -92,17 +92,10 @@ class Recognizer:
         self.features = self.manifest.features
         self.threshold = threshold
         self.backend = resolve_backend(backend, self.manifest, precision)
-        if self.backend == "trt":
-            from avemo.runtime.trt_backend import TrtBackend
-
-            self.backends: dict[str, Any] = {
-                m: TrtBackend(self.manifest, m, precision) for m in self.manifest.modalities
-            }
-        else:
-            self.backends = {
-                m: OrtBackend(self.manifest.graph_path(m, precision), threads, providers)
-                for m in self.manifest.modalities
-            }
+        self.backends: dict[str, Any] = {
+            m: open_graph(self.manifest, m, precision, self.backend, threads, providers)
+            for m in self.manifest.modalities
+        }
         self.faces = FacePipeline(self.features, faces, face_detector, providers, threads) if self._has("v") else None
 
     def _has(self, modality: str) -> bool:
@@ -215,6 +208,22 @@ class Recognizer:
         named = {name: float(p) for name, p in zip(LABELS, probs, strict=True)}
         labels = [name for name, p in named.items() if p >= self.threshold]
         return Recognition(modality=modality, probs=named, backend=self.backend, labels=labels, timings_ms=timings)
+
+
+def open_graph(
+    manifest: Manifest,
+    modality: str,
+    precision: str,
+    backend: str,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+) -> Any:
+    """One graph's backend (``backend`` resolved: 'ort' or 'trt'): ``infer({input: array}) -> probs``."""
+    if backend == "trt":
+        from avemo.runtime.trt_backend import TrtBackend
+
+        return TrtBackend(manifest, modality, precision)
+    return OrtBackend(manifest.graph_path(modality, precision), threads, providers)
 
 
 def resolve_backend(backend: str, manifest: Manifest, precision: str) -> str:

@@ -28,10 +28,10 @@ def models(colearn_export, tmp_path):
 
 
 def test_onnxruntime_repository_configs_match_the_manifest_and_graphs_run(models, tmp_path):
-    from avemo.export.triton import export_triton
     from avemo.runtime.manifest import load_manifest
     from avemo.runtime.ort_backend import OrtBackend
     from avemo.runtime.parity import sample_inputs
+    from avemo.runtime.serving.repository import export_triton
 
     manifest = load_manifest(models)
     repo = tmp_path / "repo"
@@ -58,7 +58,7 @@ def test_onnxruntime_repository_configs_match_the_manifest_and_graphs_run(models
 
 
 def test_tensorrt_repository_takes_the_engines_of_one_gpu(models, tmp_path):
-    from avemo.export.triton import export_triton
+    from avemo.runtime.serving.repository import export_triton
 
     with pytest.raises(AvemoError, match="pass --engines"):
         export_triton(models, tmp_path / "repo", backend="tensorrt", precision="fp16")

@@ -1,0 +1,209 @@
+"""Triton Python-backend models (`avemo export-triton --backend python`): thin classes over avemo's runtime.
+
+Each repository model's ``1/model.py`` only imports one of these as
+``TritonPythonModel``; the models directory (manifest, graphs, shared weights,
+engines) sits beside it in ``1/models/``. Parameters in ``config.pbtxt``:
+``AVEMO_PRECISION`` (fp32 | fp16 | int8 | int8-cpu), ``AVEMO_BACKEND``
+(ort | trt | auto), ``AVEMO_THREADS`` (0: ONNX Runtime's default).
+
+- ``GraphModel`` (avemo_a, avemo_v, avemo_av): the graph's own inputs and
+  ``probs``; the requests Triton's dynamic batcher hands over in one call are
+  zero-padded to a common length and run as one batch (the length inputs make
+  padding exact), then split again.
+- ``MediaModel`` (avemo_media): an encoded clip in (``media``: its bytes, any
+  container PyAV reads, as a UINT8 tensor); ``probs`` [6], ``modality`` (a, v
+  or av), ``notes`` (a JSON list) and ``result`` (the JSON that `avemo infer`
+  prints) out, the text outputs as UTF-8 bytes in UINT8 tensors.
+
+Tensors cross into and out of Triton through DLPack (``np.from_dlpack``,
+``Tensor.from_dlpack``), never through ``as_numpy()`` / ``Tensor(name,
+ndarray)``: the Python backend of the nvidia-pytriton 0.7.0 wheel reads numpy
+arrays with numpy 1's struct layout, and with numpy 2 in the model's
+environment inputs arrive with zero strides (every element equal to the
+first), outputs arrive empty, and a BYTES input kills the stub (measured).
+DLPack carries no strings, hence UINT8 for bytes and text.
+
+A request that cannot be served (wrong shapes, lengths out of range, corrupt
+media) gets a Triton error naming the problem; the model stays up for the next.
+``triton_python_backend_utils`` exists only inside Triton's Python stub, so it
+is imported when Triton starts the model.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avemo.contract import GRAPH_INPUTS, PROBS
+from avemo.errors import AvemoError
+
+MODELS_DIR = "models"  # in each model's version folder
+MEDIA_INPUT = "media"  # UINT8 [-1]: the encoded clip's bytes
+MEDIA_OUTPUTS = ("probs", "modality", "notes", "result")
+LENGTH_OF = {"audio_feats": "audio_lengths", "faces": "face_lengths"}
+
+
+def _settings(args: dict[str, Any]) -> tuple[Path, dict[str, str]]:
+    """The models folder beside model.py and the config's string parameters."""
+    config = json.loads(args["model_config"])
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    return Path(args["model_repository"]) / args["model_version"] / MODELS_DIR, params
+
+
+def _threads(params: dict[str, str]) -> int | None:
+    return int(params.get("AVEMO_THREADS") or 0) or None
+
+
+def _error(pb_utils: Any, message: str, bad_input: bool = True) -> Any:
+    """An error response: INVALID_ARG for a bad request (where this Triton has codes), else INTERNAL."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG" if bad_input else "INTERNAL", None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def _input(pb_utils: Any, request: Any, name: str) -> np.ndarray | None:
+    """A request's input as numpy through DLPack (numpy 1 and 2 alike), or None when not sent."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else np.from_dlpack(tensor)
+
+
+def _tensor(pb_utils: Any, name: str, value: np.ndarray | str) -> Any:
+    """An output tensor through DLPack (numpy 1 and 2 alike); text as UTF-8 bytes in a UINT8 tensor."""
+    array = np.frombuffer(value.encode(), np.uint8) if isinstance(value, str) else value
+    return pb_utils.Tensor.from_dlpack(name, np.array(array, copy=True, order="C"))  # writable, contiguous
+
+
+def check_request(inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> int:
+    """Batch size of one request's graph inputs; AvemoError naming what is wrong."""
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise AvemoError(f"missing inputs {missing}")
+    sizes = {n: len(inputs[n]) for n in names}
+    if len(set(sizes.values())) != 1:
+        raise AvemoError(f"inputs disagree on the batch size: {sizes}")
+    for data, lengths in LENGTH_OF.items():
+        if data in inputs:
+            frames, given = inputs[data].shape[1], inputs[lengths]
+            if given.ndim != 1 or (given < 1).any() or (given > frames).any():
+                raise AvemoError(f"{lengths} {given.tolist()} must lie in 1..{frames} (the frames in {data})")
+    return next(iter(sizes.values()))
+
+
+def merge_requests(requests: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One batch of several requests' inputs: time axes zero-padded to the longest, batches concatenated."""
+    merged = {}
+    for name in requests[0]:
+        arrays = [r[name] for r in requests]
+        if name in LENGTH_OF:
+            longest = max(a.shape[1] for a in arrays)
+            arrays = [np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
+        merged[name] = np.concatenate(arrays)
+    return merged
+
+
+class GraphModel:
+    """avemo_a / avemo_v / avemo_av: one exported graph behind Triton's dynamic batcher."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        from avemo.runtime.manifest import load_manifest
+        from avemo.runtime.recognizer import open_graph, resolve_backend
+
+        models, params = _settings(args)
+        self.modality = args["model_name"].removeprefix("avemo_")
+        precision = params.get("AVEMO_PRECISION", "fp32")
+        manifest = load_manifest(models)
+        backend = resolve_backend(params.get("AVEMO_BACKEND", "ort"), manifest, precision)
+        self.graph = open_graph(manifest, self.modality, precision, backend, _threads(params))
+        self.names = GRAPH_INPUTS[self.modality]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb_utils
+
+        responses: list[Any] = [None] * len(requests)
+        good: list[tuple[int, dict[str, np.ndarray], int]] = []
+        for i, request in enumerate(requests):
+            inputs = {name: x for name in self.names if (x := _input(pb_utils, request, name)) is not None}
+            try:
+                good.append((i, inputs, check_request(inputs, self.names)))
+            except AvemoError as exc:
+                responses[i] = _error(pb_utils, f"avemo_{self.modality}: {exc}")
+        if good:
+            try:
+                probs = self.graph.infer(merge_requests([inputs for _, inputs, _ in good]))
+            except Exception as exc:  # a failed batch fails its requests, never the model
+                for i, _, _ in good:
+                    message = f"avemo_{self.modality}: {type(exc).__name__}: {exc}"
+                    responses[i] = _error(pb_utils, message, isinstance(exc, AvemoError))
+            else:
+                offset = 0
+                for i, _, size in good:
+                    out = _tensor(pb_utils, PROBS, probs[offset : offset + size].astype(np.float32))
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
+                    offset += size
+        return responses
+
+    def finalize(self) -> None:
+        close = getattr(self.graph, "close", None)
+        if close is not None:
+            close()
+
+
+class MediaModel:
+    """avemo_media: encoded clip bytes in, emotions out, through the Recognizer's whole pipeline."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        from avemo.runtime.recognizer import Recognizer
+
+        models, params = _settings(args)
+        self.recognizer = Recognizer(
+            models,
+            precision=params.get("AVEMO_PRECISION", "fp32"),
+            threads=_threads(params),
+            backend=params.get("AVEMO_BACKEND", "ort"),
+            faces=params.get("AVEMO_FACES", "speaker"),
+        )
+        self.scratch = tempfile.TemporaryDirectory(prefix="avemo-media-")
+
+    def recognize(self, data: bytes) -> dict[str, Any]:
+        """The `avemo infer` JSON of one encoded clip."""
+        if not data:
+            raise AvemoError("empty media: send the bytes of an encoded clip (mp4, mkv, wav, ...)")
+        with tempfile.NamedTemporaryFile(dir=self.scratch.name, suffix=".clip") as file:
+            file.write(data)
+            file.flush()
+            try:
+                result = self.recognizer.recognize(Path(file.name)).to_json()
+            except AvemoError as exc:  # name the request, not our scratch file
+                raise AvemoError(str(exc).replace(file.name, "the request's media")) from None
+        result["source"] = "request"
+        return result
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb_utils
+
+        from avemo.contract import LABELS
+
+        responses = []
+        for request in requests:
+            try:
+                result = self.recognize(_input(pb_utils, request, MEDIA_INPUT).tobytes())
+            except Exception as exc:  # AvemoError: bad media; anything else: say what, keep serving
+                bad = isinstance(exc, AvemoError)
+                responses.append(_error(pb_utils, f"avemo_media: {'' if bad else type(exc).__name__ + ': '}{exc}", bad))
+                continue
+            values = {
+                "probs": np.array([result["probs"][k] for k in LABELS], np.float32),
+                "modality": result["modality"],
+                "notes": json.dumps(result["notes"]),
+                "result": json.dumps(result),
+            }
+            outputs = [_tensor(pb_utils, name, values[name]) for name in MEDIA_OUTPUTS]
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        return responses
+
+    def finalize(self) -> None:
+        self.scratch.cleanup()

@@ -1,0 +1,233 @@
+"""A real Triton server (the nvidia-pytriton wheel's tritonserver) serving the Python-backend repository.
+
+Skipped, with the reason, where the wheel is not installed (it exists for Linux x86_64 only;
+`make test` installs it there).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from google.protobuf import text_format
+
+from avemo.cli import main
+from avemo.errors import AvemoError
+from avemo.runtime.ort_backend import OrtBackend
+from avemo.runtime.parity import sample_inputs
+from avemo.runtime.serving.repository import export_triton
+from avemo.runtime.serving.server import TritonServer, find_tritonserver, free_port
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="pip install 'tritonclient[grpc]'")
+
+try:
+    find_tritonserver()
+    NO_SERVER = ""
+except AvemoError as exc:
+    NO_SERVER = str(exc)
+needs_server = pytest.mark.skipif(bool(NO_SERVER), reason=NO_SERVER)
+
+
+def _probs_equal(a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def repository(colearn_export, tmp_path_factory):
+    models = colearn_export[0]
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    export_triton(models, repo, backend="python", max_batch=8, instances=1)
+    return models, repo
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    if NO_SERVER:
+        pytest.skip(NO_SERVER)
+    from avemo.runtime.serving.client import AvemoTritonClient
+
+    with TritonServer(repository[1], grpc_port=free_port()) as running:
+        client = AvemoTritonClient(running.url)
+        yield running, client
+        client.close()
+
+
+def test_python_repository_layout_and_configs(repository):
+    models, repo = repository
+    assert sorted(p.name for p in repo.iterdir()) == ["avemo_a", "avemo_av", "avemo_media", "avemo_v"]
+    for name in ("avemo_a", "avemo_v", "avemo_av", "avemo_media"):
+        config = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.backend == "python" and config.name == name
+        env = config.parameters["EXECUTION_ENV_PATH"].string_value
+        assert Path(env, "bin").is_dir()
+        assert config.parameters["AVEMO_BACKEND"].string_value == "auto"
+        expected = "MediaModel" if name == "avemo_media" else "GraphModel"
+        assert f"import {expected} as TritonPythonModel" in (repo / name / "1" / "model.py").read_text()
+        # the models folder is hard-linked, not copied: the weights are stored once
+        weights = repo / name / "1" / "models" / "avemo.weights"
+        assert weights.stat().st_ino == (models / "avemo.weights").stat().st_ino
+    media = text_format.Parse((repo / "avemo_media" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert [(t.name, t.data_type) for t in media.input] == [("media", model_config_pb2.TYPE_UINT8)]
+    assert [t.name for t in media.output] == ["probs", "modality", "notes", "result"]
+    assert media.max_batch_size == 0
+
+
+def test_python_env_must_be_an_environment(colearn_export, tmp_path):
+    with pytest.raises(AvemoError, match="not a Python environment"):
+        export_triton(colearn_export[0], tmp_path / "repo", backend="python", python_env=str(tmp_path))
+    folders = export_triton(colearn_export[0], tmp_path / "repo2", backend="python", python_env="")
+    assert "EXECUTION_ENV_PATH" not in (folders["a"] / "config.pbtxt").read_text()
+
+
+def test_a_missing_server_says_how_to_get_one(monkeypatch, tmp_path):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(
+        AvemoError, match=r"pip install --no-deps nvidia-pytriton==0\.7\.0.*nvcr\.io/nvidia/tritonserver"
+    ):
+        find_tritonserver()
+    result = CliRunner().invoke(main, ["triton-serve", str(tmp_path)])
+    assert result.exit_code == 1 and "no Triton server here" in result.output
+
+
+@needs_server
+def test_every_model_loads(server):
+    running, _ = server
+    assert running.models() == {name: "READY" for name in ("avemo_a", "avemo_av", "avemo_media", "avemo_v")}
+
+
+@needs_server
+@pytest.mark.parametrize("modality", ["a", "v", "av"])
+def test_graph_models_answer_as_onnx_runtime_does(server, repository, modality):
+    _, client = server
+    graph = OrtBackend(repository[0] / f"avemo_{modality}.onnx")
+    from avemo.runtime.manifest import load_manifest
+
+    features = load_manifest(repository[0]).features
+    for batch, seconds, seed in ((1, 0.6, 1), (3, 2.0, 2)):
+        inputs = sample_inputs(features, modality, batch, seconds, seed)
+        _probs_equal(client.graph(modality, inputs), graph.infer(inputs))
+
+
+@needs_server
+def test_concurrent_requests_of_different_lengths_batch_exactly(server, repository):
+    """The dynamic batcher hands requests of different lengths over together; padding them changes nothing."""
+    _, client = server
+    from avemo.runtime.manifest import load_manifest
+
+    features = load_manifest(repository[0]).features
+    graph = OrtBackend(repository[0] / "avemo_a.onnx")
+    requests = [sample_inputs(features, "a", 1 + i % 2, 0.5 + 0.4 * i, seed=10 + i) for i in range(8)]
+    answers: dict[int, np.ndarray] = {}
+    barrier = threading.Barrier(len(requests))
+
+    def send(i: int) -> None:
+        barrier.wait()
+        answers[i] = client.graph("a", requests[i])
+
+    def executions() -> int:
+        return client.client.get_inference_statistics("avemo_a").model_stats[0].execution_count
+
+    before = executions()
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, inputs in enumerate(requests):
+        _probs_equal(answers[i], graph.infer(inputs))
+    # requests of different lengths ran together (allow_ragged_batch): fewer model executions than requests
+    assert executions() - before < len(requests)
+
+
+@needs_server
+def test_media_model_equals_avemo_infer(server, repository, tmp_path):
+    from tests.media_factory import write_media
+
+    _, client = server
+    clip = write_media(tmp_path / "clip.mp4", seconds=3.0)
+    result = CliRunner().invoke(main, ["infer", str(clip), "--models", str(repository[0])])
+    assert result.exit_code == 0, result.output
+    import json
+
+    local = json.loads(result.stdout.strip().splitlines()[-1])
+    served = client.media(clip.read_bytes())
+    assert served["modality"] == local["modality"] == "av"
+    _probs_equal(np.array(list(served["probs"].values())), np.array(list(local["probs"].values())))
+    assert served["notes"] == local["notes"]
+    assert served["result"]["frames_sampled"] == local["frames_sampled"]
+    audio_only = write_media(tmp_path / "voice.wav", seconds=2.0, video=False)
+    assert client.media(audio_only.read_bytes())["modality"] == "a"
+
+
+@needs_server
+def test_bad_requests_get_errors_and_the_server_keeps_serving(server, repository):
+    from tritonclient.utils import InferenceServerException
+
+    running, client = server
+    from avemo.runtime.manifest import load_manifest
+
+    features = load_manifest(repository[0]).features
+    good = sample_inputs(features, "a", 2, 1.0, seed=3)
+    with pytest.raises(InferenceServerException, match="cannot open media"):
+        client.media(b"not a video" * 100)
+    with pytest.raises(InferenceServerException, match="empty media"):
+        client.media(b"")
+    with pytest.raises(InferenceServerException, match=r"audio_lengths \[500, .*must lie in 1\.\.100"):
+        client.graph("a", {**good, "audio_lengths": np.array([500, 50], np.int64)})
+    with pytest.raises(InferenceServerException, match="unexpected shape"):
+        client.graph("a", {**good, "audio_feats": good["audio_feats"][:, :, :100].copy()})
+    with pytest.raises(InferenceServerException, match="batch size does not match"):
+        client.graph("a", {**good, "audio_lengths": good["audio_lengths"][:1]})
+    assert running.running and client.client.is_server_live()
+    _probs_equal(client.graph("a", good), OrtBackend(repository[0] / "avemo_a.onnx").infer(good))
+
+
+@needs_server
+def test_triton_serve_command_starts_and_stops_cleanly(repository, tmp_path):
+    grpc, http = free_port(), free_port()
+    command = [str(Path(sys.executable).parent / "avemo"), "triton-serve", str(repository[1])]
+    command += ["--grpc-port", str(grpc), "--http-port", str(http)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith("ready:"):
+                break
+        assert lines and lines[-1].startswith(f"ready: gRPC 127.0.0.1:{grpc}"), lines
+        assert "avemo_media (READY)" in lines[-1]
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        assert process.wait(60) == 0, rest
+        assert "stopped" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_requests_merge_into_one_padded_batch_without_changing_answers(colearn_export):
+    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.serving.triton_model import check_request, merge_requests
+
+    models = colearn_export[0]
+    features = load_manifest(models).features
+    graph = OrtBackend(models / "avemo_av.onnx")
+    requests = [sample_inputs(features, "av", b, s, seed=20 + b) for b, s in ((1, 0.7), (2, 2.5), (1, 1.2))]
+    assert [check_request(r, tuple(r)) for r in requests] == [1, 2, 1]
+    merged = merge_requests(requests)
+    assert merged["audio_feats"].shape[:2] == (4, max(r["audio_feats"].shape[1] for r in requests))
+    np.testing.assert_array_equal(merged["face_lengths"], np.concatenate([r["face_lengths"] for r in requests]))
+    _probs_equal(graph.infer(merged), np.concatenate([graph.infer(r) for r in requests]))
+    with pytest.raises(AvemoError, match="face_lengths"):
+        check_request({**requests[0], "face_lengths": np.array([0])}, tuple(requests[0]))
+    with pytest.raises(AvemoError, match="missing inputs"):
+        check_request({"faces": requests[0]["faces"]}, ("faces", "face_lengths"))
