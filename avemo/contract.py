@@ -34,7 +34,7 @@ GRAPH_INPUTS: Final[dict[str, tuple[str, ...]]] = {
 MAX_POSITIONS: Final[int] = 4096
 AUDIO_POOLING: Final[int] = 4
 
-#: Engine-profile ranges (min, opt, max): clips per batch and clip seconds.
+#: Engine-profile ranges (min, opt, max): clips per batch and clip seconds (the minimum: see below).
 PROFILE_BATCH: Final[tuple[int, int, int]] = (1, 4, 16)
 PROFILE_SECONDS: Final[tuple[float, float, float]] = (0.5, 5.0, 30.0)
 
@@ -54,12 +54,19 @@ def output_specs() -> list[dict]:
     return [{"name": PROBS, "dtype": "float32", "shape": ["batch", NUM_LABELS]}]
 
 
+#: The shortest inputs an engine profile takes; shorter clips are zero-padded up to them (exact: the
+#: length inputs mask the padding), so engines accept every clip ONNX Runtime accepts.
+PROFILE_MIN_AUDIO_FRAMES: Final[int] = 8  # 80 ms: two frames after the audio encoder's /4 pooling
+PROFILE_MIN_FACE_FRAMES: Final[int] = 1  # a clip often has a single usable face crop
+
+
 def profile_ranges(frames_per_second: float, fps: float) -> dict[str, tuple[int, int, int]]:
     """min/opt/max of every dynamic axis, for TensorRT optimisation profiles and export checks."""
+    _, opt, high = PROFILE_SECONDS
     return {
         "batch": PROFILE_BATCH,
-        "audio_frames": tuple(max(8, round(s * frames_per_second)) for s in PROFILE_SECONDS),
-        "face_frames": tuple(max(1, round(s * fps)) for s in PROFILE_SECONDS),
+        "audio_frames": (PROFILE_MIN_AUDIO_FRAMES, round(opt * frames_per_second), round(high * frames_per_second)),
+        "face_frames": (PROFILE_MIN_FACE_FRAMES, round(opt * fps), round(high * fps)),
     }
 
 

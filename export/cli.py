@@ -48,9 +48,9 @@ def export(run: Path, precision: str, out: Path, opset: int, no_simplify: bool, 
     if precision == "all":
         click.echo(f"int8: run `avemo calibrate {out} --data CACHE` (calibration on MOSEI training features)")
     engine_precision = "fp16" if "fp16" in manifest["precisions"] else "fp32"
-    if importlib.util.find_spec("tensorrt") is None:
+    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
         click.echo(
-            "TensorRT is not importable here; build engines on the target device with: "
+            "TensorRT and pycuda do not both import here; build engines on the target device with: "
             f"avemo build {out} --precision {engine_precision}"
         )
         return

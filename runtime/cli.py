@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -69,14 +70,20 @@ def verify(models: Path, threads: int | None) -> None:
     required=True,
     help="Exported model directory (manifest.json).",
 )
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-cpu"]), default="fp32", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "int8-cpu"]),
+    default=None,
+    help="Default: fp32 on ONNX Runtime; on TensorRT the engines built for this GPU (fp16, else int8, else fp32).",
+)
 @click.option(
     "--backend",
     type=click.Choice(["auto", "trt", "ort"]),
     default="auto",
     show_default=True,
-    help="auto: TensorRT where it imports and engines exist for this GPU, else ONNX Runtime.",
+    help="auto: TensorRT where it imports and engines exist for this GPU, else ONNX Runtime (stderr says which).",
 )
+@click.option("--device", "device_id", type=int, default=0, show_default=True, help="TensorRT: CUDA device index.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be on.")
 @face_options
@@ -116,8 +123,9 @@ def verify(models: Path, threads: int | None) -> None:
 def infer(
     media: tuple[str, ...],
     models: Path,
-    precision: str,
+    precision: str | None,
     backend: str,
+    device_id: int,
     threads: int | None,
     threshold: float,
     face_detector: str | None,
@@ -172,7 +180,10 @@ def infer(
     live = [m for m in media if is_live(m)]
     if live and window is None:
         raise click.BadParameter(f"{live[0]} is a live source: give --window (and --hop)", param_hint="--window")
-    recognizer = Recognizer(models, precision, threads, face_detector, threshold, backend=backend, faces=faces)
+    recognizer = Recognizer(
+        models, precision, threads, face_detector, threshold, backend=backend, faces=faces, device_id=device_id
+    )
+    click.echo(f"backend: {recognizer.backend_reason}", err=True)
     stop = threading.Event()  # Ctrl-C / SIGTERM: finish the current window, then stop
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -212,6 +223,7 @@ def infer(
             plot_timeline(results, target, title=Path(name).name)
         if stop.is_set():
             break
+    recognizer.close()  # TensorRT engines before their CUDA context
     if failed:
         raise SystemExit(1)
 
@@ -277,29 +289,39 @@ def plot_timeline(results: list, path: Path, title: str) -> None:
     default=None,
     help="Timing cache file, read if present and written after the build.",
 )
-@click.option("--dla", type=int, default=None, help="Jetson: build for this DLA core (GPU fallback on).")
-@click.option("--device", "device_id", type=int, default=0, show_default=True, help="CUDA device index.")
-def build(
-    models: Path, precision: str, workspace: int, timing_cache: Path | None, dla: int | None, device_id: int
-) -> None:
+@click.option("--device", "device_id", type=int, default=0, show_default=True, help="CUDA device to build on.")
+def build(models: Path, precision: str, workspace: int, timing_cache: Path | None, device_id: int) -> None:
     """Build TensorRT engines for every graph of an exported model, on the device that will run them.
 
     Engines go to MODELS/engines/<gpu>-sm<cc>-trt<version>/ with a JSON beside
-    each; an engine built for another GPU or TensorRT version is refused at load.
-    fp16 builds from the fp16/ mixed-precision graphs, int8 from int8/ (Q/DQ).
+    each; an engine built for another GPU or TensorRT version, or from graphs
+    or weights that changed since, is refused at load. Every network is
+    strongly typed: fp16 builds from the fp16/ mixed-precision graphs (its fp32
+    parts stay fp32), int8 from int8/ (Q/DQ), fp32 with TF32 off. Each engine
+    runs parity.npz's samples before it is installed; one beyond the
+    precision's tolerance is not installed.
 
     \b
-    Example:
+    Examples:
       avemo build models/ --precision fp16 --timing-cache trt.cache
+      avemo build models/ --precision fp16 --device 1          # the second GPU
     """
     from avemo.runtime.manifest import load_manifest
     from avemo.runtime.trt_backend import build_engine, current_device
 
     manifest = load_manifest(models)
     device = current_device(device_id)
-    click.echo(f"building {precision} engines for {device.describe()}")
+    click.echo(f"building {precision} engines for {device.describe()} (device {device_id})")
+    memory = {}
     for modality in manifest.modalities:
-        build_engine(manifest, modality, precision, device, workspace, timing_cache, dla, log=click.echo)
+        path = build_engine(manifest, modality, precision, device, workspace, timing_cache, device_id, click.echo)
+        memory[modality] = json.loads(path.with_suffix(".json").read_text())["device_memory"]
+    # A Recognizer shares one activation area among its engines: the largest, not the sum.
+    click.echo(
+        "device memory (activations): "
+        + ", ".join(f"{m.upper()} {b / 2**20:.1f} MiB" for m, b in memory.items())
+        + f"; a Recognizer holds {max(memory.values()) / 2**20:.1f} MiB (shared) plus its input buffers"
+    )
 
 
 def _list(kind: type, choices: tuple[str, ...] | None = None):
@@ -379,8 +401,9 @@ def profile(
 
     PyTorch eager (from the checkpoint) is the baseline measured in the same run;
     every case reports its speed-up over it. Candidates are timed interleaved.
-    CPU timings use a monotonic clock at the stated thread count; TensorRT uses
-    CUDA events and splits host-to-device, compute and device-to-host.
+    Latencies are wall time per call (a monotonic clock) for every backend, at
+    the stated thread count on CPU; TensorRT cases add the host-to-device,
+    compute and device-to-host split measured with CUDA events.
 
     \b
     Examples:

@@ -3,8 +3,9 @@
 Engines are specific to a GPU and a TensorRT version, so they live under
 ``MODELS/engines/<gpu>-sm<cc>-trt<version>/avemo_<graph>_<precision>.engine``
 with a JSON sidecar; loading one on another GPU or TensorRT version is
-refused with the command that rebuilds it. The TensorRT 10 / 11 differences
-(precision builder flags vs strongly typed networks) are in ``build_flags``.
+refused with the command that rebuilds it, and so is an engine whose source
+graph or weights changed since it was built (a re-export or re-calibration).
+How networks are built (strongly typed, TF32 off for fp32) is in ``build_flags``.
 """
 
 from __future__ import annotations
@@ -54,22 +55,26 @@ def trt_major(version: str) -> int:
         raise AvemoError(f"unrecognised TensorRT version {version!r}") from None
 
 
-def build_flags(trt_version: str, precision: str) -> tuple[list[str], list[str]]:
-    """(network creation flags, builder config flags) by their TensorRT enum names.
+def build_flags(trt_version: str, precision: str) -> tuple[list[str], list[str], list[str]]:
+    """(network creation flags, builder flags to set, builder flags to clear) by their TensorRT enum names.
 
-    TensorRT 10: FP16 / INT8 builder flags select precisions (INT8 also for Q/DQ graphs).
-    TensorRT 11: those flags and the INT8 calibrators are gone; the network is
-    STRONGLY_TYPED and the graph's own types decide (the fp16 mixed graph, the Q/DQ graph).
+    Every network is STRONGLY_TYPED, on 10.x as on 11.x (where it is the only
+    mode): the graph's own types decide, so the fp16 graph's fp32 islands
+    (LayerNorm, Softmax, the length division) stay fp32 and the INT8 graph runs
+    exactly its Q/DQ nodes; the FP16 / INT8 flags, mere hints on 10.x and gone
+    on 11.x, are never set. fp32 clears TF32 (on by default in TensorRT), so
+    fp32 means fp32 and meets the export's 1e-4 parity.
     """
     if precision not in ENGINE_PRECISIONS:
         raise AvemoError(f"unknown engine precision {precision!r}; expected one of {ENGINE_PRECISIONS}")
     major = trt_major(trt_version)
     if major not in SUPPORTED_TRT_MAJOR:
         wanted = " or ".join(f"{m}.x" for m in SUPPORTED_TRT_MAJOR)
-        raise AvemoError(f"TensorRT {trt_version} is not supported; use TensorRT {wanted}")
-    if major >= 11:
-        return ["STRONGLY_TYPED"], []
-    return [], {"fp32": [], "fp16": ["FP16"], "int8": ["FP16", "INT8"]}[precision]
+        raise AvemoError(
+            f"TensorRT {trt_version} is not supported; use TensorRT {wanted} (JetPack 6.1/6.2 ship 10.3; "
+            "JetPack 6.0 ships 8.6)"
+        )
+    return ["STRONGLY_TYPED"], [], ["TF32"] if precision == "fp32" else []
 
 
 def engine_path(models: Path, device: Device, modality: str, precision: str) -> Path:
@@ -100,10 +105,18 @@ def buffer_bytes(manifest: Manifest, modality: str) -> dict[str, int]:
     return sizes
 
 
-def write_sidecar(engine: Path, device: Device, manifest: Manifest, modality: str, precision: str) -> None:
-    """The JSON beside an engine: what it was built for and from."""
+def sources(manifest: Manifest, modality: str, precision: str) -> dict[str, str | None]:
+    """The graph and weight files an engine is built from, and their sha256 in the manifest."""
     folder = PRECISION_DIRS[precision]
     source, weights = (name if folder == "." else f"{folder}/{name}" for name in (graph_file(modality), WEIGHTS_FILE))
+    files = manifest.data["files"]
+    return {"source": source, "source_sha256": files.get(source), "weights_sha256": files.get(weights)}
+
+
+def write_sidecar(
+    engine: Path, device: Device, manifest: Manifest, modality: str, precision: str, **facts: Any
+) -> None:
+    """The JSON beside an engine: what it was built for and from (and ``facts``: parity, memory)."""
     atomic_write_json(
         engine.with_suffix(".json"),
         {
@@ -111,15 +124,19 @@ def write_sidecar(engine: Path, device: Device, manifest: Manifest, modality: st
             "modality": modality,
             "precision": precision,
             "profile": {k: list(map(list, v)) for k, v in profiles(manifest, modality).items()},
-            "source": source,
-            "source_sha256": manifest.data["files"].get(source),
-            "weights_sha256": manifest.data["files"].get(weights),
+            **sources(manifest, modality, precision),
+            **facts,
         },
     )
 
 
-def check_engine(engine: Path, device: Device) -> dict[str, Any]:
-    """Read an engine's sidecar; refuse an engine built for another GPU or TensorRT version."""
+def rebuild_command(manifest: Manifest, precision: str) -> str:
+    return f"avemo build {manifest.root} --precision {precision}"
+
+
+def check_engine(engine: Path, device: Device, manifest: Manifest | None = None) -> dict[str, Any]:
+    """Read an engine's sidecar; refuse an engine built for another GPU or TensorRT version, or (given the
+    manifest) from another graph, other weights or other profiles than the model's own now."""
     sidecar = engine.with_suffix(".json")
     if not engine.is_file() or not sidecar.is_file():
         raise AvemoError(f"{engine}: no engine (or its .json) here; build it with `avemo build`")
@@ -130,4 +147,45 @@ def check_engine(engine: Path, device: Device) -> dict[str, Any]:
             f"{engine}: built for {built.describe()} but this is {device.describe()}; "
             "rebuild it here with `avemo build`"
         )
+    if manifest is not None:
+        now: dict[str, Any] = {
+            **sources(manifest, meta["modality"], meta["precision"]),
+            "profile": {k: list(map(list, v)) for k, v in profiles(manifest, meta["modality"]).items()},
+        }
+        stale = [k for k in ("source_sha256", "weights_sha256", "profile") if meta.get(k) != now[k]]
+        if stale:
+            what = ", ".join(k.replace("_sha256", "") for k in stale)
+            raise AvemoError(
+                f"{engine}: stale, built from another {what} than the model's now (re-exported or re-calibrated "
+                f"since); rebuild it: {rebuild_command(manifest, meta['precision'])}"
+            )
     return meta
+
+
+def check_io(engine: Any, manifest: Manifest, modality: str, path: Path, nptype: Any) -> None:
+    """Compare a deserialised engine's I/O tensors with the manifest's graph: names, modes, dtypes, shapes and
+    the input profile. ``nptype``: TensorRT's DataType -> numpy type."""
+    graph = manifest.data["graphs"][modality]
+    wanted = {s["name"]: ("INPUT", s) for s in graph["inputs"]} | {s["name"]: ("OUTPUT", s) for s in graph["outputs"]}
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    problems = []
+    if sorted(names) != sorted(wanted):
+        problems.append(f"tensors {sorted(names)}, the manifest's {sorted(wanted)}")
+    limits = profiles(manifest, modality)
+    for name in set(names) & set(wanted):
+        mode, spec = wanted[name]
+        if engine.get_tensor_mode(name).name != mode:
+            problems.append(f"{name} is {engine.get_tensor_mode(name).name}, not {mode}")
+        dtype = np.dtype(nptype(engine.get_tensor_dtype(name)))
+        if dtype != np.dtype(spec["dtype"]):
+            problems.append(f"{name} is {dtype}, not {spec['dtype']}")
+        shape = tuple(engine.get_tensor_shape(name))
+        expected = tuple(-1 if isinstance(d, str) else int(d) for d in spec["shape"])
+        if len(shape) != len(expected) or any(e != -1 and d != e for d, e in zip(shape, expected, strict=False)):
+            problems.append(f"{name} has shape {shape}, the manifest {expected}")
+        if mode == "INPUT":
+            profile = tuple(tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
+            if profile != limits[name]:
+                problems.append(f"{name} profile {profile}, the manifest's {limits[name]}")
+    if problems:
+        raise AvemoError(f"{path}: does not match the model's manifest: " + "; ".join(problems))

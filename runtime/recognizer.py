@@ -79,24 +79,53 @@ class Recognizer:
     def __init__(
         self,
         models: Path,
-        precision: str = "fp32",
+        precision: str | None = None,
         threads: int | None = None,
         face_detector: str | None = None,
         threshold: float = THRESHOLD,
         providers: list[str] | None = None,
         backend: str = "ort",
         faces: str = "speaker",
+        device_id: int = 0,
     ) -> None:
-        """``face_detector`` overrides the model's own (warned about); ``faces``: speaker or largest."""
+        """``face_detector`` overrides the model's own (warned about); ``faces``: speaker or largest.
+
+        ``precision`` None: fp32 on ONNX Runtime; on TensorRT (``backend`` trt or auto) the engines built
+        for this GPU (fp16, else int8, else fp32). ``backend_reason`` says what was chosen and why.
+        """
         self.manifest = load_manifest(models)
         self.features = self.manifest.features
         self.threshold = threshold
-        self.backend = resolve_backend(backend, self.manifest, precision)
-        self.backends: dict[str, Any] = {
-            m: open_graph(self.manifest, m, precision, self.backend, threads, providers)
-            for m in self.manifest.modalities
-        }
+        chosen = resolve_backend(backend, self.manifest, precision, device_id)
+        self.backend, self.precision, self.backend_reason = chosen
+        self.backends: dict[str, Any] = {}
+        scratch = None
+        if self.backend == "trt":  # one activation area for the three engines
+            from avemo.runtime.gpu import DeviceScratch
+
+            scratch = DeviceScratch(device_id)
+        try:
+            for m in self.manifest.modalities:
+                self.backends[m] = open_graph(
+                    self.manifest, m, self.precision, self.backend, threads, providers, device_id, scratch
+                )
+        except BaseException:
+            self.close()
+            raise
         self.faces = FacePipeline(self.features, faces, face_detector, providers, threads) if self._has("v") else None
+
+    def close(self) -> None:
+        """Release the graphs (TensorRT engines, contexts and buffers); safe to call twice or from another thread."""
+        for graph in list(self.backends.values()):
+            close = getattr(graph, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> Recognizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _has(self, modality: str) -> bool:
         return any(modality in m for m in self.manifest.modalities)
@@ -217,29 +246,49 @@ def open_graph(
     backend: str,
     threads: int | None = None,
     providers: list[str] | None = None,
+    device_id: int = 0,
+    scratch: Any = None,
 ) -> Any:
     """One graph's backend (``backend`` resolved: 'ort' or 'trt'): ``infer({input: array}) -> probs``."""
     if backend == "trt":
         from avemo.runtime.trt_backend import TrtBackend
 
-        return TrtBackend(manifest, modality, precision)
+        return TrtBackend(manifest, modality, precision, device_id, scratch=scratch)
     return OrtBackend(manifest.graph_path(modality, precision), threads, providers)
 
 
-def resolve_backend(backend: str, manifest: Manifest, precision: str) -> str:
-    """'ort' or 'trt'; 'auto' is TensorRT where tensorrt and pycuda import and engines exist for this GPU."""
+ENGINE_PREFERENCE = ("fp16", "int8", "fp32")  # what `--backend auto|trt` runs when no --precision is given
+
+
+def resolve_backend(
+    backend: str, manifest: Manifest, precision: str | None = None, device_id: int = 0
+) -> tuple[str, str, str]:
+    """(backend 'ort' or 'trt', precision, why). 'auto' is TensorRT where tensorrt and pycuda import and this
+    GPU has engines (of ``precision``, or of the first of ENGINE_PREFERENCE built), else ONNX Runtime."""
     if backend not in ("auto", "trt", "ort"):
         raise AvemoError(f"unknown backend {backend!r}; expected auto, trt or ort")
-    if backend != "auto":
-        return backend
+    if backend == "ort":
+        return "ort", precision or "fp32", "ONNX Runtime (--backend ort)"
     if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
-        return "ort"
+        if backend == "trt":
+            from avemo.runtime.gpu import TRT_HINT
+
+            raise AvemoError(f"--backend trt: tensorrt and pycuda do not import here; {TRT_HINT}")
+        return "ort", precision or "fp32", "ONNX Runtime (tensorrt and pycuda do not import here)"
     from avemo.runtime.engines import engine_path
     from avemo.runtime.trt_backend import current_device
 
-    device = current_device()
-    found = all(engine_path(manifest.root, device, m, precision).exists() for m in manifest.modalities)
-    return "trt" if found else "ort"
+    device = current_device(device_id)
+    wanted = (precision,) if precision else ENGINE_PREFERENCE
+    for p in wanted:
+        if all(engine_path(manifest.root, device, m, p).exists() for m in manifest.modalities):
+            return "trt", p, f"TensorRT {p} engines for {device.describe()}"
+    if backend == "trt":
+        raise AvemoError(
+            f"no {'/'.join(wanted)} engines for {device.describe()} in {manifest.root}; "
+            f"build them here: avemo build {manifest.root} --precision {wanted[0]}"
+        )
+    return "ort", precision or "fp32", f"ONNX Runtime (no {'/'.join(wanted)} engines for {device.describe()})"
 
 
 def batch_inputs(clips: list[ClipInput], modality: str) -> dict[str, np.ndarray]:

@@ -1,10 +1,12 @@
-"""TensorRT: engine builder and pycuda backend (torch-free; tensorrt and pycuda imported lazily).
+"""TensorRT: engine builder and runner (torch-free; tensorrt and pycuda imported lazily).
 
 Written against the TensorRT 10/11 Python API (``build_serialized_network``,
-``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``); the
-version rules are in ``avemo.runtime.engines.build_flags``. Neither package can
-be installed on our build machines: the tests drive this code with fake
-``tensorrt`` / ``pycuda`` modules; it has not yet run on a GPU.
+``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``, user-managed
+execution-context memory). CUDA contexts and memory are ``avemo.runtime.gpu``'s;
+the network flags per precision are ``avemo.runtime.engines.build_flags``.
+Neither package installs on our build machines: the tests drive this code with
+test doubles of both (``tests/fakes``) whose engines run the ONNX graph in
+ONNX Runtime. It has not run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -17,36 +19,44 @@ from typing import Any
 
 import numpy as np
 
-from avemo.contract import PROBS
+from avemo.contract import PARITY_FILE, PROBS
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
-from avemo.runtime.engines import Device, buffer_bytes, build_flags, check_engine, engine_path, profiles, write_sidecar
+from avemo.runtime.engines import (
+    Device,
+    buffer_bytes,
+    build_flags,
+    check_engine,
+    check_io,
+    engine_path,
+    profiles,
+    write_sidecar,
+)
+from avemo.runtime.gpu import DeviceScratch, IOBuffer, active, close_at_exit, driver, gpu_info, needs_trt
 from avemo.runtime.manifest import Manifest
 
-TRT_HINT = "pip install 'avemo[trt]' (on Jetson: JetPack's python3-libnvinfer, and pycuda built on the device)"
+_logger: Any = None
+_logger_lock = threading.Lock()
 
 
-@contextmanager
-def _needs_trt() -> Iterator[None]:
-    """Wrap the lazy ``import tensorrt`` / ``import pycuda.driver``: a missing one is a one-line error.
+def logger() -> Any:
+    """The process's one TensorRT logger (TensorRT keeps the first one it is given)."""
+    global _logger
+    with _logger_lock:
+        if _logger is None:
+            with needs_trt():
+                import tensorrt
 
-    The imports stay plain import statements so that mypy checks every TensorRT
-    call against the published TensorRT type stubs.
-    """
-    try:
-        yield
-    except ImportError as exc:
-        raise AvemoError(f"{exc.name or 'tensorrt'} is not installed; install it with: {TRT_HINT}") from None
+            _logger = tensorrt.Logger(tensorrt.Logger.WARNING)
+        return _logger
 
 
 def current_device(device_id: int = 0) -> Device:
-    """The GPU (name, compute capability) and TensorRT version of this machine."""
-    with _needs_trt():
-        import pycuda.driver as cuda
-        import tensorrt as trt
-    cuda.init()
-    gpu = cuda.Device(device_id)
-    return Device(gpu.name(), tuple(gpu.compute_capability()), trt.__version__)
+    """The GPU (name, compute capability) and TensorRT version of device ``device_id``."""
+    with needs_trt():
+        import tensorrt
+    info = gpu_info(device_id)
+    return Device(info.name, info.compute_capability, tensorrt.__version__)
 
 
 def build_engine(
@@ -56,133 +66,213 @@ def build_engine(
     device: Device,
     workspace_mb: int = 1024,
     timing_cache: Path | None = None,
-    dla_core: int | None = None,
+    device_id: int = 0,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Build, serialise and describe one engine; returns its path."""
-    with _needs_trt():
+    """Build one engine on device ``device_id``, check it against parity.npz, then install it; returns its path.
+
+    The engine is written beside its final name first and run on the parity
+    samples; only an engine within the precision's tolerance is installed (its
+    sidecar records the largest difference and its device memory).
+    """
+    with needs_trt():
         import tensorrt as trt
-    network_flags, config_flags = build_flags(trt.__version__, precision)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    for name in network_flags:
-        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    network_flags, set_flags, clear_flags = build_flags(trt.__version__, precision)
     onnx_path = manifest.graph_path(modality, precision)
-    if not parser.parse_from_file(str(onnx_path)):  # external weights resolve beside the file
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise AvemoError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    for name in config_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in profiles(manifest, modality).items():
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-    if dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    cache = None
-    if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-        config.set_timing_cache(cache, False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise AvemoError(f"{onnx_path}: TensorRT could not build a {precision} engine (see its log above)")
     path = engine_path(manifest.root, device, modality, precision)
-    atomic_write_bytes(path, bytes(serialized))
-    write_sidecar(path, device, manifest, modality, precision)
-    if cache is not None and timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(cache.serialize()))
-    log(f"built {path}")
+    candidate = path.with_name(path.name + ".partial")
+    with active(device_id):
+        builder = trt.Builder(logger())
+        flags = 0
+        for name in network_flags:
+            flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger())
+        if not parser.parse_from_file(str(onnx_path)):  # external weights resolve beside the file
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise AvemoError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+        for name in set_flags:
+            config.set_flag(getattr(trt.BuilderFlag, name))
+        for name in clear_flags:
+            config.clear_flag(getattr(trt.BuilderFlag, name))
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profiles(manifest, modality).items():
+            profile.set_shape(name, lo, opt, hi)
+        if config.add_optimization_profile(profile) < 0:
+            raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {profiles(manifest, modality)}")
+        cache = _timing_cache(config, timing_cache, log)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise AvemoError(f"{onnx_path}: TensorRT could not build a {precision} engine (see its log above)")
+        atomic_write_bytes(candidate, bytes(serialized))
+        if cache is not None and timing_cache is not None:
+            atomic_write_bytes(timing_cache, bytes(cache.serialize()))
+    try:
+        parity, memory = check_built_engine(manifest, modality, precision, candidate, device_id)
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    candidate.replace(path)
+    write_sidecar(path, device, manifest, modality, precision, parity=parity, device_memory=memory)
+    log(
+        f"built {path}: parity max |diff| {parity['max_abs_diff']:.1e} (tolerance {parity['tolerance']:.0e}), "
+        f"device memory {memory / 2**20:.1f} MiB"
+    )
     return path
+
+
+def _timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> Any:
+    """The timing cache to build with (read from ``path`` if it exists), or None where TensorRT refuses it."""
+    if path is None:
+        return None
+    cache = config.create_timing_cache(path.read_bytes() if path.exists() else b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        log(f"WARNING: {path}: timing cache from another GPU or TensorRT version, not used and not overwritten")
+        return None
+    return cache
+
+
+def check_built_engine(
+    manifest: Manifest, modality: str, precision: str, engine: Path, device_id: int = 0
+) -> tuple[dict[str, Any], int]:
+    """Run the parity samples through a freshly built engine; (parity report, device memory) or AvemoError."""
+    from avemo.runtime.parity import TOLERANCE, load_references, parity_samples
+
+    samples = parity_samples(manifest.features, [modality])[modality]
+    references = load_references(manifest.root / PARITY_FILE)[modality]
+    with TrtBackend(manifest, modality, precision, device_id, engine=engine) as runner:
+        diffs = [float(np.abs(runner.infer(s) - ref).max()) for s, ref in zip(samples, references, strict=True)]
+        memory = runner.device_memory
+    report = {"max_abs_diff": max(diffs), "per_sample": diffs, "tolerance": TOLERANCE[precision]}
+    if report["max_abs_diff"] > report["tolerance"]:
+        raise AvemoError(
+            f"{engine.name}: parity failed, max |probs diff| {report['max_abs_diff']:.2e} > "
+            f"{report['tolerance']:.0e} against {PARITY_FILE}; the engine was not installed"
+        )
+    return report, memory
+
+
+def _pad(array: np.ndarray, low: tuple[int, ...]) -> np.ndarray:
+    """Zero-pad every axis shorter than the profile minimum (time axes: the lengths keep the real size)."""
+    short = [max(0, lo - n) for n, lo in zip(array.shape, low, strict=True)]
+    return np.pad(array, [(0, s) for s in short]) if any(short) else array
 
 
 class TrtBackend:
     """Runs one engine: ``infer({input: array}) -> probs``; same interface as OrtBackend.
 
-    The backend owns its CUDA context, so any thread may call it (calls are
-    serialised: one stream, one set of buffers). Pinned host buffers and device
-    buffers are sized once for the profile's largest shapes and reused.
-    ``close()`` (or ``with``) frees them.
+    Engines of one device share the process's primary CUDA context and, through
+    ``scratch``, one device allocation for their activations (user-managed
+    execution-context memory sized to the largest): a Recognizer holds one
+    activation area, not three. Calls are serialised per scratch. Inputs
+    shorter than the profile minimum are zero-padded to it; longer than its
+    maximum are refused with the reason. ``close()`` (or ``with``) releases the
+    context, engine and buffers in that order, from any thread; backends still
+    open at interpreter exit are closed before the CUDA contexts go.
     """
 
     def __init__(
-        self, manifest: Manifest, modality: str, precision: str, device_id: int = 0, timed: bool = False
+        self,
+        manifest: Manifest,
+        modality: str,
+        precision: str,
+        device_id: int = 0,
+        timed: bool = False,
+        scratch: DeviceScratch | None = None,
+        engine: Path | None = None,
     ) -> None:
-        with _needs_trt():
-            import pycuda.driver as cuda
+        with needs_trt():
             import tensorrt as trt
-        self.cuda = cuda
-        device = current_device(device_id)
-        path = engine_path(manifest.root, device, modality, precision)
-        check_engine(path, device)
+        cuda = driver()
+        info = gpu_info(device_id)
+        path = engine or engine_path(manifest.root, current_device(device_id), modality, precision)
+        if engine is None:
+            check_engine(path, current_device(device_id), manifest)
+        self.path, self.device_id = path, device_id
+        self.limits = profiles(manifest, modality)
+        self.specs = {s["name"]: np.dtype(s["dtype"]) for s in manifest.data["graphs"][modality]["inputs"]}
+        self.input_names = list(self.specs)
+        self.specs[PROBS] = np.dtype(np.float32)
+        self.scratch = scratch or DeviceScratch(device_id)
         self._lock = threading.Lock()
-        self.context_cuda = cuda.Device(device_id).make_context()
-        try:
-            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.closed = False
+        self.last_phases_ms: dict[str, float] = {}
+        with active(device_id):
+            runtime = trt.Runtime(logger())
             self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
                 raise AvemoError(f"{path}: TensorRT could not deserialise the engine; rebuild it with `avemo build`")
-            self.context = self.engine.create_execution_context()
+            check_io(self.engine, manifest, modality, path, trt.nptype)
+            self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            self.device_memory = int(self.engine.device_memory_size_v2)
+            self.scratch.reserve(self.device_memory, self._attach)
             self.stream = cuda.Stream()
             # timed: CUDA events around H2D, compute and D2H of every call (for `avemo profile`).
             self.events = [cuda.Event() for _ in range(4)] if timed else []
-            self.last_phases_ms: dict[str, float] = {}
-            self.specs = {s["name"]: np.dtype(s["dtype"]) for s in manifest.data["graphs"][modality]["inputs"]}
-            self.specs[PROBS] = np.dtype(np.float32)
-            self.limits = profiles(manifest, modality)
-            self.host: dict[str, Any] = {}
-            self.device: dict[str, Any] = {}
-            for name, size in buffer_bytes(manifest, modality).items():
-                self.host[name] = cuda.pagelocked_empty(size // self.specs[name].itemsize, self.specs[name])
-                self.device[name] = cuda.mem_alloc(size)
-                self.context.set_tensor_address(name, int(self.device[name]))
-        finally:
-            self.context_cuda.pop()
-        self.input_names = [n for n in self.specs if n != PROBS]
-        self.closed = False
+            self.buffers = {
+                name: IOBuffer(size, self.specs[name], mapped=info.integrated)
+                for name, size in buffer_bytes(manifest, modality).items()
+            }
+            for name, buffer in self.buffers.items():
+                if not self.context.set_tensor_address(name, buffer.address):
+                    raise AvemoError(f"{path}: TensorRT has no tensor {name}")
+        close_at_exit(self)
+
+    def _attach(self, address: int, size: int) -> None:
+        self.context.set_device_memory(address, size)
+
+    @property
+    def io_bytes(self) -> int:
+        """Device memory of this backend's input and output buffers (0 where mapped)."""
+        return sum(b.device_bytes for b in self.buffers.values())
 
     @contextmanager
     def _active(self) -> Iterator[None]:
-        if self.closed:
-            raise AvemoError("TrtBackend is closed")
-        with self._lock:
-            self.context_cuda.push()
-            try:
+        with self._lock, self.scratch.lock:
+            if self.closed:
+                raise AvemoError("TrtBackend is closed")
+            with active(self.device_id):
                 yield
-            finally:
-                self.context_cuda.pop()
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        cuda = self.cuda
+    def prepared(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays the engine gets: typed, contiguous, padded up to the profile minimum; AvemoError beyond it."""
         missing = set(self.input_names) - set(inputs)
         if missing:
             raise AvemoError(f"missing inputs {sorted(missing)}")
+        out = {}
+        for name in self.input_names:
+            low, _, high = self.limits[name]
+            array = np.ascontiguousarray(inputs[name], dtype=self.specs[name])
+            if array.ndim != len(high):
+                raise AvemoError(f"{name}: {array.ndim} dimensions, the engine takes {len(high)}")
+            over = [(axis, n, hi) for axis, (n, hi) in enumerate(zip(array.shape, high, strict=True)) if n > hi]
+            if over:
+                axis, n, hi = over[0]
+                what = "clips per batch" if axis == 0 else "frames"
+                raise AvemoError(
+                    f"{name}: {n} {what}, more than the engine's profile takes ({hi}); recognise long media "
+                    "in windows (--window)"
+                )
+            out[name] = np.ascontiguousarray(_pad(array, low))
+        return out
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        arrays = self.prepared(inputs)
         with self._active():
-            self._mark(0)
-            for name in self.input_names:
-                array = np.ascontiguousarray(inputs[name], dtype=self.specs[name])
-                lo, _, hi = self.limits[name]
-                if len(array.shape) != len(hi) or any(
-                    not a <= s <= b for a, s, b in zip(lo, array.shape, hi, strict=True)
-                ):
-                    raise AvemoError(f"{name}: shape {array.shape} is outside the engine's profile {lo}..{hi}")
-                staged = self.host[name][: array.size].reshape(array.shape)
-                staged[...] = array
-                cuda.memcpy_htod_async(self.device[name], staged, self.stream)
-                self.context.set_input_shape(name, array.shape)
+            staged = {name: self.buffers[name].stage(array) for name, array in arrays.items()}
+            self._mark(0)  # after the host-side staging: "h2d" is the transfer alone
+            for name, array in staged.items():
+                self.buffers[name].to_device(array, self.stream)
+                if not self.context.set_input_shape(name, array.shape):
+                    raise AvemoError(f"{name}: TensorRT refused shape {array.shape} (profile {self.limits[name]})")
             self._mark(1)
             if not self.context.execute_async_v3(self.stream.handle):
-                raise AvemoError("TensorRT execute_async_v3 failed")
+                raise AvemoError(f"{self.path.name}: TensorRT execute_async_v3 failed (see its log)")
             self._mark(2)
             shape: tuple[int, ...] = tuple(self.context.get_tensor_shape(PROBS))
-            out = self.host[PROBS][: int(np.prod(shape))]
-            cuda.memcpy_dtoh_async(out, self.device[PROBS], self.stream)
+            out = self.buffers[PROBS].from_device(int(np.prod(shape)), self.stream)
             self._mark(3)
             self.stream.synchronize()
             if self.events:
@@ -197,16 +287,19 @@ class TrtBackend:
             self.events[i].record(self.stream)
 
     def close(self) -> None:
-        if self.closed:
-            return
-        with self._active():
-            for buffer in self.device.values():
-                buffer.free()
-            self.device.clear()
-            self.host.clear()
-            del self.context, self.engine
-        self.closed = True
-        self.context_cuda.detach()
+        """Release the execution context, the engine, then the memory (a call in flight finishes first)."""
+        with self._lock, self.scratch.lock:
+            if self.closed:
+                return
+            self.closed = True
+            with active(self.device_id):
+                self.scratch.release(self._attach)
+                del self.context, self.engine
+                for buffer in self.buffers.values():
+                    buffer.free()
+                self.buffers.clear()
+                del self.stream
+                self.events.clear()
 
     def __enter__(self) -> TrtBackend:
         return self

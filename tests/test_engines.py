@@ -1,7 +1,7 @@
 """TensorRT engine bookkeeping that needs no TensorRT: names, profiles, buffers, version rules, mismatch refusal.
 
-The TensorRT builder and pycuda backend themselves are not written yet; these
-tests cover what they will stand on.
+The builder and runner themselves are tested through the TensorRT / pycuda
+test doubles in tests/test_trt_backend.py.
 """
 
 import importlib.util
@@ -34,19 +34,19 @@ def test_engine_path_names_gpu_compute_capability_and_version(tmp_path):
 @pytest.mark.parametrize(
     ("version", "precision", "expected"),
     [
-        ("10.3.0", "fp32", ([], [])),
-        ("10.13.0.35", "fp16", ([], ["FP16"])),
-        ("10.3.0", "int8", ([], ["FP16", "INT8"])),
-        ("11.0.0", "fp16", (["STRONGLY_TYPED"], [])),
-        ("11.2.1", "int8", (["STRONGLY_TYPED"], [])),
+        ("10.3.0", "fp32", (["STRONGLY_TYPED"], [], ["TF32"])),
+        ("10.13.0.35", "fp16", (["STRONGLY_TYPED"], [], [])),
+        ("10.3.0", "int8", (["STRONGLY_TYPED"], [], [])),
+        ("11.0.0", "fp16", (["STRONGLY_TYPED"], [], [])),
+        ("11.2.1", "fp32", (["STRONGLY_TYPED"], [], ["TF32"])),
     ],
 )
-def test_trt10_precision_flags_vs_trt11_strong_typing(version, precision, expected):
+def test_every_network_is_strongly_typed_and_fp32_clears_tf32(version, precision, expected):
     assert build_flags(version, precision) == expected
 
 
 def test_unsupported_versions_and_precisions_are_refused():
-    with pytest.raises(AvemoError, match=r"TensorRT 8\.6\.1 is not supported; use TensorRT 10\.x or 11\.x"):
+    with pytest.raises(AvemoError, match=r"TensorRT 8\.6\.1 is not supported; use TensorRT 10\.x or 11\.x.*8\.6"):
         build_flags("8.6.1", "fp16")
     with pytest.raises(AvemoError, match="unknown engine precision"):
         build_flags("10.3.0", "bf16")
@@ -92,6 +92,27 @@ def test_engine_built_elsewhere_is_refused_with_the_rebuild_command(colearn_expo
         check_engine(engine, Device("Orin (nvgpu)", (8, 7), "10.7.0"))
     with pytest.raises(AvemoError, match="no engine"):
         check_engine(engine_path(tmp_path, ORIN, "a", "fp16"), ORIN)
+
+
+def test_stale_engine_is_refused_with_the_rebuild_command(colearn_export, tmp_path):
+    """An engine whose graph, weights or profile changed since the build (re-export, re-calibration)."""
+    import json
+
+    manifest = load_manifest(colearn_export[0])
+    engine = engine_path(tmp_path, ORIN, "av", "fp16")
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"serialized engine")
+    write_sidecar(engine, ORIN, manifest, "av", "fp16")
+    assert check_engine(engine, ORIN, manifest)["modality"] == "av"
+    sidecar = engine.with_suffix(".json")
+    for key, value in (("weights_sha256", "0" * 64), ("source_sha256", "1" * 64), ("profile", {})):
+        meta = json.loads(sidecar.read_text())
+        saved, meta[key] = meta[key], value
+        sidecar.write_text(json.dumps(meta))
+        with pytest.raises(AvemoError, match=r"stale.*rebuild it: avemo build .* --precision fp16"):
+            check_engine(engine, ORIN, manifest)
+        meta[key] = saved
+        sidecar.write_text(json.dumps(meta))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed (no GPU here)")

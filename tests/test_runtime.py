@@ -101,7 +101,7 @@ def test_infer_cli_json_lines_errors_and_timeline(colearn_export, media, tmp_pat
     runner = CliRunner()
     args = [str(media["both"]), str(tmp_path / "broken.mp4"), str(media["silent"]), "--models", str(colearn_export[0])]
     result = runner.invoke(main, ["infer", *args])
-    lines = [json.loads(line) for line in result.output.splitlines()]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.exit_code == 1  # one input failed ...
     assert [line.get("modality") for line in lines] == ["av", None, "v"]  # ... the others still ran
     assert "cannot open media" in lines[1]["error"]
@@ -127,9 +127,8 @@ def test_infer_cli_json_lines_errors_and_timeline(colearn_export, media, tmp_pat
         ],
     )
     assert result.exit_code == 0, result.output
-    lines = [json.loads(line) for line in result.output.splitlines()]
-    windows = [line for line in lines if "summary" not in line]
-    summary = next(line["summary"] for line in lines if "summary" in line)  # on stderr
+    windows = [json.loads(line) for line in result.stdout.splitlines()]
+    summary = json.loads(result.stderr.splitlines()[-1])["summary"]  # on stderr
     assert summary["windows"] == 3 and summary["stream_seconds"] == 7.0
     assert [(w["start"], w["end"]) for w in windows] == [(0.0, 3.0), (2.0, 5.0), (4.0, 7.0)]
     assert [w["frames_sampled"] for w in windows] == [9, 9, 9]

@@ -77,7 +77,7 @@ def test_a_truncated_stream_keeps_the_windows_before_the_cut(colearn_export, tmp
     (tmp_path / "cut.ts").write_bytes(good[: int(len(good) * 0.6)])
     args = ["infer", str(tmp_path / "cut.ts"), "--models", str(colearn_export[0]), "--window", "2", "--hop", "1"]
     result = CliRunner().invoke(main, args)
-    lines = [json.loads(line) for line in result.output.splitlines() if '"summary"' not in line]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.exit_code == 0 and len(lines) >= 2, result.output
     assert all(line["modality"] == "av" and line["frames_sampled"] == 6 for line in lines)
 
@@ -98,7 +98,8 @@ def receive(models, url, *args):
 
     cmd = [sys.executable, "-c", "from avemo.cli import main; main()", "infer", url, "--models", str(models), *args]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert "reading" in process.stderr.readline()  # the model is loaded: the source opens next
+    assert process.stderr.readline().startswith("backend: ")  # the model is loaded ...
+    assert "reading" in process.stderr.readline()  # ... and the source opens next
     time.sleep(0.5)
     return process
 

@@ -114,9 +114,10 @@ class GraphModel:
 
         models, params = _settings(args)
         self.modality = args["model_name"].removeprefix("avemo_")
-        precision = params.get("AVEMO_PRECISION", "fp32")
         manifest = load_manifest(models)
-        backend = resolve_backend(params.get("AVEMO_BACKEND", "ort"), manifest, precision)
+        backend, precision, _ = resolve_backend(
+            params.get("AVEMO_BACKEND", "ort"), manifest, params.get("AVEMO_PRECISION") or None
+        )
         self.graph = open_graph(manifest, self.modality, precision, backend, _threads(params))
         self.names = GRAPH_INPUTS[self.modality]
 
@@ -161,7 +162,7 @@ class MediaModel:
         models, params = _settings(args)
         self.recognizer = Recognizer(
             models,
-            precision=params.get("AVEMO_PRECISION", "fp32"),
+            precision=params.get("AVEMO_PRECISION") or None,
             threads=_threads(params),
             backend=params.get("AVEMO_BACKEND", "ort"),
             faces=params.get("AVEMO_FACES", "speaker"),
@@ -206,4 +207,5 @@ class MediaModel:
         return responses
 
     def finalize(self) -> None:
+        self.recognizer.close()
         self.scratch.cleanup()
