@@ -24,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "calibrate",
         "INT8 graphs (Q/DQ) calibrated on training features, accuracy report.",
     ),
+    "doctor": (
+        "avemo.runtime.cli",
+        "doctor",
+        "First check on a new device: environment, parity, engines vs ONNX Runtime, memory.",
+    ),
     "build": ("avemo.runtime.cli", "build", "Build TensorRT engines on the device (needs tensorrt + pycuda)."),
     "eval": ("avemo.train.cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
     "study": ("avemo.train.cli", "study", "Multi-seed study of the paper's claims: train, evaluate, aggregate, judge."),

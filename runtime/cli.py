@@ -425,3 +425,40 @@ def profile(
     paths = write_outputs(result, out)
     click.echo(markdown(result))
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@click.command()
+@click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Default: MODELS.")
+@click.option(
+    "--precision",
+    "precisions",
+    default="fp16",
+    show_default=True,
+    callback=_list(str, ("fp32", "fp16", "int8")),
+    help="Engine precisions to build and check (comma-separated, or all).",
+)
+@click.option("--device", "device_id", type=int, default=0, show_default=True, help="CUDA device index.")
+@click.option("--iters", type=int, default=30, show_default=True, help="Timed calls per engine and for ONNX Runtime.")
+def doctor(models: Path, out: Path | None, precisions: list[str], device_id: int, iters: int) -> None:
+    """First thing to run on a new device: environment, parity, engines, latency, memory.
+
+    Reports the GPU, compute capability, driver, CUDA, TensorRT, pycuda,
+    JetPack and power mode; checks the model files and their ONNX Runtime
+    parity; builds the TensorRT engines that are missing, runs parity through
+    each, times each against ONNX Runtime on the same 5-s clip (interleaved)
+    and reports device memory. Writes doctor.json and doctor.md. Exit code 1
+    on any failure (each named); without a GPU it says what it could not check
+    and exits 0 after the ONNX checks.
+
+    \b
+    Examples:
+      avemo doctor models/
+      avemo doctor models/ --precision fp16,int8 --device 1 --out doctor-orin/
+    """
+    from avemo.runtime.doctor import run_doctor
+
+    report = run_doctor(models, out, tuple(precisions), device_id, iters, log=click.echo)
+    click.echo(f"wrote {(out or models) / 'doctor.json'} and doctor.md: {report['failures']} failure(s)")
+    if report["failures"]:
+        raise SystemExit(1)

@@ -60,7 +60,9 @@ def trt_double(monkeypatch, colearn_export, tmp_path):
 
         return load_manifest(models), tensorrt, cuda
 
-    return install
+    yield install
+    for name in ("tensorrt", "pycuda", "pycuda.driver"):  # imported during the test: gone with the doubles
+        sys.modules.pop(name, None)
 
 
 def _build(manifest, precision="fp32", modalities=None, device_id=0):
@@ -397,3 +399,64 @@ def test_real_gpu_device_is_described():
     from avemo.runtime.trt_backend import current_device
 
     assert current_device().compute_capability[0] >= 5
+
+
+def test_doctor_builds_missing_engines_checks_parity_times_and_reports(trt_double, tmp_path):
+    """`avemo doctor MODELS` through the doubles: environment, ONNX parity, engines built, timed, memory."""
+    manifest, _, _ = trt_double("10.3.0", DISCRETE)
+    out = tmp_path / "doctor"
+    result = CliRunner().invoke(main, ["doctor", str(manifest.root), "--out", str(out), "--iters", "6"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "doctor.json").read_text())
+    assert report["environment"]["gpu"]["name"] == "NVIDIA GeForce RTX 4090"
+    assert report["environment"]["tensorrt"] == "10.3.0" and report["failures"] == 0
+    checks = {c["check"]: c for c in report["checks"]}
+    for modality in ("A", "V", "AV"):
+        check = checks[f"TensorRT fp16 {modality}"]
+        assert check["status"] == "ok" and check["engine"] == "built now"
+        assert check["parity_max_abs_diff"] <= check["tolerance"] and check["device_memory_mib"] > 0
+        assert check["trt_p50_ms"] > 0 and check["ort_p50_ms"] > 0
+    assert "| TensorRT fp16 AV | ok |" in (out / "doctor.md").read_text()
+    again = CliRunner().invoke(main, ["doctor", str(manifest.root), "--out", str(out), "--iters", "3"])
+    assert again.exit_code == 0 and "engine found" in again.output
+    # A stale engine is a named failure and exit code 1.
+    sidecar = next((manifest.root / "engines").rglob("avemo_v_fp16.json"))
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
+    failed = CliRunner().invoke(main, ["doctor", str(manifest.root), "--out", str(out), "--iters", "3"])
+    assert failed.exit_code == 1 and "[FAIL] TensorRT fp16 V: " in failed.output and "stale" in failed.output
+
+
+def test_doctor_without_a_gpu_checks_onnx_and_says_what_it_could_not(colearn_export, tmp_path):
+    out = tmp_path / "doctor"
+    result = CliRunner().invoke(main, ["doctor", str(colearn_export[0]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "doctor.json").read_text())
+    status = {c["check"]: c["status"] for c in report["checks"]}
+    assert status["model files match manifest.json"] == "ok" and status["ONNX Runtime parity, fp32"] == "ok"
+    assert status["TensorRT engines (build, parity, latency, memory)"] == "not checked"
+    assert "tensorrt and pycuda do not both import" in (out / "doctor.md").read_text()
+
+
+def test_commands_run_end_to_end_with_the_doubles_on_the_path(colearn_export, tmp_path):
+    """The contract: with PYTHONPATH=tests/fakes, build, infer --backend trt and doctor run as commands."""
+    from tests.media_factory import write_media
+
+    models = tmp_path / "models"
+    shutil.copytree(colearn_export[0], models)
+    clip = write_media(tmp_path / "clip.mp4", seconds=2.0)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), str(ROOT)]), "AVEMO_DOUBLE_TRT_VERSION": "11.1.0"}
+    avemo = [sys.executable, "-c", "from avemo.cli import main; main()"]
+    outputs = []
+    for args in (
+        ["build", str(models), "--precision", "fp16"],
+        ["infer", str(clip), "--models", str(models), "--backend", "trt"],
+        ["doctor", str(models), "--iters", "3"],
+    ):
+        done = subprocess.run([*avemo, *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        outputs.append(done)
+    result = json.loads(outputs[1].stdout.splitlines()[0])
+    assert result["backend"] == "trt" and result["modality"] == "av"
+    assert "TensorRT fp16 engines for NVIDIA Jetson Orin Nano (sm87, TensorRT 11.1.0)" in outputs[1].stderr
+    assert (models / "doctor.json").exists() and json.loads((models / "doctor.json").read_text())["failures"] == 0

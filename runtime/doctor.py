@@ -1,0 +1,216 @@
+"""`avemo doctor MODELS`: the first check on a new device.
+
+Reports the environment (GPU, compute capability, memory, driver, CUDA,
+TensorRT, pycuda, JetPack and power mode where present), verifies the model
+directory and its ONNX parity on ONNX Runtime, then, where TensorRT and pycuda
+import and a GPU answers: builds the engines that are missing, runs parity
+through every engine, times each engine against ONNX Runtime on the same
+inputs (interleaved) and reports device memory. Writes ``doctor.json`` and
+``doctor.md``. Every failure is named; what could not be checked is said.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avemo import __version__
+from avemo.contract import PARITY_FILE, PRECISION_DIRS
+from avemo.errors import AvemoError
+from avemo.io import atomic_write_json
+from avemo.machine import describe, package_version
+
+TIMING_SHAPE = (1, 5.0)  # batch, seconds: one 5-s clip, the engines' optimum
+
+
+class Doctor:
+    """Collects checks: ``ok(name, **facts)``, ``fail(name, reason)``, ``skip(name, reason)``."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.checks: list[dict[str, Any]] = []
+        self.log = log
+
+    def _add(self, status: str, name: str, **facts: Any) -> None:
+        self.checks.append({"check": name, "status": status, **facts})
+        detail = facts.get("reason") or ", ".join(f"{k} {v}" for k, v in facts.items() if not isinstance(v, dict))
+        self.log(f"[{status}] {name}" + (f": {detail}" if detail else ""))
+
+    def ok(self, name: str, **facts: Any) -> None:
+        self._add("ok", name, **facts)
+
+    def fail(self, name: str, reason: str) -> None:
+        self._add("FAIL", name, reason=reason)
+
+    def skip(self, name: str, reason: str) -> None:
+        self._add("not checked", name, reason=reason)
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if c["status"] == "FAIL"]
+
+
+def _run(command: list[str]) -> str | None:
+    if shutil.which(command[0]) is None:
+        return None
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device_id: int) -> tuple[dict[str, Any], str | None]:
+    """What this machine is; and why TensorRT cannot be checked here (None when it can)."""
+    env: dict[str, Any] = {
+        "machine": describe(),
+        "os": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": sys.version.split()[0],
+        "avemo": __version__,
+        "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
+    }
+    tegra = Path("/etc/nv_tegra_release")
+    if tegra.exists():
+        env["l4t"] = tegra.read_text().splitlines()[0].strip()
+        env["jetpack"] = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"]) or "unknown"
+        env["power_mode"] = _run(["nvpmodel", "-q"])
+    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
+        return (
+            env,
+            "tensorrt and pycuda do not both import here (pip install 'avemo[trt]'; see the README's Jetson notes)",
+        )
+    import pycuda
+    import tensorrt
+
+    from avemo.runtime.gpu import driver, gpu_info
+
+    env["tensorrt"] = tensorrt.__version__
+    env["pycuda"] = getattr(pycuda, "VERSION_TEXT", None) or package_version("pycuda")
+    try:
+        cuda = driver()
+        info = gpu_info(device_id)
+    except Exception as exc:  # no driver, no device: say it, keep the ONNX checks
+        return env, f"no usable GPU: {str(exc).splitlines()[0]}"
+    version = cuda.get_driver_version()
+    env["gpu"] = {
+        "index": info.index,
+        "name": info.name,
+        "compute_capability": ".".join(map(str, info.compute_capability)),
+        "memory_mib": info.total_memory >> 20,
+        "integrated": info.integrated,
+        "cuda_driver_api": f"{version // 1000}.{version % 1000 // 10}",
+    }
+    env["nvidia_smi"] = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    return env, None
+
+
+def run_doctor(
+    models: Path,
+    out: Path | None = None,
+    precisions: tuple[str, ...] = ("fp16",),
+    device_id: int = 0,
+    iters: int = 30,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every check; writes OUT/doctor.json and doctor.md (OUT: ``models``); returns the report."""
+    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.parity import check_parity, load_references, parity_samples
+
+    doctor = Doctor(log)
+    env, no_trt = environment(device_id)
+    log(f"environment: {json.dumps(env)}")
+    try:
+        manifest = load_manifest(models, verify=True)
+        doctor.ok("model files match manifest.json", files=len(manifest.data["files"]))
+    except AvemoError as exc:
+        doctor.fail("model files match manifest.json", str(exc))
+        return _finish(doctor, env, models, out)
+    samples = parity_samples(manifest.features, manifest.modalities)
+    references = load_references(manifest.root / PARITY_FILE)
+    for precision in manifest.precisions:
+        try:
+            report = check_parity(manifest.root / PRECISION_DIRS[precision], samples, references, precision)
+            worst = max(r["max_abs_diff"] for r in report.values())
+            doctor.ok(f"ONNX Runtime parity, {precision}", max_abs_diff=float(f"{worst:.3g}"))
+        except AvemoError as exc:
+            doctor.fail(f"ONNX Runtime parity, {precision}", str(exc))
+    if no_trt:
+        doctor.skip("TensorRT engines (build, parity, latency, memory)", no_trt)
+    else:
+        for precision in precisions:
+            _check_engines(doctor, manifest, precision, device_id, iters)
+    return _finish(doctor, env, models, out)
+
+
+def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int, iters: int) -> None:
+    from avemo.runtime.engines import check_engine, engine_path
+    from avemo.runtime.ort_backend import OrtBackend
+    from avemo.runtime.parity import sample_inputs
+    from avemo.runtime.timing import interleaved_latency
+    from avemo.runtime.trt_backend import TrtBackend, build_engine, check_built_engine, current_device
+
+    if precision not in manifest.precisions:
+        doctor.skip(f"TensorRT {precision}", f"no {precision} graphs in {manifest.root} (export or calibrate first)")
+        return
+    device = current_device(device_id)
+    for modality in manifest.modalities:
+        name = f"TensorRT {precision} {modality.upper()}"
+        path = engine_path(manifest.root, device, modality, precision)
+        try:
+            if not path.exists():
+                build_engine(manifest, modality, precision, device, device_id=device_id, log=lambda *_: None)
+                built = "built now"
+            else:
+                check_engine(path, device, manifest)
+                built = "found"
+            parity, memory = check_built_engine(manifest, modality, precision, path, device_id)
+            inputs = sample_inputs(manifest.features, modality, *TIMING_SHAPE, seed=7)
+            ort = OrtBackend(manifest.graph_path(modality, precision))
+            with TrtBackend(manifest, modality, precision, device_id) as engine:
+                calls = {
+                    "trt": lambda e=engine, x=inputs: e.infer(x),
+                    "ort": lambda o=ort, x=inputs: o.infer(x),
+                }
+                samples = interleaved_latency(calls, max(1, iters // 3), warmup=3, rounds=3)
+            p50 = {k: float(np.median(v)) for k, v in samples.items()}
+            doctor.ok(
+                name,
+                engine=built,
+                parity_max_abs_diff=float(f"{parity['max_abs_diff']:.3g}"),
+                tolerance=parity["tolerance"],
+                trt_p50_ms=round(p50["trt"], 3),
+                ort_p50_ms=round(p50["ort"], 3),
+                speedup_vs_ort=round(p50["ort"] / p50["trt"], 2),
+                device_memory_mib=round(memory / 2**20, 1),
+            )
+        except AvemoError as exc:
+            doctor.fail(name, str(exc))
+
+
+def _finish(doctor: Doctor, env: dict[str, Any], models: Path, out: Path | None) -> dict[str, Any]:
+    out = Path(out or models)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"environment": env, "checks": doctor.checks, "failures": len(doctor.failures)}
+    atomic_write_json(out / "doctor.json", report)
+    (out / "doctor.md").write_text(markdown(report, models))
+    return report
+
+
+def markdown(report: dict[str, Any], models: Path) -> str:
+    env = report["environment"]
+    lines = [f"# avemo doctor: {models}", "", "| environment | |", "|---|---|"]
+    for key, value in env.items():
+        lines.append(f"| {key} | {json.dumps(value) if isinstance(value, dict) else value} |")
+    lines += ["", "| check | status | details |", "|---|---|---|"]
+    for check in report["checks"]:
+        facts = {k: v for k, v in check.items() if k not in ("check", "status")}
+        lines.append(f"| {check['check']} | {check['status']} | {', '.join(f'{k}: {v}' for k, v in facts.items())} |")
+    verdict = f"{report['failures']} failure(s)" if report["failures"] else "no failures"
+    return "\n".join(lines) + f"\n\n{verdict}\n"
