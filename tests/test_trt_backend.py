@@ -460,3 +460,34 @@ def test_commands_run_end_to_end_with_the_doubles_on_the_path(colearn_export, tm
     assert result["backend"] == "trt" and result["modality"] == "av"
     assert "TensorRT fp16 engines for NVIDIA Jetson Orin Nano (sm87, TensorRT 11.1.0)" in outputs[1].stderr
     assert (models / "doctor.json").exists() and json.loads((models / "doctor.json").read_text())["failures"] == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("modelopt") is None, reason="nvidia-modelopt not installed")
+def test_int8_in_one_command_exports_calibrates_and_builds(trt_double, micro_config, tiny_cache, tmp_path):
+    """Item 12: `avemo-export RUN --precision int8 --data CACHE` = export + `avemo calibrate` + int8 engines."""
+    from tests.conftest import make_checkpoint
+
+    trt_double("10.3.0")  # ModelOpt sees tensorrt too and scans the graphs for plugin layers through it
+    ckpt, _ = make_checkpoint(tmp_path / "audio.pt", micro_config, "audio")
+    models = tmp_path / "m"
+    missing = CliRunner().invoke(main, ["export", str(ckpt), "--precision", "int8", "--out", str(models)])
+    assert missing.exit_code == 2 and "give --data CACHE" in missing.output
+    args = [
+        "export",
+        str(ckpt),
+        "--precision",
+        "int8",
+        "--data",
+        str(tiny_cache),
+        "--samples",
+        "8",
+        "--out",
+        str(models),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert load_manifest(models).precisions[:3] == ["fp32", "fp16", "int8"]
+    report = (models / "int8" / "accuracy.md").read_text()
+    assert report.strip().splitlines()[0] in result.output  # the calibration report, as `avemo calibrate` prints it
+    engine = models / "engines" / "nvidia-jetson-orin-nano-sm87-trt10.3.0" / "avemo_a_int8.engine"
+    assert engine.exists() and json.loads(engine.with_suffix(".json").read_text())["source"] == "int8/avemo_a.onnx"
