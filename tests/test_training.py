@@ -102,3 +102,21 @@ def test_init_weights_are_loaded_and_bad_ones_refused(tiny_cache, micro_config, 
     no_visual = CrossModalTransformer(dataclasses.replace(micro_config, use_visual=False, cross_layers=0))
     with pytest.raises(AvemoError, match="no visual encoder"):
         load_init(no_visual.visual, tmp_path / "audio.pt", "visual")
+
+
+def test_colearn_draw_is_uniform_independent_and_seeded():
+    """The random co-learning mode draws A+V, A or V per mini-batch with equal probability (Eq. 20)."""
+    import itertools
+
+    from avemo.train.trainer import colearn_draws
+
+    modalities = ("av", "a", "v")
+    steps = list(itertools.islice(colearn_draws(3, 1, modalities), 3000))
+    counts = {m: steps.count(m) for m in modalities}
+    assert all(900 <= c <= 1100 for c in counts.values()), counts  # 1000 each, sd ~26
+    pairs = {(a, b): 0 for a in modalities for b in modalities}
+    for a, b in itertools.pairwise(steps):
+        pairs[a, b] += 1
+    assert all(250 <= c <= 420 for c in pairs.values()), pairs  # no memory between batches (~333 each)
+    assert list(itertools.islice(colearn_draws(3, 1, modalities), 50)) == steps[:50]  # every rank alike
+    assert list(itertools.islice(colearn_draws(3, 2, modalities), 50)) != steps[:50]  # a new order each epoch

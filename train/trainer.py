@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ COLEARN_MODES = ("random", "summed")
 def training_modalities(cfg: TrainConfig) -> tuple[str, ...]:
     """The inputs a regime trains on and early-stops on."""
     return {"audio": ("a",), "visual": ("v",), "conventional": ("av",), "colearn": ("av", "a", "v")}[cfg.regime]
+
+
+def colearn_draws(seed: int, epoch: int, modalities: tuple[str, ...]) -> Iterator[str]:
+    """Co-learning's per-mini-batch modality (Eq. 20, random mode): uniform over ``modalities``, independent
+    per batch, the same sequence on every rank (seeded by seed and epoch only)."""
+    rng = np.random.default_rng([seed, epoch, 7])
+    while True:
+        yield modalities[int(rng.integers(len(modalities)))]
 
 
 def loss_sum(model: CrossModalTransformer, batch: Batch, modality: str) -> torch.Tensor:
@@ -182,8 +191,7 @@ def train(
     ):
         epoch = state["epoch"] + 1
         loader.batch_sampler.epoch = epoch
-        # co-learning's per-batch modality draw: the same sequence on every rank
-        draw = np.random.default_rng([train_cfg.seed, epoch, 7])
+        draws = colearn_draws(train_cfg.seed, epoch, modalities)
         if ctx.active:
             torch.manual_seed(train_cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)  # dropout differs per rank
         model.train()
@@ -191,7 +199,7 @@ def train(
         bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and ctx.main), leave=False)
         for batch in bar:
             if train_cfg.regime == "colearn" and train_cfg.colearn_mode == "random":
-                chosen: tuple[str, ...] = (modalities[draw.integers(len(modalities))],)
+                chosen: tuple[str, ...] = (next(draws),)
             else:
                 chosen = modalities
             # Clips with each drawn modality over all ranks: every rank weighs its clip losses so the
