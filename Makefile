@@ -46,7 +46,7 @@ study: $(VENV)/.installed-calibrate,dev
 	$(BIN)/avemo synth --preset tiny --out $(STUDY)/cache-mixed --clips 1200 --seed 0
 	$(BIN)/avemo synth --preset tiny --out $(STUDY)/cache-audio-led --clips 1200 --seed 0 --benchmark audio-led
 	$(BIN)/avemo study --data mixed=$(STUDY)/cache-mixed --data audio-led=$(STUDY)/cache-audio-led \
-		--preset tiny --seeds 3 --epochs 40 --patience 6 --min-epochs 8 --out $(STUDY) --quiet \
+		--preset tiny --seeds 3 --epochs 80 --patience 6 --min-epochs 8 --out $(STUDY) --quiet \
 		--results-md docs/RESULTS.md
 
 lint: $(VENV)/.installed-calibrate,dev

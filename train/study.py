@@ -101,6 +101,7 @@ def aggregate(rows: Iterable[dict[str, Any]], per_run: bool = False) -> list[dic
                 "seeds": [r["training"]["seed"] for r in members],
                 "epochs": [r["training"]["epochs"] for r in members],
                 "best_epochs": [r["training"]["best_epoch"] for r in members],
+                "stopped_early": [r["training"].get("stopped_early", True) for r in members],
                 "metrics": metrics,
             }
         )
@@ -115,14 +116,19 @@ def _pct(stats: dict[str, Any], spread: bool = True) -> str:
 
 
 def summary_markdown(groups: list[dict[str, Any]]) -> str:
-    """Average wF1 / mF1 per (variant, inference): mean ± sd (min-max) over seeds, percent."""
+    """Average wF1 / mF1 per (variant, inference): mean ± sd (min-max) over seeds, percent. A run that ran out
+    of epochs before early stopping ended it is marked ``max``."""
     lines = [
         "| Training | Inference | seeds | Average wF1 | Average mF1 | mF1 min-max | epochs (best) |",
         "|---|---|---|---|---|---|---|",
     ]
     for g in groups:
         avg = g["metrics"]["average"]
-        epochs = ", ".join(f"{e} ({b})" for e, b in zip(g["epochs"], g["best_epochs"], strict=True))
+        stopped = g.get("stopped_early", [True] * len(g["epochs"]))
+        epochs = ", ".join(
+            f"{e} ({b}){'' if early else ' max'}"
+            for e, b, early in zip(g["epochs"], g["best_epochs"], stopped, strict=True)
+        )
         lines.append(
             f"| {VARIANT_TITLES.get(g['variant'], g['variant'])} | {MODALITY_TITLES[g['inference']]} "
             f"| {len(g['seeds'])} | {_pct(avg['wF1'])} | {_pct(avg['mF1'])} "
