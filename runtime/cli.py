@@ -290,7 +290,15 @@ def plot_timeline(results: list, path: Path, title: str) -> None:
     help="Timing cache file, read if present and written after the build.",
 )
 @click.option("--device", "device_id", type=int, default=0, show_default=True, help="CUDA device to build on.")
-def build(models: Path, precision: str, workspace: int, timing_cache: Path | None, device_id: int) -> None:
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Clips per call (default: 4 on a shared-memory GPU of 8 GiB or less, e.g. an Orin Nano; else 16).",
+)
+def build(
+    models: Path, precision: str, workspace: int, timing_cache: Path | None, device_id: int, max_batch: int | None
+) -> None:
     """Build TensorRT engines for every graph of an exported model, on the device that will run them.
 
     Engines go to MODELS/engines/<gpu>-sm<cc>-trt<version>/ with a JSON beside
@@ -314,7 +322,9 @@ def build(models: Path, precision: str, workspace: int, timing_cache: Path | Non
     click.echo(f"building {precision} engines for {device.describe()} (device {device_id})")
     memory = {}
     for modality in manifest.modalities:
-        path = build_engine(manifest, modality, precision, device, workspace, timing_cache, device_id, click.echo)
+        path = build_engine(
+            manifest, modality, precision, device, workspace, timing_cache, device_id, click.echo, max_batch
+        )
         memory[modality] = json.loads(path.with_suffix(".json").read_text())["device_memory"]
     # A Recognizer shares one activation area among its engines: the largest, not the sum.
     click.echo(

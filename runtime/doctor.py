@@ -164,13 +164,11 @@ def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int
         name = f"TensorRT {precision} {modality.upper()}"
         path = engine_path(manifest.root, device, modality, precision)
         try:
+            built = "found" if path.exists() else "built now"
             if not path.exists():
                 build_engine(manifest, modality, precision, device, device_id=device_id, log=lambda *_: None)
-                built = "built now"
-            else:
-                check_engine(path, device, manifest)
-                built = "found"
-            parity, memory = check_built_engine(manifest, modality, precision, path, device_id)
+            meta = check_engine(path, device, manifest)
+            parity, memory = check_built_engine(manifest, modality, precision, path, device_id, meta.get("max_batch"))
             inputs = sample_inputs(manifest.features, modality, *TIMING_SHAPE, seed=7)
             ort = OrtBackend(manifest.graph_path(modality, precision))
             with TrtBackend(manifest, modality, precision, device_id) as engine:
@@ -183,6 +181,7 @@ def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int
             doctor.ok(
                 name,
                 engine=built,
+                max_batch=meta.get("max_batch"),
                 parity_max_abs_diff=float(f"{parity['max_abs_diff']:.3g}"),
                 tolerance=parity["tolerance"],
                 trt_p50_ms=round(p50["trt"], 3),

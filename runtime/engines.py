@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from avemo.contract import NUM_LABELS, PRECISION_DIRS, PROBS, WEIGHTS_FILE, graph_file
+from avemo.contract import NUM_LABELS, PRECISION_DIRS, PROBS, PROFILE_BATCH, WEIGHTS_FILE, graph_file
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json
 from avemo.runtime.manifest import Manifest
@@ -85,23 +85,39 @@ def _dims(shape: list[Any], axes: dict[str, tuple[int, int, int]], which: int) -
     return tuple(int(axes[d][which]) if isinstance(d, str) else int(d) for d in shape)
 
 
-def profiles(manifest: Manifest, modality: str) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """min / opt / max shape of every input of a graph, from the manifest's profile ranges."""
+def batch_limit(manifest: Manifest, max_batch: int | None = None) -> int:
+    """Clips per engine call: the manifest's profile maximum, or less where ``max_batch`` says so."""
+    largest = int(manifest.data["profiles"]["batch"][2])
+    return largest if max_batch is None else max(1, min(int(max_batch), largest))
+
+
+def default_max_batch(total_memory: int, integrated: bool) -> int:
+    """Clips per call an engine is built for on a GPU: 4 on a shared-memory device of 8 GiB or less (a Jetson
+    Orin Nano: the 16-clip, 30-s profile alone needs about 0.6 GiB of face buffers per Recognizer, plus
+    activations), else the profile's 16. ``avemo build --max-batch`` overrides it."""
+    return 4 if integrated and total_memory <= 8 << 30 else PROFILE_BATCH[2]
+
+
+def profiles(manifest: Manifest, modality: str, max_batch: int | None = None) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """min / opt / max shape of every input of a graph, from the manifest's profile ranges (the batch axis
+    capped at ``max_batch``)."""
     axes = {k: tuple(v) for k, v in manifest.data["profiles"].items()}
+    high = batch_limit(manifest, max_batch)
+    low, opt, _ = axes["batch"]
+    axes["batch"] = (min(low, high), min(opt, high), high)
     spec = manifest.data["graphs"][modality]["inputs"]
     return {
         i["name"]: (_dims(i["shape"], axes, 0), _dims(i["shape"], axes, 1), _dims(i["shape"], axes, 2)) for i in spec
     }
 
 
-def buffer_bytes(manifest: Manifest, modality: str) -> dict[str, int]:
+def buffer_bytes(manifest: Manifest, modality: str, max_batch: int | None = None) -> dict[str, int]:
     """Bytes to allocate per input and output so that every shape of the profile fits."""
     sizes = {}
+    limits = profiles(manifest, modality, max_batch)
     for spec in manifest.data["graphs"][modality]["inputs"]:
-        max_shape = profiles(manifest, modality)[spec["name"]][2]
-        sizes[spec["name"]] = int(np.prod(max_shape)) * np.dtype(spec["dtype"]).itemsize
-    max_batch = manifest.data["profiles"]["batch"][2]
-    sizes[PROBS] = max_batch * NUM_LABELS * np.dtype(np.float32).itemsize
+        sizes[spec["name"]] = int(np.prod(limits[spec["name"]][2])) * np.dtype(spec["dtype"]).itemsize
+    sizes[PROBS] = batch_limit(manifest, max_batch) * NUM_LABELS * np.dtype(np.float32).itemsize
     return sizes
 
 
@@ -114,7 +130,13 @@ def sources(manifest: Manifest, modality: str, precision: str) -> dict[str, str 
 
 
 def write_sidecar(
-    engine: Path, device: Device, manifest: Manifest, modality: str, precision: str, **facts: Any
+    engine: Path,
+    device: Device,
+    manifest: Manifest,
+    modality: str,
+    precision: str,
+    max_batch: int | None = None,
+    **facts: Any,
 ) -> None:
     """The JSON beside an engine: what it was built for and from (and ``facts``: parity, memory)."""
     atomic_write_json(
@@ -123,7 +145,8 @@ def write_sidecar(
             "device": asdict(device),
             "modality": modality,
             "precision": precision,
-            "profile": {k: list(map(list, v)) for k, v in profiles(manifest, modality).items()},
+            "max_batch": batch_limit(manifest, max_batch),
+            "profile": {k: list(map(list, v)) for k, v in profiles(manifest, modality, max_batch).items()},
             **sources(manifest, modality, precision),
             **facts,
         },
@@ -150,7 +173,9 @@ def check_engine(engine: Path, device: Device, manifest: Manifest | None = None)
     if manifest is not None:
         now: dict[str, Any] = {
             **sources(manifest, meta["modality"], meta["precision"]),
-            "profile": {k: list(map(list, v)) for k, v in profiles(manifest, meta["modality"]).items()},
+            "profile": {
+                k: list(map(list, v)) for k, v in profiles(manifest, meta["modality"], meta.get("max_batch")).items()
+            },
         }
         stale = [k for k in ("source_sha256", "weights_sha256", "profile") if meta.get(k) != now[k]]
         if stale:
@@ -162,16 +187,18 @@ def check_engine(engine: Path, device: Device, manifest: Manifest | None = None)
     return meta
 
 
-def check_io(engine: Any, manifest: Manifest, modality: str, path: Path, nptype: Any) -> None:
+def check_io(
+    engine: Any, manifest: Manifest, modality: str, path: Path, nptype: Any, max_batch: int | None = None
+) -> None:
     """Compare a deserialised engine's I/O tensors with the manifest's graph: names, modes, dtypes, shapes and
-    the input profile. ``nptype``: TensorRT's DataType -> numpy type."""
+    the input profile (batch capped at ``max_batch``). ``nptype``: TensorRT's DataType -> numpy type."""
     graph = manifest.data["graphs"][modality]
     wanted = {s["name"]: ("INPUT", s) for s in graph["inputs"]} | {s["name"]: ("OUTPUT", s) for s in graph["outputs"]}
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     problems = []
     if sorted(names) != sorted(wanted):
         problems.append(f"tensors {sorted(names)}, the manifest's {sorted(wanted)}")
-    limits = profiles(manifest, modality)
+    limits = profiles(manifest, modality, max_batch)
     for name in set(names) & set(wanted):
         mode, spec = wanted[name]
         if engine.get_tensor_mode(name).name != mode:

@@ -168,8 +168,9 @@ class Recognizer:
             groups.setdefault(self.choose(len(clip.audio) > 0, len(clip.faces) > 0), []).append(i)
         for modality, indices in groups.items():
             indices.sort(key=lambda i: len(clips[i].audio) + 30 * len(clips[i].faces))
-            for start in range(0, len(indices), PROFILE_BATCH[2]):
-                chunk = indices[start : start + PROFILE_BATCH[2]]
+            step = getattr(self.backends[modality], "max_batch", PROFILE_BATCH[2])  # an engine's own limit
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
                 t0 = time.perf_counter()
                 probs = self.backends[modality].infer(batch_inputs([clips[i] for i in chunk], modality))
                 ms = 1000 * (time.perf_counter() - t0)

@@ -24,10 +24,12 @@ from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
 from avemo.runtime.engines import (
     Device,
+    batch_limit,
     buffer_bytes,
     build_flags,
     check_engine,
     check_io,
+    default_max_batch,
     engine_path,
     profiles,
     write_sidecar,
@@ -68,16 +70,22 @@ def build_engine(
     timing_cache: Path | None = None,
     device_id: int = 0,
     log: Callable[[str], None] = print,
+    max_batch: int | None = None,
 ) -> Path:
     """Build one engine on device ``device_id``, check it against parity.npz, then install it; returns its path.
 
     The engine is written beside its final name first and run on the parity
     samples; only an engine within the precision's tolerance is installed (its
-    sidecar records the largest difference and its device memory).
+    sidecar records the largest difference and its device memory). ``max_batch``:
+    clips per call (default: ``default_max_batch`` for the GPU).
     """
     with needs_trt():
         import tensorrt as trt
     network_flags, set_flags, clear_flags = build_flags(trt.__version__, precision)
+    if max_batch is None:
+        info = gpu_info(device_id)
+        max_batch = default_max_batch(info.total_memory, info.integrated)
+    max_batch = batch_limit(manifest, max_batch)
     onnx_path = manifest.graph_path(modality, precision)
     path = engine_path(manifest.root, device, modality, precision)
     candidate = path.with_name(path.name + ".partial")
@@ -98,10 +106,11 @@ def build_engine(
         for name in clear_flags:
             config.clear_flag(getattr(trt.BuilderFlag, name))
         profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profiles(manifest, modality).items():
+        limits = profiles(manifest, modality, max_batch)
+        for name, (lo, opt, hi) in limits.items():
             profile.set_shape(name, lo, opt, hi)
         if config.add_optimization_profile(profile) < 0:
-            raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {profiles(manifest, modality)}")
+            raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {limits}")
         cache = _timing_cache(config, timing_cache, log)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
@@ -110,15 +119,15 @@ def build_engine(
         if cache is not None and timing_cache is not None:
             atomic_write_bytes(timing_cache, bytes(cache.serialize()))
     try:
-        parity, memory = check_built_engine(manifest, modality, precision, candidate, device_id)
+        parity, memory = check_built_engine(manifest, modality, precision, candidate, device_id, max_batch)
     except BaseException:
         candidate.unlink(missing_ok=True)
         raise
     candidate.replace(path)
-    write_sidecar(path, device, manifest, modality, precision, parity=parity, device_memory=memory)
+    write_sidecar(path, device, manifest, modality, precision, max_batch, parity=parity, device_memory=memory)
     log(
-        f"built {path}: parity max |diff| {parity['max_abs_diff']:.1e} (tolerance {parity['tolerance']:.0e}), "
-        f"device memory {memory / 2**20:.1f} MiB"
+        f"built {path}: up to {max_batch} clips per call, parity max |diff| {parity['max_abs_diff']:.1e} "
+        f"(tolerance {parity['tolerance']:.0e}), device memory {memory / 2**20:.1f} MiB"
     )
     return path
 
@@ -135,15 +144,19 @@ def _timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) ->
 
 
 def check_built_engine(
-    manifest: Manifest, modality: str, precision: str, engine: Path, device_id: int = 0
+    manifest: Manifest, modality: str, precision: str, engine: Path, device_id: int = 0, max_batch: int | None = None
 ) -> tuple[dict[str, Any], int]:
     """Run the parity samples through a freshly built engine; (parity report, device memory) or AvemoError."""
     from avemo.runtime.parity import TOLERANCE, load_references, parity_samples
 
     samples = parity_samples(manifest.features, [modality])[modality]
     references = load_references(manifest.root / PARITY_FILE)[modality]
-    with TrtBackend(manifest, modality, precision, device_id, engine=engine) as runner:
-        diffs = [float(np.abs(runner.infer(s) - ref).max()) for s, ref in zip(samples, references, strict=True)]
+    with TrtBackend(manifest, modality, precision, device_id, engine=engine, max_batch=max_batch) as runner:
+        step = runner.max_batch
+        diffs = []
+        for sample, ref in zip(samples, references, strict=True):
+            got = [runner.infer({k: v[i : i + step] for k, v in sample.items()}) for i in range(0, len(ref), step)]
+            diffs.append(float(np.abs(np.concatenate(got) - ref).max()))
         memory = runner.device_memory
     report = {"max_abs_diff": max(diffs), "per_sample": diffs, "tolerance": TOLERANCE[precision]}
     if report["max_abs_diff"] > report["tolerance"]:
@@ -182,16 +195,20 @@ class TrtBackend:
         timed: bool = False,
         scratch: DeviceScratch | None = None,
         engine: Path | None = None,
+        max_batch: int | None = None,
     ) -> None:
+        """``engine``: a given (candidate) engine file, not yet installed; ``max_batch`` then says its batch
+        limit (an installed engine's comes from its sidecar)."""
         with needs_trt():
             import tensorrt as trt
         cuda = driver()
         info = gpu_info(device_id)
         path = engine or engine_path(manifest.root, current_device(device_id), modality, precision)
         if engine is None:
-            check_engine(path, current_device(device_id), manifest)
+            max_batch = check_engine(path, current_device(device_id), manifest).get("max_batch")
         self.path, self.device_id = path, device_id
-        self.limits = profiles(manifest, modality)
+        self.max_batch = batch_limit(manifest, max_batch)
+        self.limits = profiles(manifest, modality, self.max_batch)
         self.specs = {s["name"]: np.dtype(s["dtype"]) for s in manifest.data["graphs"][modality]["inputs"]}
         self.input_names = list(self.specs)
         self.specs[PROBS] = np.dtype(np.float32)
@@ -204,7 +221,7 @@ class TrtBackend:
             self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
                 raise AvemoError(f"{path}: TensorRT could not deserialise the engine; rebuild it with `avemo build`")
-            check_io(self.engine, manifest, modality, path, trt.nptype)
+            check_io(self.engine, manifest, modality, path, trt.nptype, self.max_batch)
             self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             self.device_memory = int(self.engine.device_memory_size_v2)
             self.scratch.reserve(self.device_memory, self._attach)
@@ -213,7 +230,7 @@ class TrtBackend:
             self.events = [cuda.Event() for _ in range(4)] if timed else []
             self.buffers = {
                 name: IOBuffer(size, self.specs[name], mapped=info.integrated)
-                for name, size in buffer_bytes(manifest, modality).items()
+                for name, size in buffer_bytes(manifest, modality, self.max_batch).items()
             }
             for name, buffer in self.buffers.items():
                 if not self.context.set_tensor_address(name, buffer.address):
@@ -250,11 +267,9 @@ class TrtBackend:
             over = [(axis, n, hi) for axis, (n, hi) in enumerate(zip(array.shape, high, strict=True)) if n > hi]
             if over:
                 axis, n, hi = over[0]
+                hint = "call with fewer clips" if axis == 0 else "recognise long media in windows (--window)"
                 what = "clips per batch" if axis == 0 else "frames"
-                raise AvemoError(
-                    f"{name}: {n} {what}, more than the engine's profile takes ({hi}); recognise long media "
-                    "in windows (--window)"
-                )
+                raise AvemoError(f"{name}: {n} {what}, more than the engine's profile takes ({hi}); {hint}")
             out[name] = np.ascontiguousarray(_pad(array, low))
         return out
 

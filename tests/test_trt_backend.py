@@ -491,3 +491,40 @@ def test_int8_in_one_command_exports_calibrates_and_builds(trt_double, micro_con
     assert report.strip().splitlines()[0] in result.output  # the calibration report, as `avemo calibrate` prints it
     engine = models / "engines" / "nvidia-jetson-orin-nano-sm87-trt10.3.0" / "avemo_a_int8.engine"
     assert engine.exists() and json.loads(engine.with_suffix(".json").read_text())["source"] == "int8/avemo_a.onnx"
+
+
+def test_batch_limit_is_chosen_for_the_device_and_respected(trt_double, tmp_path):
+    """Item 8: a shared-memory 8-GiB GPU gets engines for 4 clips per call (buffers sized so), a 24-GB one 16;
+    the Recognizer splits larger batches; --max-batch overrides."""
+    from avemo.runtime.recognizer import ClipInput, Recognizer
+    from avemo.runtime.trt_backend import TrtBackend
+
+    manifest, _, _ = trt_double("10.3.0")  # Jetson Orin Nano, 8 GiB shared
+    (av,) = _build(manifest, "fp32", ["av"])
+    meta = json.loads(av.with_suffix(".json").read_text())
+    assert meta["max_batch"] == 4 and meta["profile"]["face_lengths"] == [[1], [4], [4]]
+    size = manifest.features.face_size
+    with TrtBackend(manifest, "av", "fp32") as engine:
+        assert engine.buffers["faces"].host.nbytes == 4 * 90 * 3 * size * size * 4
+        with pytest.raises(AvemoError, match="5 clips per batch, more than the engine's profile takes"):
+            engine.infer(sample_inputs(manifest.features, "av", 5, 1.0, 1))
+    _build(manifest, "fp32", ["a", "v"])
+    rng = np.random.default_rng(2)
+    clips = [
+        ClipInput(rng.normal(0, 3, (50 + 10 * i, 240)).astype(np.float32), rng.random((2, 3, size, size), np.float32))
+        for i in range(6)
+    ]
+    with Recognizer(manifest.root, backend="trt") as trt, Recognizer(manifest.root, backend="ort") as ort:
+        got = [list(r.probs.values()) for r in trt.infer(clips)]
+        want = [list(r.probs.values()) for r in ort.infer(clips)]
+        assert {r.timings_ms["batch"] for r in trt.infer(clips)} == {4, 2}
+    _close(np.array(got), np.array(want))
+    result = CliRunner().invoke(main, ["build", str(manifest.root), "--precision", "fp32", "--max-batch", "2"])
+    assert result.exit_code == 0 and "up to 2 clips per call" in result.output, result.output
+    assert json.loads(av.with_suffix(".json").read_text())["max_batch"] == 2
+
+
+def test_discrete_gpu_keeps_the_full_batch(trt_double):
+    manifest, _, _ = trt_double("11.1.0", DISCRETE)
+    (path,) = _build(manifest, "fp32", ["a"])
+    assert json.loads(path.with_suffix(".json").read_text())["max_batch"] == 16

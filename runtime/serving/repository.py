@@ -15,6 +15,7 @@ once. Torch-free.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -138,13 +139,16 @@ def export_triton(
     if backend not in TRITON_BACKENDS:
         raise AvemoError(f"unknown Triton backend {backend!r}; choose {', '.join(TRITON_BACKENDS)}")
     manifest = load_manifest(models)
-    max_batch = max_batch or manifest.data["profiles"]["batch"][2]
-    if backend == "tensorrt" and max_batch > manifest.data["profiles"]["batch"][2]:
-        raise AvemoError(f"--max-batch {max_batch} exceeds the engines' profile ({manifest.data['profiles']['batch']})")
+    largest = manifest.data["profiles"]["batch"][2]
     if backend == "python":
         manifest.graph_path(manifest.modalities[0], precision)  # refuses a precision the model lacks, now
     else:
         sources = {m: _source(manifest, m, backend, precision, engines) for m in manifest.modalities}
+    if backend == "tensorrt":  # engines may be built for fewer clips per call (`avemo build --max-batch`)
+        largest = min(_engine_max_batch(plan, largest) for plan in sources.values())
+        if max_batch and max_batch > largest:
+            raise AvemoError(f"--max-batch {max_batch} exceeds the engines' profile (up to {largest} clips)")
+    max_batch = max_batch or largest
     out = Path(out)
     names = [model_name(m) for m in MODALITIES] + [MEDIA_MODEL]
     existing = [out / name for name in names if (out / name).exists()]
@@ -212,6 +216,11 @@ def _source(manifest: Manifest, modality: str, backend: str, precision: str, eng
     if not plan.is_file():
         raise AvemoError(f"{plan}: no {precision} engine; build it on the serving GPU with `avemo build`")
     return plan
+
+
+def _engine_max_batch(plan: Path, default: int) -> int:
+    sidecar = plan.with_suffix(".json")
+    return int(json.loads(sidecar.read_text()).get("max_batch", default)) if sidecar.exists() else default
 
 
 def _place(source: Path, target: Path) -> None:
