@@ -73,12 +73,18 @@ def test_profiles_and_buffers_come_from_the_manifest(colearn_export):
         assert np.prod(lo) <= np.prod(hi) and sizes[name] >= np.prod(hi) * (8 if "lengths" in name else 4)
 
 
-def test_engine_built_elsewhere_is_refused_with_the_rebuild_command(colearn_export, tmp_path):
-    manifest = load_manifest(colearn_export[0])
+def _engine_with_sidecar(models, tmp_path):
+    """A stand-in engine file for the Orin with the sidecar `avemo build` writes."""
+    manifest = load_manifest(models)
     engine = engine_path(tmp_path, ORIN, "av", "fp16")
     engine.parent.mkdir(parents=True)
     engine.write_bytes(b"serialized engine")
     write_sidecar(engine, ORIN, manifest, "av", "fp16")
+    return manifest, engine
+
+
+def test_engine_built_elsewhere_is_refused_with_the_rebuild_command(colearn_export, tmp_path):
+    manifest, engine = _engine_with_sidecar(colearn_export[0], tmp_path)
     meta = check_engine(engine, ORIN)
     assert (
         meta["source"] == "fp16/avemo_av.onnx" and meta["source_sha256"] == manifest.data["files"]["fp16/avemo_av.onnx"]
@@ -98,11 +104,7 @@ def test_stale_engine_is_refused_with_the_rebuild_command(colearn_export, tmp_pa
     """An engine whose graph, weights or profile changed since the build (re-export, re-calibration)."""
     import json
 
-    manifest = load_manifest(colearn_export[0])
-    engine = engine_path(tmp_path, ORIN, "av", "fp16")
-    engine.parent.mkdir(parents=True)
-    engine.write_bytes(b"serialized engine")
-    write_sidecar(engine, ORIN, manifest, "av", "fp16")
+    manifest, engine = _engine_with_sidecar(colearn_export[0], tmp_path)
     assert check_engine(engine, ORIN, manifest)["modality"] == "av"
     sidecar = engine.with_suffix(".json")
     for key, value in (("weights_sha256", "0" * 64), ("source_sha256", "1" * 64), ("profile", {})):
