@@ -279,7 +279,12 @@ def resolve_backend(
     from avemo.runtime.engines import engine_path
     from avemo.runtime.trt_backend import current_device
 
-    device = current_device(device_id)
+    try:
+        device = current_device(device_id)
+    except AvemoError as exc:  # no driver or no such GPU: auto still runs, on the CPU
+        if backend == "trt":
+            raise
+        return "ort", precision or "fp32", f"ONNX Runtime (no usable GPU: {exc})"
     wanted = (precision,) if precision else ENGINE_PREFERENCE
     for p in wanted:
         if all(engine_path(manifest.root, device, m, p).exists() for m in manifest.modalities):

@@ -528,3 +528,13 @@ def test_discrete_gpu_keeps_the_full_batch(trt_double):
     manifest, _, _ = trt_double("11.1.0", DISCRETE)
     (path,) = _build(manifest, "fp32", ["a"])
     assert json.loads(path.with_suffix(".json").read_text())["max_batch"] == 16
+
+
+def test_auto_falls_back_to_onnx_runtime_where_the_gpu_does_not_answer(trt_double):
+    from avemo.runtime.recognizer import resolve_backend
+
+    manifest, _, _ = trt_double("10.3.0")
+    backend, precision, why = resolve_backend("auto", manifest, None, device_id=3)  # the double has one GPU
+    assert (backend, precision) == ("ort", "fp32") and "no usable GPU" in why and "--device 3" in why
+    with pytest.raises(AvemoError, match="this machine has 1 CUDA device"):
+        resolve_backend("trt", manifest, None, device_id=3)
