@@ -166,6 +166,9 @@ def test_study_trains_seeds_aggregates_judges_and_resumes(tiny_cache, tmp_path):
     values = groups[("conventional", "av")]["metrics"]["average"]["mF1"]["values"]
     assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
     assert {v["claim"] for v in report["verdicts"]} == {"a"}  # no co-learning run, no (b)/(c)
+    segments = report["segments"]  # the A+V runs' segment vectors, read from their checkpoints
+    assert [s["variant"] for s in segments] == ["conventional", "conventional"]
+    assert all(s["audio_norm"] > 0 and -1 <= s["cosine"] <= 1 for s in segments)
     text = md.read_text()
     assert "Synthetic data" in text and "## bench" in text and "(a) A inference" in text
     assert "--seeds 2" in text and "noise" in text

@@ -341,7 +341,7 @@ def study(
     results = s.run_study(benchmarks, out, preset, base, list(range(seeds)), names, split, progress=not quiet)
     sections = []
     for name, result in results.items():
-        section = s.report_markdown(name, result["groups"], result["verdicts"], result["selection"])
+        section = s.report_markdown(name, result["groups"], result["verdicts"], result["selection"], result["segments"])
         click.echo(section)
         sections.append(f"## {name} (`{benchmarks[name]}`: {cache_source(benchmarks[name])})\n\n" + section)
     click.echo(f"wrote {out}/<benchmark>/study.json and study.md")

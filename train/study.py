@@ -299,15 +299,61 @@ def selection_markdown(checks: list[dict[str, Any]]) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
+def segment_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The learned segment vectors (AddAudioSegment / AddVisualSegment) of each A+V run's kept checkpoint:
+    their norms and cosine, beside the norm of an encoder output token (LayerNorm: about sqrt(d))."""
+    import torch
+
+    from avemo.contract import BEST_CHECKPOINT
+
+    out = []
+    for run in dict.fromkeys(r["run"] for r in rows if r["variant"] not in ("audio", "visual")):
+        path = Path(run) / BEST_CHECKPOINT
+        if not path.exists():
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        audio, visual = state["audio.segment"].float(), state["visual.segment"].float()
+        out.append(
+            {
+                "run": run,
+                "variant": next(r["variant"] for r in rows if r["run"] == run),
+                "audio_norm": float(audio.norm()),
+                "visual_norm": float(visual.norm()),
+                "cosine": float(torch.nn.functional.cosine_similarity(audio, visual, dim=0)),
+                "token_norm": float(len(audio) ** 0.5),
+            }
+        )
+    return out
+
+
+def segment_markdown(checks: list[dict[str, Any]]) -> str:
+    lines = []
+    for variant in VARIANTS:
+        mine = [c for c in checks if c["variant"] == variant]
+        if mine:
+            mean = {k: float(np.mean([c[k] for c in mine])) for k in ("audio_norm", "visual_norm", "cosine")}
+            lines.append(
+                f"- {VARIANT_TITLES[variant]}: audio segment norm {mean['audio_norm']:.2f}, visual "
+                f"{mean['visual_norm']:.2f} (an encoder output token: about {mine[0]['token_norm']:.1f}), "
+                f"cosine {mean['cosine']:+.2f} (mean of {len(mine)} runs)"
+            )
+    return "".join(f"{line}\n" for line in lines)
+
+
 def claims_markdown(items: list[dict[str, Any]]) -> str:
     return "".join(f"- {line}\n" for line in verdict_lines(items))
 
 
 def report_markdown(
-    name: str, groups: list[dict[str, Any]], items: list[dict[str, Any]], checks: list[dict[str, Any]] = ()
+    name: str,
+    groups: list[dict[str, Any]],
+    items: list[dict[str, Any]],
+    checks: list[dict[str, Any]] = (),
+    segments: list[dict[str, Any]] = (),
 ) -> str:
-    """One benchmark's section: summary with spread, Table 2 of means, verdicts, early-stopping check."""
+    """One benchmark's section: summary with spread, Table 2 of means, verdicts, implementation checks."""
     selection = selection_markdown(list(checks))
+    segment = segment_markdown(list(segments))
     return (
         f"### {name}: average over seeds\n\n"
         + summary_markdown(groups)
@@ -316,6 +362,7 @@ def report_markdown(
         + f"\n### {name}: the paper's claims (average mF1)\n\n"
         + claims_markdown(items)
         + (f"\n### {name}: early stopping on the mean of the modalities\n\n" + selection if selection else "")
+        + (f"\n### {name}: segment vectors\n\n" + segment if segment else "")
     )
 
 
@@ -398,10 +445,10 @@ def run_study(
                 rows += evaluate_runs([run], data, split)
         groups = aggregate(rows)
         items = verdicts(groups)
-        checks = selection_check(rows)
-        results[name] = {"groups": groups, "verdicts": items, "selection": checks, "rows": rows}
+        checks, segments = selection_check(rows), segment_check(rows)
+        results[name] = {"groups": groups, "verdicts": items, "selection": checks, "segments": segments, "rows": rows}
         write_json(
             Path(out) / name / "study.json", {"benchmark": name, "data": str(data), "split": split, **results[name]}
         )
-        (Path(out) / name / "study.md").write_text(report_markdown(name, groups, items, checks))
+        (Path(out) / name / "study.md").write_text(report_markdown(name, groups, items, checks, segments))
     return results
