@@ -80,8 +80,9 @@ def evaluate_runs(runs: list[Path], data: Path | None, split_name: str) -> list[
             "colearn_mode": tcfg.colearn_mode,
             "epochs": len(history),
             "best_epoch": payload.get("best_epoch"),
-            # early stopping ended the run (else it ran out of --epochs, and may not have converged)
-            "stopped_early": len(history) < tcfg.max_epochs,
+            # early stopping ended the run: `patience` epochs without a better one after the best (else it ran
+            # out of --epochs and may not have converged; the best checkpoint's own epoch budget may be older)
+            "stopped_early": len(history) - (payload.get("best_epoch") or 0) >= tcfg.patience,
             "clips_per_second": float(np.median([h["clips_per_second"] for h in history])) if history else None,
         }
         for modality, metrics in results.items():
