@@ -40,7 +40,7 @@ test: $(VENV)/.installed-calibrate,dev $(VENV)/.installed-tritonserver
 	bash scripts/typecheck_trt.sh
 	$(BIN)/pytest
 
-# The multi-seed co-learning study behind docs/RESULTS.md (about an hour on 2 CPU cores; resumable).
+# The multi-seed co-learning study behind docs/RESULTS.md (about 90 min on 2 CPU cores; resumable).
 STUDY := study_out
 study: $(VENV)/.installed-calibrate,dev
 	$(BIN)/avemo synth --preset tiny --out $(STUDY)/cache-mixed --clips 1200 --seed 0
