@@ -24,6 +24,7 @@ class MediaFeatures:
     frames_sampled: int
     notes: list[str]  # what was dropped and why
     face: dict[str, Any] = field(default_factory=dict)  # the chosen face: box, choice, confidence, faces_seen
+    face_times: list[float] = field(default_factory=list)  # seconds from the clip's start, one per crop
 
     @property
     def has_audio(self) -> bool:
@@ -97,4 +98,5 @@ def finish(
         notes.append(f"no face in {chosen.frames_sampled} frames")
     elif chosen.face.get("choice", "").startswith("largest:"):
         notes.append(f"several faces, {chosen.face['choice']}")
-    return MediaFeatures(feats, chosen.crops, chosen.frames_sampled, notes, chosen.face)
+    times = [t - start for t in chosen.times]
+    return MediaFeatures(feats, chosen.crops, chosen.frames_sampled, notes, chosen.face, times)

@@ -209,8 +209,14 @@ class Recognizer:
     def _recognized(
         self, source: str, span: tuple[float | None, float | None], clip: ClipInput, feats: MediaFeatures, ms: float
     ) -> Recognition:
-        result = self.infer([clip])[0]
-        result.source, result.notes = source, feats.notes
+        pieces = self.split_long(clip, feats.face_times)
+        if len(pieces) == 1:
+            result = self.infer([clip])[0]
+            result.notes = list(feats.notes)
+        else:
+            result = self._averaged(clip, pieces)
+            result.notes = [*feats.notes, result.notes[0]]
+        result.source = source
         result.start, result.end = span
         result.frames_sampled, result.frames_with_face, result.face = (
             feats.frames_sampled,
@@ -218,6 +224,45 @@ class Recognizer:
             feats.face,
         )
         result.timings_ms = {"features": ms, "inference": result.timings_ms["inference"]}
+        return result
+
+    @property
+    def clip_seconds(self) -> float:
+        """The longest clip the model takes at once: its engine profiles' maximum (30 s), on every backend."""
+        return self.manifest.data["profiles"]["audio_frames"][2] / self.features.frames_per_second
+
+    def split_long(self, clip: ClipInput, face_times: list[float]) -> list[tuple[ClipInput, float]]:
+        """A clip longer than ``clip_seconds`` as consecutive windows of at most that length (audio frames and
+        the face crops whose times fall in each), with their lengths in seconds; a shorter clip as itself.
+        Both backends cut alike, so TensorRT and ONNX Runtime take the same clips and give the same answers."""
+        f = self.features
+        times = face_times if len(face_times) == len(clip.faces) else [i / f.fps for i in range(len(clip.faces))]
+        seconds = max(len(clip.audio) / f.frames_per_second, (times[-1] + 1 / f.fps) if times else 0.0)
+        limit = self.clip_seconds
+        if seconds <= limit + 1e-9:
+            return [(clip, seconds)]
+        pieces = []
+        for k in range(int(np.ceil(seconds / limit - 1e-9))):
+            lo, hi = k * limit, min((k + 1) * limit, seconds)
+            audio = clip.audio[round(lo * f.frames_per_second) : round(hi * f.frames_per_second)]
+            faces = clip.faces[[i for i, t in enumerate(times) if lo <= t < hi]]
+            if len(audio) or len(faces):
+                pieces.append((ClipInput(audio, faces), hi - lo))
+        return pieces
+
+    def _averaged(self, clip: ClipInput, pieces: list[tuple[ClipInput, float]]) -> Recognition:
+        """One result for a long clip: its windows' probabilities averaged, weighted by their lengths."""
+        results = self.infer([piece for piece, _ in pieces])
+        weights = np.array([seconds for _, seconds in pieces])
+        probs = np.average([[r.probs[k] for k in LABELS] for r in results], axis=0, weights=weights)
+        modality = self.choose(len(clip.audio) > 0, len(clip.faces) > 0)
+        inference = sum(r.timings_ms["inference"] for r in results)
+        result = self._result(modality, probs, {"inference": inference, "batch": len(pieces)})
+        used = sorted({MODALITY_TITLES[r.modality] for r in results})
+        result.notes = [
+            f"{weights.sum():.1f} s is longer than the {self.clip_seconds:g} s the model takes at once: recognised "
+            f"in {len(pieces)} windows ({'/'.join(used)}), probabilities averaged by length"
+        ]
         return result
 
     def _check(self, clip: ClipInput, index: int) -> None:

@@ -216,6 +216,19 @@ def send(path: Path, url: str, seconds: float | None = None) -> None:
             sink.mux(packet)
 
 
+def long_clip_features(features, seconds: float = 35.0):
+    """MediaFeatures of a clip of ``seconds`` (fbank frames and face crops at 3 fps with their times), made
+    without media: for clips longer than the model's engines take at once."""
+    from avemo.runtime.extract import MediaFeatures
+
+    rng = np.random.default_rng(8)
+    size = features.face_size
+    times = [i / features.fps for i in range(int(seconds * features.fps))]
+    crops = [rng.integers(0, 255, (size, size, 3), np.uint8) for _ in times]
+    fbank = rng.normal(0, 3, (int(seconds * features.frames_per_second), features.num_mel_bins)).astype(np.float32)
+    return MediaFeatures(fbank, crops, len(times), [], {}, times)
+
+
 if __name__ == "__main__":
     import sys
 

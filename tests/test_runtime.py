@@ -155,3 +155,38 @@ def test_recognizer_runs_where_torch_cannot_be_imported(colearn_export, media):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "av"
+
+
+def test_a_long_clip_is_the_length_weighted_mean_of_its_windows(colearn_export):
+    """Past the 30 s the model's engines take, a clip is cut into windows (on every backend) and averaged."""
+    from avemo.contract import LABELS
+    from avemo.runtime.audio import add_deltas
+    from avemo.runtime.recognizer import ClipInput, Recognizer
+    from tests.media_factory import long_clip_features
+
+    recognizer = Recognizer(colearn_export[0])
+    feats = long_clip_features(recognizer.features, seconds=35.0)
+    result = recognizer.recognize_features(feats, "clip", (None, None), 0.0)
+    audio = add_deltas(feats.fbank, recognizer.features.delta_window)
+    faces = np.stack(feats.faces).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    first = ClipInput(audio[:3000], faces[:90])  # [0, 30) s: 3000 frames, 90 crops at 3 fps
+    second = ClipInput(audio[3000:], faces[90:])  # [30, 35) s
+    parts = recognizer.infer([first, second])
+    expected = (
+        30 * np.array([parts[0].probs[k] for k in LABELS]) + 5 * np.array([parts[1].probs[k] for k in LABELS])
+    ) / 35
+    np.testing.assert_allclose([result.probs[k] for k in LABELS], expected, rtol=0, atol=1e-6)
+    assert result.modality == "av" and "recognised in 2 windows (A+V)" in result.notes[0]
+    short = recognizer.recognize_features(long_clip_features(recognizer.features, 20.0), "clip", (None, None), 0.0)
+    assert not short.notes  # 20 s: one piece, as before
+
+
+def test_face_crops_carry_their_times_from_the_clip_start(recognizer, media):
+    """The times let a long clip be cut into windows (each crop goes with its own stretch of audio)."""
+    _, whole = recognizer.prepare(media["long"])
+    assert len(whole.face_times) == len(whole.faces) == 21  # 7 s at 3 fps
+    np.testing.assert_allclose(whole.face_times, np.arange(21) / 3, atol=1 / 15)  # the sampled frames (15 fps)
+    _, segment = recognizer.prepare(media["long"], start=2.0, end=5.0)
+    np.testing.assert_allclose(segment.face_times, np.arange(9) / 3, atol=1 / 15)  # from the segment start
+    windows = list(recognizer.stream(media["long"], 3.0, 2.0))
+    assert windows and all(w.frames_with_face == 9 for w in windows)

@@ -538,3 +538,19 @@ def test_auto_falls_back_to_onnx_runtime_where_the_gpu_does_not_answer(trt_doubl
     assert (backend, precision) == ("ort", "fp32") and "no usable GPU" in why and "--device 3" in why
     with pytest.raises(AvemoError, match="this machine has 1 CUDA device"):
         resolve_backend("trt", manifest, None, device_id=3)
+
+
+def test_long_clips_are_cut_alike_on_both_backends(trt_double):
+    """Item 1: a 35-s clip (past the 30-s profile) gives the same answer on TensorRT as on ONNX Runtime."""
+    from avemo.runtime.recognizer import Recognizer
+    from tests.media_factory import long_clip_features
+
+    manifest, _, _ = trt_double("10.3.0", DISCRETE)
+    _build(manifest, "fp32")
+    feats = long_clip_features(manifest.features)
+    with Recognizer(manifest.root, backend="trt") as trt, Recognizer(manifest.root, backend="ort") as ort:
+        on_trt, on_ort = (r.recognize_features(feats, "clip", (None, None), 0.0) for r in (trt, ort))
+    assert on_trt.backend == "trt" and on_ort.backend == "ort"
+    _close(np.array(list(on_trt.probs.values())), np.array(list(on_ort.probs.values())))
+    assert on_trt.modality == on_ort.modality == "av"
+    assert "35.0 s is longer than the 30 s the model takes at once: recognised in 2 windows" in on_trt.notes[0]

@@ -41,6 +41,7 @@ class ClipFaces:
     crops: list[np.ndarray]  # [S, S, 3] uint8, one per sampled frame where the chosen face was found
     frames_sampled: int
     face: dict[str, Any] = field(default_factory=dict)  # box, choice, confidence, faces_seen
+    times: list[float] = field(default_factory=list)  # the media time of each crop's frame
 
 
 class FacePipeline:
@@ -134,11 +135,12 @@ class ClipCollector:
             choice = choose_speaker({i: self.motion.get(i, {}) for i in tracks}, activity)
         else:
             choice = SpeakerChoice(None, "largest", 0.0)
-        chosen = [
-            frame[choice.track] if choice.track is not None else max(frame.values(), key=lambda fc: fc[0].area)
-            for frame in self.frames
+        picked = [
+            (t, frame[choice.track] if choice.track is not None else max(frame.values(), key=lambda fc: fc[0].area))
+            for t, frame in zip(self.times, self.frames, strict=True)
             if frame and (choice.track is None or choice.track in frame)
         ]
+        chosen = [face_crop for _, face_crop in picked]
         info: dict[str, Any] = {"faces_seen": len(tracks)}
         if chosen:
             boxes = np.array([face.box for face, _ in chosen])
@@ -149,7 +151,7 @@ class ClipCollector:
             )
             if choice.scores:
                 info["correlations"] = {str(i): round(s, 3) for i, s in sorted(choice.scores.items())}
-        return ClipFaces([crop for _, crop in chosen], len(self.frames), info)
+        return ClipFaces([crop for _, crop in chosen], len(self.frames), info, [t for t, _ in picked])
 
 
 def features_for_detector(features: FeatureConfig, name: str) -> FeatureConfig:
