@@ -324,7 +324,7 @@ def study(
     Examples:
       avemo study --data cache/ --out study/ --seeds 3                    # real MOSEI
       avemo study --data mixed=synth-a/ --data audio-led=synth-b/ --preset tiny \\
-                  --epochs 40 --patience 6 --out study/ --results-md docs/RESULTS.md
+                  --epochs 80 --patience 6 --out study/ --results-md docs/RESULTS.md
     """
     from avemo.train import study as s
     from avemo.train.cache import cache_source
