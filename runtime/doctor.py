@@ -165,10 +165,15 @@ def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int
         path = engine_path(manifest.root, device, modality, precision)
         try:
             built = "found" if path.exists() else "built now"
-            if not path.exists():
+            if not path.exists():  # the build itself runs parity and records it in the sidecar
                 build_engine(manifest, modality, precision, device, device_id=device_id, log=lambda *_: None)
             meta = check_engine(path, device, manifest)
-            parity, memory = check_built_engine(manifest, modality, precision, path, device_id, meta.get("max_batch"))
+            if built == "built now":
+                parity, memory = meta["parity"], meta["device_memory"]
+            else:  # an engine from before: run parity through it here
+                parity, memory = check_built_engine(
+                    manifest, modality, precision, path, device_id, meta.get("max_batch")
+                )
             inputs = sample_inputs(manifest.features, modality, *TIMING_SHAPE, seed=7)
             ort = OrtBackend(manifest.graph_path(modality, precision))
             with TrtBackend(manifest, modality, precision, device_id) as engine:

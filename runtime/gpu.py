@@ -114,7 +114,7 @@ class IOBuffer:
     """Host and device memory for one tensor of at most ``nbytes`` (allocate inside ``active``)."""
 
     def __init__(self, nbytes: int, dtype: np.dtype, mapped: bool) -> None:
-        cuda = driver()
+        cuda = self.cuda = driver()  # kept: the copies below run on every inference call
         self.dtype = np.dtype(dtype)
         count = max(1, nbytes // self.dtype.itemsize)
         self.mapped = mapped
@@ -136,12 +136,12 @@ class IOBuffer:
 
     def to_device(self, staged: np.ndarray, stream: Any) -> None:
         if not self.mapped:
-            driver().memcpy_htod_async(self.device, staged, stream)
+            self.cuda.memcpy_htod_async(self.device, staged, stream)
 
     def from_device(self, count: int, stream: Any) -> np.ndarray:
         out = self.host[:count]
         if not self.mapped:
-            driver().memcpy_dtoh_async(out, self.device, stream)
+            self.cuda.memcpy_dtoh_async(out, self.device, stream)
         return out
 
     def free(self) -> None:

@@ -203,9 +203,10 @@ class TrtBackend:
             import tensorrt as trt
         cuda = driver()
         info = gpu_info(device_id)
-        path = engine or engine_path(manifest.root, current_device(device_id), modality, precision)
+        device = current_device(device_id)
+        path = engine or engine_path(manifest.root, device, modality, precision)
         if engine is None:
-            max_batch = check_engine(path, current_device(device_id), manifest).get("max_batch")
+            max_batch = check_engine(path, device, manifest).get("max_batch")
         self.path, self.device_id = path, device_id
         self.max_batch = batch_limit(manifest, max_batch)
         self.limits = profiles(manifest, modality, self.max_batch)

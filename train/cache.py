@@ -80,7 +80,7 @@ class CacheWriter:
                     f"{meta_path}: this cache was made with other feature settings "
                     f"({_diff(existing, features)}); use a new --out directory"
                 )
-            made_by = json.loads(meta_path.read_text()).get("source")
+            made_by = cache_source(self.root)
             if made_by != source:  # e.g. another synthetic seed or benchmark: clips would mix
                 raise AvemoError(f"{meta_path}: this cache holds {made_by}, not {source}; use a new --out directory")
         else:
