@@ -10,9 +10,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# torch 2.13.0: pip takes the CPU build where its find-links hold one (these machines: about 1 GB in
+# the venv, where PyPI's CUDA build of the newest torch brings 5.5 GB and filled CI's disk).
+# `make TORCH=torch ...` leaves the choice to pip.
+TORCH ?= torch==2.13.0
+
 # One stamp per set of extras, so a changed setup.cfg reinstalls.
 $(VENV)/.installed-%: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[$*]"
+	$(BIN)/pip install -q "$(TORCH)" -e ".[$*]"
 	touch $@
 
 demo: $(VENV)/.installed-calibrate,dev

@@ -67,7 +67,7 @@ class ModelConfig:
     visual_layers: int = 2
     cross_layers: int = 2
     audio_conv_channels: int = 128
-    cnn: str = "mobilenet_v3_small"  # torchvision MobileNetV3 variant
+    cnn: str = "mobilenet_v3_small"  # or mobilenet_v3_large (train/mobilenet.py)
     cnn_width: float = 1.0
     classifier_dim: int = 128
     use_audio: bool = True

@@ -129,3 +129,32 @@ def test_dynamic_onnx_export_runs_at_two_lengths(tmp_path):
         with torch.no_grad():
             want = torch.sigmoid(model(audio=a, audio_lengths=lengths)).numpy()
         np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+# torchvision's model docs give MobileNetV3 with its ImageNet classifier (576|960 -> 1024|1280 -> 1000):
+# small 2,542,856 and large 5,483,032 parameters. The trunk here must account for the rest exactly.
+@pytest.mark.parametrize(
+    ("name", "total", "channels", "hidden"),
+    [("mobilenet_v3_small", 2_542_856, 576, 1024), ("mobilenet_v3_large", 5_483_032, 960, 1280)],
+)
+def test_mobilenet_trunk_matches_torchvision_sizes(name: str, total: int, channels: int, hidden: int) -> None:
+    from avemo.train.mobilenet import mobilenet_v3_features
+
+    trunk = mobilenet_v3_features(name).eval()
+    classifier = channels * hidden + hidden + hidden * 1000 + 1000
+    assert sum(p.numel() for p in trunk.parameters()) == total - classifier
+    with torch.no_grad():
+        assert trunk(torch.zeros(1, 3, 128, 128)).shape == (1, channels, 4, 4)  # stride 32
+
+
+def test_mobilenet_width_rounding_and_residuals() -> None:
+    from avemo.train.mobilenet import make_divisible, mobilenet_v3_features
+
+    assert [make_divisible(v) for v in (4, 12, 18, 22, 144 * 0.25)] == [8, 16, 24, 24, 40]  # 8 | v, never < 90 %
+    trunk = mobilenet_v3_features("mobilenet_v3_small")
+    residual = [m.use_residual for m in trunk[1:-1]]
+    # stride-2 blocks and channel changes (16->24, 24->40, 40->48, 48->96) have no shortcut
+    assert residual == [False, False, True, False, True, True, False, True, False, True, True]
+    assert all(m.momentum == 0.1 and m.eps == 0.001 for m in trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(ValueError, match="mobilenet_v3_tiny"):
+        mobilenet_v3_features("mobilenet_v3_tiny")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from avemo.config import ModelConfig
 from avemo.contract import MAX_POSITIONS, NUM_LABELS
+from avemo.train.mobilenet import mobilenet_v3_features
 
 NEG = -1e4  # additive mask value: finite, representable in fp16
 
@@ -147,21 +148,6 @@ class AudioEncoder(nn.Module):
         return self.encoder(x, mask) + self.segment, mask
 
 
-def _mobilenet_v3(name: str, width: float) -> nn.Module:
-    """torchvision MobileNetV3 features (random init: nothing is downloaded)."""
-    from torchvision.models import mobilenetv3
-
-    # The public builders do not accept width_mult; the config helper does.
-    setting, last_channel = mobilenetv3._mobilenet_v3_conf(name, width_mult=width)
-    features = mobilenetv3.MobileNetV3(setting, last_channel).features
-    # torchvision sets BatchNorm momentum 0.01 for fine-tuning ImageNet weights; trained from
-    # scratch the running statistics then lag far behind the weights and eval-mode outputs collapse.
-    for module in features.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = 0.1
-    return features
-
-
 class VisualEncoder(nn.Module):
     """Eq. 8-11: CNN (MobileNetV3), projection, AddPosition, TransformerEnc, AddVisualSegment."""
 
@@ -169,7 +155,7 @@ class VisualEncoder(nn.Module):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-        self.cnn = _mobilenet_v3(cfg.cnn, cfg.cnn_width)
+        self.cnn = mobilenet_v3_features(cfg.cnn, cfg.cnn_width)
         with torch.no_grad():
             s = cfg.features.face_size
             channels = self.cnn(torch.zeros(1, 3, s, s)).shape[1]
