@@ -81,23 +81,31 @@ def environment(device_id: int) -> tuple[dict[str, Any], str | None]:
         env["l4t"] = tegra.read_text().splitlines()[0].strip()
         env["jetpack"] = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"]) or "unknown"
         env["power_mode"] = _run(["nvpmodel", "-q"])
-    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
-        return (
-            env,
-            "tensorrt and pycuda do not both import here (pip install 'avemo[trt]'; see the README's Jetson notes)",
-        )
-    import pycuda
+    # The GPU is described whenever pycuda imports: "GPU fine, TensorRT missing" is the common first finding.
+    gpu_problem = _describe_gpu(env, device_id)
+    if importlib.util.find_spec("tensorrt") is None:
+        missing = "tensorrt does not import here (pip install 'avemo[trt]'; on Jetson: JetPack's python3-libnvinfer)"
+        return env, "; ".join(filter(None, (missing, gpu_problem)))
     import tensorrt
+
+    env["tensorrt"] = tensorrt.__version__
+    return env, gpu_problem
+
+
+def _describe_gpu(env: dict[str, Any], device_id: int) -> str | None:
+    """Add pycuda's view of the GPU to ``env``; returns why the GPU cannot be used (None when it can)."""
+    if importlib.util.find_spec("pycuda") is None:
+        return "pycuda does not import here (pip install pycuda: it compiles against the CUDA toolkit's headers)"
+    import pycuda
 
     from avemo.runtime.gpu import driver, gpu_info
 
-    env["tensorrt"] = tensorrt.__version__
     env["pycuda"] = getattr(pycuda, "VERSION_TEXT", None) or package_version("pycuda")
     try:
         cuda = driver()
         info = gpu_info(device_id)
     except Exception as exc:  # no driver, no device: say it, keep the ONNX checks
-        return env, f"no usable GPU: {str(exc).splitlines()[0]}"
+        return f"no usable GPU: {str(exc).splitlines()[0]}"
     version = cuda.get_driver_version()
     env["gpu"] = {
         "index": info.index,
@@ -108,7 +116,7 @@ def environment(device_id: int) -> tuple[dict[str, Any], str | None]:
         "cuda_driver_api": f"{version // 1000}.{version % 1000 // 10}",
     }
     env["nvidia_smi"] = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
-    return env, None
+    return None
 
 
 def run_doctor(

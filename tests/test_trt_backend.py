@@ -435,7 +435,23 @@ def test_doctor_without_a_gpu_checks_onnx_and_says_what_it_could_not(colearn_exp
     status = {c["check"]: c["status"] for c in report["checks"]}
     assert status["model files match manifest.json"] == "ok" and status["ONNX Runtime parity, fp32"] == "ok"
     assert status["TensorRT engines (build, parity, latency, memory)"] == "not checked"
-    assert "tensorrt and pycuda do not both import" in (out / "doctor.md").read_text()
+    md = (out / "doctor.md").read_text()
+    assert "tensorrt does not import here" in md and "pycuda does not import here" in md
+
+
+def test_doctor_describes_the_gpu_when_only_tensorrt_is_missing(trt_double, monkeypatch, tmp_path):
+    """pycuda and a GPU but no TensorRT (a fresh desktop or a Jetson without python3-libnvinfer)."""
+    manifest, _, _ = trt_double("10.3.0", DISCRETE)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # find_spec -> None, import fails
+    out = tmp_path / "doctor"
+    result = CliRunner().invoke(main, ["doctor", str(manifest.root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "doctor.json").read_text())
+    gpu = report["environment"]["gpu"]
+    assert (gpu["name"], gpu["compute_capability"], gpu["memory_mib"]) == ("NVIDIA GeForce RTX 4090", "8.9", 24576)
+    assert "tensorrt" not in report["environment"]
+    engines = report["checks"][-1]
+    assert engines["status"] == "not checked" and "tensorrt does not import" in engines["reason"]
 
 
 def test_commands_run_end_to_end_with_the_doubles_on_the_path(colearn_export, tmp_path):
