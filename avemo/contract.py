@@ -79,8 +79,11 @@ HISTORY_FILE: Final[str] = "history.json"
 CURVES_FILE: Final[str] = "curves.png"
 CACHE_META_FILE: Final[str] = "cache.json"
 PARITY_FILE: Final[str] = "parity.npz"  # sample inputs and reference probs, for `avemo verify`
-#: int8: ModelOpt Q/DQ (TensorRT, also ONNX Runtime); int8-cpu: ONNX Runtime's quantizer, shipped only when faster.
+#: int8: ModelOpt Q/DQ (ONNX Runtime); int8-cpu: ONNX Runtime's quantizer, shipped only when faster.
 PRECISION_DIRS: Final[dict[str, str]] = {"fp32": ".", "fp16": "fp16", "int8": "int8", "int8-cpu": "int8-cpu"}
+#: Where TensorRT's graphs differ from ONNX Runtime's: int8's Q/DQ graph with its unquantized parts in fp16
+#: (fp32 in int8/ itself, which ONNX Runtime's CPU kernels need). A manifest records it per precision.
+TENSORRT_DIRS: Final[dict[str, str]] = {"int8": "int8/fp16"}
 
 
 def graph_file(modality: str) -> str:

@@ -39,8 +39,17 @@ from avemo.calibration.report import (
     report_markdown,
     target_graph,
 )
-from avemo.contract import MANIFEST_FILE, MODALITY_TITLES, PARITY_FILE, PRECISION_DIRS, WEIGHTS_FILE, graph_file
+from avemo.contract import (
+    MANIFEST_FILE,
+    MODALITY_TITLES,
+    PARITY_FILE,
+    PRECISION_DIRS,
+    TENSORRT_DIRS,
+    WEIGHTS_FILE,
+    graph_file,
+)
 from avemo.errors import AvemoError
+from avemo.export.fp16 import FP32_OPS
 from avemo.export.weights import share_weights
 from avemo.io import atomic_write_bytes, atomic_write_json, jsonable, move_into_place
 from avemo.machine import package_version
@@ -103,7 +112,10 @@ def calibrate(
         scale_record: dict[str, Any] = {}
         for precision, tool in tqdm(candidates.items(), desc="quantize", unit="set"):
             kept_names = {m: tuple(k) for m, k in kept.items()}
-            job = QuantJob(fp32_graphs, kept_names, Path(data), split, tuple(clips), method, tool)
+            fp16_dir = None
+            if tool == "modelopt":  # also the graphs TensorRT builds from, in their folder inside this one
+                fp16_dir = str(Path(TENSORRT_DIRS[precision]).relative_to(PRECISION_DIRS[precision]))
+            job = QuantJob(fp32_graphs, kept_names, Path(data), split, tuple(clips), method, tool, fp16_dir)
             scale_record[precision] = _quantize_set(job, staging / PRECISION_DIRS[precision])
 
         graph_dirs = {"fp32": models, **({"fp16": models / "fp16"} if "fp16" in manifest.precisions else {})}
@@ -119,6 +131,12 @@ def calibrate(
         samples_for_parity = parity_samples(manifest.features, manifest.modalities)
         references = load_references(models / PARITY_FILE)
         parity = {p: check_parity(staging / PRECISION_DIRS[p], samples_for_parity, references, p) for p in shipped}
+        # TensorRT's graphs run in ONNX Runtime too (fp16 on the CPU): a conversion that broke them stops here.
+        trt_parity = {
+            p: check_parity(staging / TENSORRT_DIRS[p], samples_for_parity, references, p)
+            for p in shipped
+            if candidates[p] == "modelopt"
+        }
         for p in shipped:
             _miss = "" if meets_target(report, p, decision_split) else " (misses the accuracy target)"
             log(f"{p}: {_drop(report, p, decision_split)} on {decision_split}{_miss}")
@@ -167,6 +185,13 @@ def calibrate(
             "report": f"{PRECISION_DIRS['int8']}/{REPORT_FILE}.md",
             "meets_accuracy_target": meets_target(report, p, decision_split),
         }
+        if p in trt_parity:
+            data_out["precisions"][p]["tensorrt_graphs"] = {
+                "dir": TENSORRT_DIRS[p],
+                "unquantized_in": "fp16",
+                "fp32_ops": list(FP32_OPS),
+                "parity_onnxruntime": trt_parity[p],
+            }
     data_out.setdefault("parity", {}).update(parity)
     data_out["calibration"] = {"seconds": time.perf_counter() - started, "clips": len(clips), "shipped": shipped}
     atomic_write_json(models / MANIFEST_FILE, jsonable(data_out))
@@ -179,21 +204,23 @@ def _streams(modalities: list[str]) -> str:
 
 
 def _quantize_set(job: QuantJob, out: Path) -> dict[str, Any]:
-    """Quantize every graph of ``job`` into ``out`` with one shared weight file; returns each graph's scales."""
-    found: dict[str, Any] = {}
-    graphs: dict[str, onnx.ModelProto] = {}
+    """Quantize every graph of ``job`` into ``out`` (and ``out/job.fp16_dir``), one shared weight file per
+    folder; returns each graph's scales."""
     with tempfile.TemporaryDirectory() as tmp:
-        for modality, graph in run_isolated(job, Path(tmp)).items():
-            if not quantized_nodes(graph):
-                raise AvemoError(f"{job.sources[modality]}: the quantizer inserted no Q/DQ nodes")
-            found[modality] = scales(graph)
-            graphs[modality] = graph
-    out.mkdir(parents=True, exist_ok=True)
-    share_weights(graphs, out / WEIGHTS_FILE)
-    for modality, graph in graphs.items():
-        onnx.save(graph, out / graph_file(modality))
-        onnx.checker.check_model(str(out / graph_file(modality)))
-    return found
+        sets = run_isolated(job, Path(tmp))
+    for folder, graphs in sets.items():
+        for modality, graph in graphs.items():
+            count = quantized_nodes(graph)
+            if not count or count != quantized_nodes(sets[""][modality]):
+                where = folder or "."
+                raise AvemoError(f"{job.sources[modality]}: the quantizer wrote {count} Q/DQ nodes into {where}")
+        target = out / folder
+        target.mkdir(parents=True, exist_ok=True)
+        share_weights(graphs, target / WEIGHTS_FILE)
+        for modality, graph in graphs.items():
+            onnx.save(graph, target / graph_file(modality))
+            onnx.checker.check_model(str(target / graph_file(modality)))
+    return {modality: scales(graph) for modality, graph in sets[""].items()}
 
 
 def _clips_from_file(path: Path, split: CacheSplit) -> list[int]:

@@ -23,6 +23,7 @@ from avemo.calibration.data import CalibrationReader
 from avemo.contract import PROBS
 from avemo.deps import require
 from avemo.errors import AvemoError
+from avemo.export.fp16 import FP32_OPS
 from avemo.train.cache import CacheSplit
 
 #: `--method`: what ModelOpt offers for INT8. (ONNX Runtime's own histogram calibrators,
@@ -74,17 +75,22 @@ class QuantJob:
     clips: tuple[int, ...]
     method: str
     tool: str = "modelopt"  # "modelopt": Q/DQ for TensorRT; "ort": ONNX Runtime's CPU int8 graph
+    fp16_dir: str | None = None  # also write each graph with its unquantized parts in fp16 here (for TensorRT)
 
 
-def run_isolated(job: QuantJob, out: Path) -> dict[str, onnx.ModelProto]:
-    """Quantize in a spawned process and load the results.
+def run_isolated(job: QuantJob, out: Path) -> dict[str, dict[str, onnx.ModelProto]]:
+    """Quantize in a spawned process and load the results: folder ("" or ``job.fp16_dir``) -> modality -> graph.
 
     Importing ModelOpt patches ONNX Runtime's quantizer in place (plain ONNX
     Runtime calls then fail), so each tool gets a clean interpreter.
     """
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pool.submit(quantize, job, out).result()
-    return {m: onnx.load(str(out / src.name), load_external_data=True) for m, src in job.sources.items()}
+    folders = ["", *([job.fp16_dir] if job.fp16_dir else [])]
+    return {
+        f: {m: onnx.load(str(out / f / src.name), load_external_data=True) for m, src in job.sources.items()}
+        for f in folders
+    }
 
 
 def quantize(job: QuantJob, out: Path) -> None:
@@ -101,6 +107,9 @@ def quantize(job: QuantJob, out: Path) -> None:
                 _quantize_ort(src, target, reader, job.keep[modality])
             else:
                 _quantize_modelopt(src, target, reader, job.method, job.keep[modality])
+            if job.fp16_dir:
+                (out / job.fp16_dir).mkdir(exist_ok=True)
+                _save(fp16_high_precision(onnx.load(str(target))), out / job.fp16_dir / src.name)
         if not target.exists():
             raise AvemoError(f"{src}: the quantizer wrote no graph")
 
@@ -119,6 +128,21 @@ def _quantize_modelopt(src: Path, out: Path, reader: CalibrationReader, method: 
         output_path=str(out),
         log_level="ERROR",
     )
+
+
+def fp16_high_precision(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The Q/DQ graph with everything unquantized in fp16 but ``FP32_OPS`` (as the fp16 export keeps them).
+
+    What ModelOpt's ``high_precision_dtype="fp16"`` does after calibration (its AutoCast ``convert_to_f16``),
+    applied to the graph already calibrated: the same scales, quantized nodes and kept nodes, at half the bytes
+    and TensorRT's fp16 kernels for the rest. Inputs and outputs stay fp32.
+    """
+    autocast = require("modelopt.onnx.autocast", MODELOPT_INSTALL)
+    return autocast.convert_to_f16(model, low_precision_type="fp16", keep_io_types=True, op_block_list=list(FP32_OPS))
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
 
 
 def _quantize_ort(src: Path, out: Path, reader: CalibrationReader, keep: tuple[str, ...]) -> None:

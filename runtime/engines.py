@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from avemo.contract import NUM_LABELS, PRECISION_DIRS, PROBS, PROFILE_BATCH, WEIGHTS_FILE, graph_file
+from avemo.contract import NUM_LABELS, PROBS, PROFILE_BATCH, WEIGHTS_FILE, graph_file
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json
 from avemo.runtime.manifest import Manifest
@@ -123,7 +123,7 @@ def buffer_bytes(manifest: Manifest, modality: str, max_batch: int | None = None
 
 def sources(manifest: Manifest, modality: str, precision: str) -> dict[str, str | None]:
     """The graph and weight files an engine is built from, and their sha256 in the manifest."""
-    folder = PRECISION_DIRS[precision]
+    folder = manifest.graph_dir(precision, tensorrt=True)
     source, weights = (name if folder == "." else f"{folder}/{name}" for name in (graph_file(modality), WEIGHTS_FILE))
     files = manifest.data["files"]
     return {"source": source, "source_sha256": files.get(source), "weights_sha256": files.get(weights)}

@@ -38,7 +38,8 @@ class Manifest:
     def precisions(self) -> list[str]:
         return list(self.data["precisions"])
 
-    def graph_path(self, modality: str, precision: str = "fp32") -> Path:
+    def graph_path(self, modality: str, precision: str = "fp32", tensorrt: bool = False) -> Path:
+        """The ``precision`` graph of ``modality``; with ``tensorrt``, the one engines are built from."""
         if modality not in self.data["graphs"]:
             raise AvemoError(f"{self.root}: no {modality.upper()} graph (this model has {', '.join(self.modalities)})")
         if precision not in self.data["precisions"]:
@@ -48,7 +49,12 @@ class Manifest:
                 "--cpu-int8 always forces it)",
             }.get(precision, f"`avemo export RUN --precision {precision} --out {self.root}`")
             raise AvemoError(f"{self.root}: no {precision} graphs (has: {', '.join(self.precisions)}); run {how}")
-        return self.root / PRECISION_DIRS[precision] / graph_file(modality)
+        return self.root / self.graph_dir(precision, tensorrt) / graph_file(modality)
+
+    def graph_dir(self, precision: str, tensorrt: bool = False) -> str:
+        """Folder of the ``precision`` graphs, relative to the root ("." for fp32)."""
+        entry = self.data["precisions"].get(precision, {})
+        return (tensorrt and entry.get("tensorrt_graphs", {}).get("dir")) or PRECISION_DIRS[precision]
 
     def verify_hashes(self, skip_dirs: tuple[str, ...] = ()) -> None:
         """Re-hash every file listed (but those under ``skip_dirs``); raise naming the first missing or changed."""

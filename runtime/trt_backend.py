@@ -86,7 +86,7 @@ def build_engine(
         info = gpu_info(device_id)
         max_batch = default_max_batch(info.total_memory, info.integrated)
     max_batch = batch_limit(manifest, max_batch)
-    onnx_path = manifest.graph_path(modality, precision)
+    onnx_path = manifest.graph_path(modality, precision, tensorrt=True)
     path = engine_path(manifest.root, device, modality, precision)
     candidate = path.with_name(path.name + ".partial")
     with active(device_id):

@@ -145,6 +145,44 @@ def test_int8_graphs_hold_qdq_nodes_and_run_in_onnxruntime(calibrated, tiny_cach
             assert producers.get(node.input[1]) != "DequantizeLinear", node.name
 
 
+def _scales_by_node(graph: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Q/DQ node name -> its scale (casts inserted by the fp16 conversion rename tensors, not these nodes)."""
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    qdq = [n for n in graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    return {n.name: init[n.input[1]].astype(np.float64) for n in qdq if n.input[1] in init}
+
+
+@needs_modelopt
+def test_tensorrt_gets_the_same_qdq_graph_with_its_unquantized_parts_in_fp16(calibrated, tiny_cache):
+    """Issue 13 item 6: int8/fp16 = ModelOpt's Q/DQ graph, same scales, rest fp16 but the fp32 ops; ORT keeps int8/."""
+    from avemo.calibration.data import clip_inputs, usable
+    from avemo.export.fp16 import FP32_OPS
+    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.ort_backend import OrtBackend
+
+    models, _ = calibrated
+    manifest = load_manifest(models)
+    ort_path, trt_path = manifest.graph_path("av", "int8"), manifest.graph_path("av", "int8", tensorrt=True)
+    assert (ort_path.parent.name, trt_path.parent.relative_to(models).as_posix()) == ("int8", "int8/fp16")
+    ort_graph, trt_graph = (onnx.load(str(p)) for p in (ort_path, trt_path))
+    ort_scales, trt_scales = (_scales_by_node(g) for g in (ort_graph, trt_graph))
+    assert ort_scales.keys() == trt_scales.keys() and len(ort_scales) > 20
+    for name, values in ort_scales.items():  # the calibration itself is shared, rounded to fp16 (tiny ones subnormal)
+        np.testing.assert_allclose(trt_scales[name], values, rtol=1e-3, atol=6e-8, err_msg=name)
+    dtypes = {t.name: t.data_type for t in trt_graph.graph.initializer}
+    dq_scales = [dtypes[n.input[1]] for n in trt_graph.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq_scales and set(dq_scales) == {onnx.TensorProto.FLOAT16}  # quantized ops compute in fp16
+    norms = [n for n in trt_graph.graph.node if n.op_type in FP32_OPS and n.op_type == "LayerNormalization"]
+    assert norms and all(dtypes[n.input[1]] == onnx.TensorProto.FLOAT for n in norms)  # fp32 islands stay
+    assert {i.type.tensor_type.elem_type for i in trt_graph.graph.output} == {onnx.TensorProto.FLOAT}
+    entry = manifest.data["precisions"]["int8"]["tensorrt_graphs"]
+    assert entry["dir"] == "int8/fp16" and entry["parity_onnxruntime"]["av"]["max_abs_diff"] < 0.5
+    split = CacheSplit(tiny_cache, "valid")
+    batch = clip_inputs(split, usable(split, "av")[:4], "av")
+    ort_probs, trt_probs = (OrtBackend(p).infer(batch) for p in (ort_path, trt_path))
+    assert np.abs(ort_probs - trt_probs).max() < 0.05  # fp16 around the same int8 ops
+
+
 @needs_modelopt
 def test_accuracy_report_compares_precisions_against_fp32(calibrated):
     models, report = calibrated

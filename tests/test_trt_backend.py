@@ -506,7 +506,7 @@ def test_int8_in_one_command_exports_calibrates_and_builds(trt_double, micro_con
     report = (models / "int8" / "accuracy.md").read_text()
     assert report.strip().splitlines()[0] in result.output  # the calibration report, as `avemo calibrate` prints it
     engine = models / "engines" / "nvidia-jetson-orin-nano-sm87-trt10.3.0" / "avemo_a_int8.engine"
-    assert engine.exists() and json.loads(engine.with_suffix(".json").read_text())["source"] == "int8/avemo_a.onnx"
+    assert engine.exists() and json.loads(engine.with_suffix(".json").read_text())["source"] == "int8/fp16/avemo_a.onnx"
 
 
 def test_batch_limit_is_chosen_for_the_device_and_respected(trt_double, tmp_path):
