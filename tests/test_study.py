@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from avemo.cli import main
@@ -172,6 +173,7 @@ def test_study_trains_seeds_aggregates_judges_and_resumes(tiny_cache, tmp_path):
     text = md.read_text()
     assert "Synthetic data" in text and "## bench" in text and "(a) A inference" in text
     assert "--seeds 2" in text and "noise" in text
+    assert f"torch {torch.__version__}" in text  # the code that made the numbers is named with them
     # Rerunning resumes: the finished runs are evaluated again, not retrained.
     last = out / "bench" / "audio" / "seed1" / "last.pt"
     stamp = last.stat().st_mtime_ns

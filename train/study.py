@@ -381,7 +381,8 @@ def runs_markdown(rows: list[dict[str, Any]]) -> str:
 
 def results_markdown(sources: list[str], command: str, split: str, body: str) -> str:
     """A RESULTS.md page: what the data are, the command, split and machine, then ``body``."""
-    from avemo.machine import describe
+    from avemo import __version__
+    from avemo.machine import describe, package_version
 
     if sources and all(s.startswith("synth") for s in sources):
         data = (
@@ -397,7 +398,7 @@ def results_markdown(sources: list[str], command: str, split: str, body: str) ->
         + "\n\n"
         + f"- Command: `{command}`\n"
         + f"- Split: {split}; threshold 0.5; F1 as scikit-learn `f1_score(average='weighted'|'macro')`, percent\n"
-        + f"- Machine: {describe()}\n\n"
+        + f"- Machine: {describe()}; avemo {__version__}, torch {package_version('torch')}\n\n"
         + body
     )
 
