@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import onnx
@@ -12,6 +13,11 @@ from avemo.errors import AvemoError
 from avemo.export.wrappers import wrap
 from avemo.runtime.parity import sample_inputs
 from avemo.train.model import CrossModalTransformer
+
+# Without torchvision, torch.onnx warns per graph that it skips torchvision's detection ops; avemo uses none.
+logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(
+    lambda record: "torchvision is not installed" not in record.getMessage()
+)
 
 
 def export_graph(model: CrossModalTransformer, modality: str, opset: int, simplify: bool = True) -> onnx.ModelProto:
