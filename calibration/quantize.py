@@ -107,11 +107,12 @@ def quantize(job: QuantJob, out: Path) -> None:
                 _quantize_ort(src, target, reader, job.keep[modality])
             else:
                 _quantize_modelopt(src, target, reader, job.method, job.keep[modality])
-            if job.fp16_dir:
-                (out / job.fp16_dir).mkdir(exist_ok=True)
-                _save(fp16_high_precision(onnx.load(str(target))), out / job.fp16_dir / src.name)
         if not target.exists():
             raise AvemoError(f"{src}: the quantizer wrote no graph")
+        if job.fp16_dir:
+            (out / job.fp16_dir).mkdir(exist_ok=True)
+            with _quiet():
+                _save(fp16_high_precision(onnx.load(str(target))), out / job.fp16_dir / src.name)
 
 
 def _quantize_modelopt(src: Path, out: Path, reader: CalibrationReader, method: str, keep: tuple[str, ...]) -> None:
