@@ -34,7 +34,16 @@ from avemo.runtime.engines import (
     profiles,
     write_sidecar,
 )
-from avemo.runtime.gpu import DeviceScratch, IOBuffer, active, close_at_exit, driver, gpu_info, needs_trt
+from avemo.runtime.gpu import (
+    DeviceScratch,
+    GpuInfo,
+    IOBuffer,
+    active,
+    close_at_exit,
+    driver,
+    gpu_info,
+    needs_trt,
+)
 from avemo.runtime.manifest import Manifest
 
 _logger: Any = None
@@ -53,11 +62,11 @@ def logger() -> Any:
         return _logger
 
 
-def current_device(device_id: int = 0) -> Device:
-    """The GPU (name, compute capability) and TensorRT version of device ``device_id``."""
+def current_device(device_id: int = 0, info: GpuInfo | None = None) -> Device:
+    """The GPU (name, compute capability) and TensorRT version of device ``device_id`` (``info``: already read)."""
     with needs_trt():
         import tensorrt
-    info = gpu_info(device_id)
+    info = info or gpu_info(device_id)
     return Device(info.name, info.compute_capability, tensorrt.__version__)
 
 
@@ -203,7 +212,7 @@ class TrtBackend:
             import tensorrt as trt
         cuda = driver()
         info = gpu_info(device_id)
-        device = current_device(device_id)
+        device = current_device(device_id, info)
         path = engine or engine_path(manifest.root, device, modality, precision)
         if engine is None:
             max_batch = check_engine(path, device, manifest).get("max_batch")
