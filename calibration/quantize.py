@@ -31,6 +31,8 @@ from avemo.train.cache import CacheSplit
 #: activations into one array. Its min/max calibrator streams, so the CPU candidate uses it.)
 METHODS = ("entropy", "max")
 CPU_METHOD = "max"
+#: What ONNX Runtime's CPU candidate quantizes: the products, where int8 pays (see _quantize_ort).
+PRODUCT_OPS = ("Conv", "MatMul", "Gemm")
 #: Ops ModelOpt never quantizes for INT8 (they stay fp32 in the Q/DQ graph): recorded in the manifest.
 UNQUANTIZED_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "Sigmoid", "Div")
 #: The documented default of what else stays in fp32: each branch's first conv and the last FC.
@@ -149,6 +151,9 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 def _quantize_ort(src: Path, out: Path, reader: CalibrationReader, keep: tuple[str, ...]) -> None:
     """ONNX Runtime static quantization for its CPU kernels: QDQ, uint8 activations, per-channel int8 weights.
 
+    Only the products (Conv, MatMul, Gemm) are quantized, as ModelOpt does: quantizing every op ONNX Runtime
+    can (its default) also quantized the -1e4 masks (Where, Add, MaxPool) to a calibrated range, so padded
+    positions leaked into valid ones and a clip's answer moved by up to 0.11 when padded into a batch.
     (QOperator format failed on these graphs in ONNX Runtime 1.32: "unknown initializers silu".)
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -163,13 +168,18 @@ def _quantize_ort(src: Path, out: Path, reader: CalibrationReader, keep: tuple[s
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         nodes_to_exclude=list(keep),
+        op_types_to_quantize=list(PRODUCT_OPS),
         use_external_data_format=True,
         extra_options={"WeightSymmetric": True},
     )
 
 
-def scales(model: onnx.ModelProto) -> dict[str, list[float]]:
-    """Quantized tensor name -> its scale(s), from every QuantizeLinear / DequantizeLinear node."""
+def scales(model: onnx.ModelProto, base_dir: Path) -> dict[str, list[float]]:
+    """Quantized tensor name -> its scale(s), from every QuantizeLinear / DequantizeLinear node.
+
+    ``base_dir`` is the graph's folder: per-channel scales of a large model live in its external weight file,
+    whose location is relative to the graph, not to the working directory.
+    """
     init = {t.name: t for t in model.graph.initializer}
     consts = {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute}
     out: dict[str, list[float]] = {}
@@ -178,7 +188,7 @@ def scales(model: onnx.ModelProto) -> dict[str, list[float]]:
             tensor = init.get(node.input[1]) or consts.get(node.input[1])
             if tensor is not None:
                 out[f"{node.op_type}:{node.input[0]}"] = (
-                    numpy_helper.to_array(tensor).astype(np.float64).ravel().tolist()
+                    numpy_helper.to_array(tensor, str(base_dir)).astype(np.float64).ravel().tolist()
                 )
     return out
 

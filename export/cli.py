@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from avemo.runtime.cli import engine_build_options
+
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path, exists=True))
@@ -31,9 +33,10 @@ import click
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17 for LayerNormalization).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
 @click.option("--force", is_flag=True, help="Replace another model's files in --out.")
+@engine_build_options
 def export(
     run: Path, precision: str, out: Path, data: Path | None, samples: int | None, opset: int, no_simplify: bool,
-    force: bool,
+    force: bool, workspace: int, timing_cache: Path | None, device_id: int, max_batch: int | None,
 ) -> None:  # fmt: skip
     """Export a run as ONNX graphs (A, V, A+V) sharing one weight file, with a manifest.
 
@@ -49,6 +52,7 @@ def export(
     Examples:
       avemo-export runs/colearn --precision fp16 --out models/
       avemo-export runs/colearn --precision int8 --data cache/ --out models/
+      avemo-export runs/colearn --precision fp16 --out models/ --device 1 --workspace 2048
       avemo export runs/audio --out models-audio/
     """
     from avemo.export.exporter import export_run
@@ -84,12 +88,9 @@ def export(
         )
         return
     from avemo.runtime.manifest import load_manifest
-    from avemo.runtime.trt_backend import build_engine, current_device
+    from avemo.runtime.trt_backend import build_engines
 
-    models = load_manifest(out)
-    device = current_device()
-    for modality in models.modalities:
-        build_engine(models, modality, engine_precision, device, log=click.echo)
+    build_engines(load_manifest(out), engine_precision, workspace, timing_cache, device_id, max_batch, click.echo)
 
 
 @click.command("export-triton")

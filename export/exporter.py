@@ -33,7 +33,15 @@ from avemo.export.weights import share_weights
 from avemo.export.wrappers import wrap
 from avemo.io import atomic_write_json, jsonable, move_into_place, sha256_file
 from avemo.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
-from avemo.runtime.parity import TOLERANCE, References, Samples, check_parity, parity_samples, save_references
+from avemo.runtime.parity import (
+    TOLERANCE,
+    References,
+    Samples,
+    check_parity,
+    parity_samples,
+    parity_summary,
+    save_references,
+)
 from avemo.train.checkpoint import load_model, train_config_of
 
 EXPORTABLE = ("fp32", "fp16")
@@ -171,7 +179,5 @@ def _write_precisions(
             onnx.checker.check_model(str(d / graph_file(modality)))
         sizes[precision]["files"] = {f.name: f.stat().st_size for f in sorted(d.iterdir()) if f.is_file()}
         parity[precision] = check_parity(d, samples, references, precision)
-        worst = max(r["max_abs_diff"] for r in parity[precision].values())
-        agree = min(r["label_agreement"] for r in parity[precision].values())
-        log(f"{precision}: parity max |diff| {worst:.2e}, thresholded-label agreement {100 * agree:.1f}%")
+        log(f"{precision}: {parity_summary(parity[precision])}")
     return parity, sizes

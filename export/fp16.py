@@ -10,8 +10,9 @@ import warnings
 
 import onnx
 
-#: Ops left in fp32: normalisation and softmax/reductions overflow or lose too much in fp16, and
-#: Div also computes pooled lengths (int -> float -> int), which fp16 would round above 2048 frames.
+#: Ops left in fp32: normalisation and softmax/reductions overflow or lose too much in fp16; Div is the
+#: input normalisation ((x - mean) / std, std clamped at 1e-3 can leave fp16's range). No op here may
+#: compute lengths or indices: the model keeps those integer or boolean (`runtime/numerics.py` checks).
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Exp", "Log", "Pow", "Sqrt", "Div")
 
 

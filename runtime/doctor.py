@@ -142,13 +142,21 @@ def run_doctor(
         return _finish(doctor, env, models, out)
     samples = parity_samples(manifest.features, manifest.modalities)
     references = load_references(manifest.root / PARITY_FILE)
-    for precision in manifest.precisions:
+    for precision, folder in manifest.graph_sets():
+        name = f"graph parity, {precision}" + ("" if folder == PRECISION_DIRS[precision] else f" ({folder}/)")
         try:
-            report = check_parity(manifest.root / PRECISION_DIRS[precision], samples, references, precision)
+            report = check_parity(manifest.root / folder, samples, references, precision)
             worst = max(r["max_abs_diff"] for r in report.values())
-            doctor.ok(f"ONNX Runtime parity, {precision}", max_abs_diff=float(f"{worst:.3g}"))
+            moved = max(r["padding_invariance"] for r in report.values())
+            runners = sorted({r["runner"] for r in report.values()})
+            doctor.ok(
+                name,
+                max_abs_diff=float(f"{worst:.3g}"),
+                padding_invariance=float(f"{moved:.3g}"),
+                runner=", ".join(runners),
+            )
         except AvemoError as exc:
-            doctor.fail(f"ONNX Runtime parity, {precision}", str(exc))
+            doctor.fail(name, str(exc))
     if no_trt:
         doctor.skip("TensorRT engines (build, parity, latency, memory)", no_trt)
     else:

@@ -52,7 +52,12 @@ def needs_trt() -> Iterator[None]:
 def driver() -> Any:
     with needs_trt():
         import pycuda.driver as cuda
-    cuda.init()
+    try:
+        cuda.init()
+    except cuda.Error as exc:  # cuInit: no driver, no device, or a container started without NVIDIA's runtime
+        raise AvemoError(
+            f"CUDA cannot start ({exc}); check the NVIDIA driver (nvidia-smi) or the container's NVIDIA runtime"
+        ) from None
     return cuda
 
 

@@ -56,6 +56,17 @@ class Manifest:
         entry = self.data["precisions"].get(precision, {})
         return (tensorrt and entry.get("tensorrt_graphs", {}).get("dir")) or PRECISION_DIRS[precision]
 
+    def graph_sets(self) -> list[tuple[str, str]]:
+        """(precision, folder relative to the root) of every graph set shipped: each precision's ONNX Runtime
+        graphs and, where they differ, the ones TensorRT builds from (int8/fp16)."""
+        sets: list[tuple[str, str]] = []
+        for precision in self.precisions:
+            for tensorrt in (False, True):
+                entry = (precision, self.graph_dir(precision, tensorrt))
+                if entry not in sets:
+                    sets.append(entry)
+        return sets
+
     def verify_hashes(self, skip_dirs: tuple[str, ...] = ()) -> None:
         """Re-hash every file listed (but those under ``skip_dirs``); raise naming the first missing or changed."""
         for rel, expected in self.data["files"].items():

@@ -73,6 +73,16 @@ def unavailable(manifest: Manifest, backend: str, precision: str, checkpoint: Pa
             return "int8-cpu is ONNX Runtime's CPU graph"
         if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
             return "tensorrt and pycuda are not importable (a GPU device with avemo[trt])"
+        from avemo.runtime.engines import engine_path
+        from avemo.runtime.trt_backend import current_device
+
+        try:
+            device = current_device()
+        except AvemoError as exc:
+            return f"no usable GPU ({exc})"
+        if not all(engine_path(manifest.root, device, m, precision).exists() for m in manifest.modalities):
+            build = f"avemo build {manifest.root} --precision {precision}"
+            return f"no {precision} engines for {device.describe()} ({build})"
     return None
 
 
@@ -134,16 +144,25 @@ def run_profile(
     for graph in graphs:
         runners = {c: load_runner(manifest, *c, graph, threads, checkpoint) for c in combos}
         for batch in batches:
+            # An engine takes at most its batch limit (4 clips on an Orin Nano): larger batches are skipped, and said.
+            fits = [c for c in combos if batch <= getattr(runners[c], "max_batch", batch)]
+            skipped += [
+                {"backend": b, "precision": p, "graph": graph, "batch": batch,
+                 "reason": f"over the engine's limit of {runners[b, p].max_batch} clips per call"}
+                for b, p in combos if (b, p) not in fits
+            ]  # fmt: skip
             for secs in seconds:
+                bar.update()
+                if not fits:
+                    continue
                 inputs = profile_inputs(manifest, graph, batch, secs)
-                phases: dict[tuple[str, str], list[dict[str, float]]] = {c: [] for c in combos}
-                calls = {f"{b}/{p}": _call(runners[b, p], inputs, phases[b, p]) for b, p in combos}
+                phases: dict[tuple[str, str], list[dict[str, float]]] = {c: [] for c in fits}
+                calls = {f"{b}/{p}": _call(runners[b, p], inputs, phases[b, p]) for b, p in fits}
                 raw = interleaved_latency(calls, per_round, warmup, rounds)
-                for (backend, precision), name in zip(combos, calls, strict=True):
+                for (backend, precision), name in zip(fits, calls, strict=True):
                     cases.append(
                         _case(backend, precision, graph, batch, secs, threads, raw[name], phases[backend, precision])
                     )
-                bar.update()
         for runner in runners.values():
             getattr(runner, "close", lambda: None)()
     bar.close()
@@ -492,7 +511,8 @@ def markdown(result: dict[str, Any]) -> str:
         if result.get(extra):
             lines += ["", *_extra_markdown(extra, result[extra])]
     for skip in result["skipped"]:
-        lines.append(f"\nSkipped {skip['backend']} {skip['precision']}: {skip['reason']}")
+        where = f" at batch {skip['batch']} ({MODALITY_TITLES[skip['graph']]})" if "batch" in skip else ""
+        lines.append(f"\nSkipped {skip['backend']} {skip['precision']}{where}: {skip['reason']}")
     lines += [f"\n{note}" for note in result.get("notes", [])]
     if importlib.util.find_spec("matplotlib") is None:
         lines.append("\nNo plot: matplotlib is not installed (pip install matplotlib).")

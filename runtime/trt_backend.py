@@ -11,6 +11,7 @@ ONNX Runtime. It has not run on a GPU yet.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,7 +91,6 @@ def build_engine(
     """
     with needs_trt():
         import tensorrt as trt
-    network_flags, set_flags, clear_flags = build_flags(trt.__version__, precision)
     if max_batch is None:
         info = gpu_info(device_id)
         max_batch = default_max_batch(info.total_memory, info.integrated)
@@ -99,34 +99,14 @@ def build_engine(
     path = engine_path(manifest.root, device, modality, precision)
     candidate = path.with_name(path.name + ".partial")
     with active(device_id):
-        builder = trt.Builder(logger())
-        flags = 0
-        for name in network_flags:
-            flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger())
-        if not parser.parse_from_file(str(onnx_path)):  # external weights resolve beside the file
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise AvemoError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-        for name in set_flags:
-            config.set_flag(getattr(trt.BuilderFlag, name))
-        for name in clear_flags:
-            config.clear_flag(getattr(trt.BuilderFlag, name))
-        profile = builder.create_optimization_profile()
-        limits = profiles(manifest, modality, max_batch)
-        for name, (lo, opt, hi) in limits.items():
-            profile.set_shape(name, lo, opt, hi)
-        if config.add_optimization_profile(profile) < 0:
-            raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {limits}")
-        cache = _timing_cache(config, timing_cache, log)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise AvemoError(f"{onnx_path}: TensorRT could not build a {precision} engine (see its log above)")
-        atomic_write_bytes(candidate, bytes(serialized))
+        plan, cache = _serialized_engine(
+            onnx_path, build_flags(trt.__version__, precision), profiles(manifest, modality, max_batch),
+            workspace_mb, timing_cache, log,
+        )  # fmt: skip
+        atomic_write_bytes(candidate, plan)
         if cache is not None and timing_cache is not None:
-            atomic_write_bytes(timing_cache, bytes(cache.serialize()))
+            atomic_write_bytes(timing_cache, cache)
+    del plan  # the host copy too: a Jetson's GPU shares that memory with the parity run below
     try:
         parity, memory = check_built_engine(manifest, modality, precision, candidate, device_id, max_batch)
     except BaseException:
@@ -139,6 +119,80 @@ def build_engine(
         f"(tolerance {parity['tolerance']:.0e}), device memory {memory / 2**20:.1f} MiB"
     )
     return path
+
+
+def build_engines(
+    manifest: Manifest,
+    precision: str,
+    workspace_mb: int = 1024,
+    timing_cache: Path | None = None,
+    device_id: int = 0,
+    max_batch: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Build (and check) every graph's engine on device ``device_id``; returns each one's device memory."""
+    device = current_device(device_id)
+    log(f"building {precision} engines for {device.describe()} (device {device_id})")
+    memory = {}
+    for modality in manifest.modalities:
+        path = build_engine(
+            manifest, modality, precision, device, workspace_mb, timing_cache, device_id, log, max_batch
+        )
+        memory[modality] = json.loads(path.with_suffix(".json").read_text())["device_memory"]
+    # A Recognizer shares one activation area among its engines: the largest, not the sum.
+    log(
+        "device memory (activations): "
+        + ", ".join(f"{m.upper()} {b / 2**20:.1f} MiB" for m, b in memory.items())
+        + f"; a Recognizer holds {max(memory.values()) / 2**20:.1f} MiB (shared) plus its input buffers"
+    )
+    return memory
+
+
+def _serialized_engine(
+    onnx_path: Path,
+    flags: tuple[list[str], list[str], list[str]],
+    limits: dict[str, tuple[Any, Any, Any]],
+    workspace_mb: int,
+    timing_cache: Path | None,
+    log: Callable[[str], None],
+) -> tuple[bytes, bytes | None]:
+    """Parse and build (inside ``active``): the plan and the timing cache, as bytes. The builder, network,
+    parser, config and serialized plan are released before this returns, also on an error, so that they go
+    inside the CUDA context and before anything else allocates."""
+    import tensorrt as trt  # a plain import: mypy checks every call against TensorRT's stubs
+
+    network_flags, set_flags, clear_flags = flags
+    builder = network = parser = config = profile = cache = serialized = None
+    try:
+        builder = trt.Builder(logger())
+        mask = 0
+        for name in network_flags:
+            mask |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+        network = builder.create_network(mask)
+        parser = trt.OnnxParser(network, logger())
+        if not parser.parse_from_file(str(onnx_path)):  # external weights resolve beside the file
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise AvemoError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+        for name in set_flags:
+            config.set_flag(getattr(trt.BuilderFlag, name))
+        for name in clear_flags:
+            config.clear_flag(getattr(trt.BuilderFlag, name))
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in limits.items():
+            profile.set_shape(name, lo, opt, hi)
+        if config.add_optimization_profile(profile) < 0:
+            raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {limits}")
+        cache = _timing_cache(config, timing_cache, log)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise AvemoError(f"{onnx_path}: TensorRT could not build an engine from it (see its log above)")
+        return bytes(serialized), None if cache is None else bytes(cache.serialize())
+    finally:  # children before their builder; a traceback keeps this frame, not these objects
+        serialized = cache = profile = None
+        parser = network = config = None
+        builder = None
 
 
 def _timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> Any:
@@ -156,7 +210,7 @@ def check_built_engine(
     manifest: Manifest, modality: str, precision: str, engine: Path, device_id: int = 0, max_batch: int | None = None
 ) -> tuple[dict[str, Any], int]:
     """Run the parity samples through a freshly built engine; (parity report, device memory) or AvemoError."""
-    from avemo.runtime.parity import TOLERANCE, load_references, parity_samples
+    from avemo.runtime.parity import TOLERANCE, load_references, max_abs_diff, parity_samples
 
     samples = parity_samples(manifest.features, [modality])[modality]
     references = load_references(manifest.root / PARITY_FILE)[modality]
@@ -165,7 +219,7 @@ def check_built_engine(
         diffs = []
         for sample, ref in zip(samples, references, strict=True):
             got = [runner.infer({k: v[i : i + step] for k, v in sample.items()}) for i in range(0, len(ref), step)]
-            diffs.append(float(np.abs(np.concatenate(got) - ref).max()))
+            diffs.append(max_abs_diff(np.concatenate(got), ref))
         memory = runner.device_memory
     report = {"max_abs_diff": max(diffs), "per_sample": diffs, "tolerance": TOLERANCE[precision]}
     if report["max_abs_diff"] > report["tolerance"]:
@@ -208,8 +262,6 @@ class TrtBackend:
     ) -> None:
         """``engine``: a given (candidate) engine file, not yet installed; ``max_batch`` then says its batch
         limit (an installed engine's comes from its sidecar)."""
-        with needs_trt():
-            import tensorrt as trt
         cuda = driver()
         info = gpu_info(device_id)
         device = current_device(device_id, info)
@@ -226,7 +278,19 @@ class TrtBackend:
         self._lock = threading.Lock()
         self.closed = False
         self.last_phases_ms: dict[str, float] = {}
-        with active(device_id):
+        self.events: list[Any] = []
+        self.buffers: dict[str, IOBuffer] = {}
+        try:
+            self._open(cuda, manifest, modality, path, info.integrated, timed)
+        except BaseException:
+            self.close()  # a half-open backend leaves no user in the shared area, nothing alive outside the context
+            raise
+        close_at_exit(self)
+
+    def _open(self, cuda: Any, manifest: Manifest, modality: str, path: Path, mapped: bool, timed: bool) -> None:
+        import tensorrt as trt  # found by current_device (needs_trt) already; a plain import, checked by mypy
+
+        with active(self.device_id):
             runtime = trt.Runtime(logger())
             self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
@@ -238,14 +302,10 @@ class TrtBackend:
             self.stream = cuda.Stream()
             # timed: CUDA events around H2D, compute and D2H of every call (for `avemo profile`).
             self.events = [cuda.Event() for _ in range(4)] if timed else []
-            self.buffers = {
-                name: IOBuffer(size, self.specs[name], mapped=info.integrated)
-                for name, size in buffer_bytes(manifest, modality, self.max_batch).items()
-            }
-            for name, buffer in self.buffers.items():
-                if not self.context.set_tensor_address(name, buffer.address):
+            for name, size in buffer_bytes(manifest, modality, self.max_batch).items():
+                self.buffers[name] = IOBuffer(size, self.specs[name], mapped=mapped)
+                if not self.context.set_tensor_address(name, self.buffers[name].address):
                     raise AvemoError(f"{path}: TensorRT has no tensor {name}")
-        close_at_exit(self)
 
     def _attach(self, address: int, size: int) -> None:
         self.context.set_device_memory(address, size)
@@ -319,11 +379,12 @@ class TrtBackend:
             self.closed = True
             with active(self.device_id):
                 self.scratch.release(self._attach)
-                del self.context, self.engine
+                for name in ("context", "engine"):  # released here, inside the context (set only when opened)
+                    self.__dict__.pop(name, None)
                 for buffer in self.buffers.values():
                     buffer.free()
                 self.buffers.clear()
-                del self.stream
+                self.__dict__.pop("stream", None)
                 self.events.clear()
 
     def __enter__(self) -> TrtBackend:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import sys
+import weakref
 from pathlib import Path
 
 import pytest
 
 from avemo.config import PRESETS
+from avemo.runtime.manifest import load_manifest
 from avemo.train.synth import SynthSpec, write_synthetic_cache
 
 TINY = PRESETS["tiny"]
+FAKES = Path(__file__).resolve().parent / "fakes"  # the TensorRT and pycuda TEST DOUBLES
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +56,43 @@ def colearn_export(tmp_path_factory):
     ckpt, model = make_checkpoint(root / "colearn.pt", micro, "colearn")
     manifest = export_run(ckpt, root / "models", ("fp16",), log=lambda *_: None)
     return root / "models", manifest, model
+
+
+@pytest.fixture
+def trt_double(monkeypatch, colearn_export, tmp_path):
+    """install(version, gpus) -> (manifest of a fresh copy of the tiny model, tensorrt double, pycuda.driver double)."""
+    models = tmp_path / "models"
+    shutil.copytree(colearn_export[0], models)
+
+    def install(version: str = "10.3.0", gpus: str | None = None):
+        monkeypatch.setenv("AVEMO_DOUBLE_TRT_VERSION", version)
+        if gpus:
+            monkeypatch.setenv("AVEMO_DOUBLE_GPUS", gpus)
+        monkeypatch.syspath_prepend(str(FAKES))
+        for name in ("tensorrt", "pycuda", "pycuda.driver"):
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        import avemo.runtime.gpu as gpu
+        import avemo.runtime.trt_backend as trt_backend
+
+        monkeypatch.setattr(gpu, "_contexts", {})
+        monkeypatch.setattr(gpu, "_closers", weakref.WeakSet())
+        monkeypatch.setattr(trt_backend, "_logger", None)
+        import pycuda.driver as cuda
+        import tensorrt
+
+        return load_manifest(models), tensorrt, cuda
+
+    yield install
+    for name in ("tensorrt", "pycuda", "pycuda.driver"):  # imported during the test: gone with the doubles
+        sys.modules.pop(name, None)
+
+
+def build_with_double(manifest, precision="fp32", modalities=None, device_id=0):
+    """Build ``precision`` engines of ``modalities`` (default: all) through the doubles; their paths."""
+    from avemo.runtime.trt_backend import build_engine, current_device
+
+    device = current_device(device_id)
+    return [
+        build_engine(manifest, m, precision, device, device_id=device_id, log=lambda *_: None)
+        for m in modalities or manifest.modalities
+    ]

@@ -1,7 +1,8 @@
 """The TensorRT builder and runner, driven by the TensorRT and pycuda TEST DOUBLES in tests/fakes/.
 
-The doubles are not TensorRT: their engines run the ONNX graph in ONNX Runtime,
-and they enforce TensorRT's and CUDA's rules (profiles, names, dtypes, strong
+The doubles are not TensorRT: their engines run the ONNX graph in ONNX Runtime
+(in ONNX's reference evaluator where it carries fp16, so fp16 is honoured as a
+strongly typed engine honours it), and they enforce TensorRT's and CUDA's rules (profiles, names, dtypes, strong
 typing, TF32, contexts and lifetimes, device memory). What these tests show is
 that avemo's code obeys those rules and moves real tensors through buffers,
 shapes, copies and streams; not how fast or how exactly a GPU computes. The
@@ -17,8 +18,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import weakref
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,50 +28,12 @@ from avemo.errors import AvemoError
 from avemo.runtime.manifest import load_manifest
 from avemo.runtime.ort_backend import OrtBackend
 from avemo.runtime.parity import sample_inputs
+from tests.conftest import FAKES
+from tests.conftest import build_with_double as _build
 
-FAKES = Path(__file__).resolve().parent / "fakes"
 ROOT = FAKES.parents[1]
 DISCRETE = "NVIDIA GeForce RTX 4090:8.9:24576:0"
 TWO_GPUS = "NVIDIA GeForce RTX 4090:8.9:24576:0;NVIDIA H100 80GB HBM3:9.0:81920:0"
-
-
-@pytest.fixture
-def trt_double(monkeypatch, colearn_export, tmp_path):
-    """install(version, gpus) -> (manifest of a fresh copy of the tiny model, tensorrt double, pycuda.driver double)."""
-    models = tmp_path / "models"
-    shutil.copytree(colearn_export[0], models)
-
-    def install(version: str = "10.3.0", gpus: str | None = None):
-        monkeypatch.setenv("AVEMO_DOUBLE_TRT_VERSION", version)
-        if gpus:
-            monkeypatch.setenv("AVEMO_DOUBLE_GPUS", gpus)
-        monkeypatch.syspath_prepend(str(FAKES))
-        for name in ("tensorrt", "pycuda", "pycuda.driver"):
-            monkeypatch.delitem(sys.modules, name, raising=False)
-        import avemo.runtime.gpu as gpu
-        import avemo.runtime.trt_backend as trt_backend
-
-        monkeypatch.setattr(gpu, "_contexts", {})
-        monkeypatch.setattr(gpu, "_closers", weakref.WeakSet())
-        monkeypatch.setattr(trt_backend, "_logger", None)
-        import pycuda.driver as cuda
-        import tensorrt
-
-        return load_manifest(models), tensorrt, cuda
-
-    yield install
-    for name in ("tensorrt", "pycuda", "pycuda.driver"):  # imported during the test: gone with the doubles
-        sys.modules.pop(name, None)
-
-
-def _build(manifest, precision="fp32", modalities=None, device_id=0):
-    from avemo.runtime.trt_backend import build_engine, current_device
-
-    device = current_device(device_id)
-    return [
-        build_engine(manifest, m, precision, device, device_id=device_id, log=lambda *_: None)
-        for m in modalities or manifest.modalities
-    ]
 
 
 def _close(a, b, atol=1e-5):
@@ -256,6 +217,14 @@ def test_fp32_engines_clear_tf32(trt_double):
     (fp16,) = _build(manifest, "fp16", ["a"])
     plans = [json.loads(p.read_bytes().split(b"\n", 1)[1]) for p in (fp32, fp16)]
     assert [p["tf32"] for p in plans] == [False, True]
+    # The fp16 engine computes as ONNX's fp16-faithful reference evaluator does (TF32 touches no fp16 product).
+    from avemo.runtime.numerics import ReferenceBackend
+    from avemo.runtime.trt_backend import TrtBackend
+
+    inputs = sample_inputs(manifest.features, "a", 2, 2.0, 9)
+    with TrtBackend(manifest, "a", "fp16") as engine:
+        got = engine.infer(inputs)
+    _close(got, ReferenceBackend(manifest.graph_path("a", "fp16")).infer(inputs), atol=1e-6)
 
 
 def test_engine_that_misses_parity_is_not_installed(trt_double):
@@ -433,7 +402,7 @@ def test_doctor_without_a_gpu_checks_onnx_and_says_what_it_could_not(colearn_exp
     assert result.exit_code == 0, result.output
     report = json.loads((out / "doctor.json").read_text())
     status = {c["check"]: c["status"] for c in report["checks"]}
-    assert status["model files match manifest.json"] == "ok" and status["ONNX Runtime parity, fp32"] == "ok"
+    assert status["model files match manifest.json"] == "ok" and status["graph parity, fp32"] == "ok"
     assert status["TensorRT engines (build, parity, latency, memory)"] == "not checked"
     md = (out / "doctor.md").read_text()
     assert "tensorrt does not import here" in md and "pycuda does not import here" in md

@@ -14,6 +14,8 @@ Design choices (the paper leaves them open):
 - Every padded position is zeroed before each convolution and filled with a
   large negative value before each max-pool, so a padded batch gives the same
   output as each clip alone.
+- Lengths and masks are boolean or integer arithmetic only (the pooled mask is
+  a slice of the input mask), so no graph precision can round them.
 - Input normalisation (audio CMVN, pixel mean/std) lives inside the model and
   so inside every exported graph.
 """
@@ -36,6 +38,15 @@ NEG = -1e4  # additive mask value: finite, representable in fp16
 def length_mask(lengths: Tensor, max_len: int | Tensor) -> Tensor:
     """[B] lengths -> [B, T] bool, True at valid positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def pooled_mask(mask: Tensor) -> Tensor:
+    """The valid mask after a stride-2, ceil-mode pool: position j is valid iff input 2j is (j < ceil(L/2)).
+
+    A slice, not arithmetic on lengths: the exporter writes integer division as float Div/Floor/Cast,
+    which an fp16 graph rounds wrong above 2048 frames (DESIGN.md, "Rules the code keeps").
+    """
+    return mask[:, ::2]
 
 
 def sinusoid_table(dim: int, length: int = MAX_POSITIONS) -> Tensor:
@@ -141,8 +152,7 @@ class AudioEncoder(nn.Module):
             # max_pool2d on [B, C, T, 1]: max_pool1d freezes the time axis in torch.export.
             x = x.masked_fill(~mask[:, None, :], NEG)
             x = F.max_pool2d(x[..., None], (2, 1), (2, 1), ceil_mode=True)[..., 0]
-            lengths = torch.div(lengths + 1, 2, rounding_mode="trunc")  # ceil(L / 2), integer ops only
-            mask = length_mask(lengths, x.shape[2])
+            mask = pooled_mask(mask)
             x = x.masked_fill(~mask[:, None, :], 0.0)
         x = self.position(self.proj(x.transpose(1, 2)))
         return self.encoder(x, mask) + self.segment, mask

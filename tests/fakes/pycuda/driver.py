@@ -14,7 +14,9 @@ driver does:
   shares memory with the host (Jetson).
 
 Devices come from ``AVEMO_DOUBLE_GPUS``: ``name:major.minor:memory_mb:integrated``
-entries separated by ``;`` (default ``NVIDIA Jetson Orin Nano:8.7:8192:1``).
+entries separated by ``;`` (default ``NVIDIA Jetson Orin Nano:8.7:8192:1``). ``none``
+means no device is visible: ``init()`` then fails as cuInit does (``RuntimeError``,
+CUDA_ERROR_NO_DEVICE), as in a container started without NVIDIA's runtime.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class LogicError(Error):
 
 
 class MemoryError(Error):
+    pass
+
+
+class RuntimeError(Error):  # pycuda's own name: pycuda.driver.RuntimeError shadows the builtin there too
     pass
 
 
@@ -71,6 +77,8 @@ PEAK: dict[int, int] = {}
 
 def init(flags: int = 0) -> None:
     global _initialised
+    if os.environ.get("AVEMO_DOUBLE_GPUS") == "none":
+        raise RuntimeError("cuInit failed: no CUDA-capable device is detected")
     _initialised = True
 
 

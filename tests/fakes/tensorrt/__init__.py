@@ -13,15 +13,25 @@ enforces what real TensorRT enforces, as documented for 10.x / 11.x:
 - a build fails (``None``, error logged) for a dynamic input without a profile,
   for FP16/INT8 builder flags on a strongly typed network, and without a current
   CUDA context; on 11.x the precision flags do not exist (AttributeError);
-- TF32 is on by default, as in TensorRT: with it, the float inputs and weights
-  of an engine are rounded to TF32's 10-bit mantissa before the graph runs, so
-  a build that leaves TF32 on misses fp32 parity as a real one can;
+- numerics as a strongly typed engine computes them: a network that carries
+  fp16 (an AutoCast fp16 or int8/fp16 Q/DQ graph) runs in ONNX's reference
+  evaluator as avemo's ``runtime/numerics.py`` sets it up, every fp16 op in
+  fp16 and fp16 products accumulated in fp32 (ONNX Runtime on CPU would compute
+  the fp16 ops in fp32 and hide fp16 rounding); fp32 networks run in ONNX Runtime;
+- TF32 is on by default, as in TensorRT: with it, the fp32 operands of Conv,
+  MatMul and Gemm (activations and weights, not biases) are rounded to TF32's
+  10-bit mantissa, and nothing else is, so a build that leaves TF32 on misses
+  fp32 parity as a real one can;
 - an engine deserialises only with the same TensorRT version and compute
   capability it was built with (else ``None``, error logged); a timing cache
   from another device is refused by ``set_timing_cache`` (False);
-- engines and contexts belong to the CUDA context current when they were made:
-  using them after that context is gone raises, and one released after it is
-  recorded in ``LATE_RELEASES`` (a crash at exit with real TensorRT);
+- every object (builder, network, parser, config, serialized plan, runtime
+  objects) belongs to the CUDA context current when it was made: using one after
+  that context is gone raises, one released after it is recorded in
+  ``LATE_RELEASES`` (a crash at exit with real TensorRT), and every release is
+  logged in ``EVENTS`` with whether its context was current, beside each
+  execution context's creation, so tests can check what was freed where and
+  before what;
 - device memory (STATIC contexts) is counted in the pycuda double.
 
 The version comes from ``AVEMO_DOUBLE_TRT_VERSION`` (default 10.3.0, JetPack
@@ -48,6 +58,8 @@ _MAGIC = b"AVEMO-TRT-DOUBLE\n"
 LOGGERS: list[Any] = []  # every Logger made (real TensorRT wants one per process)
 LOGGED: list[tuple[int, str]] = []  # (severity, message) of everything logged at WARNING or worse
 LATE_RELEASES: list[str] = []  # TensorRT objects released after their CUDA context was destroyed
+#: ("release", class, its context current?) for every object released; ("create", "IExecutionContext", True).
+EVENTS: list[tuple[str, str, bool]] = []
 
 
 class Logger:
@@ -131,19 +143,21 @@ def _error(logger: Logger, message: str) -> None:
 
 
 class _Owned:
-    """Something made in a CUDA context: unusable once that context is gone."""
+    """Something made in a CUDA context: unusable once that context is gone. Runtime objects need a current
+    context; build objects take the current one if any (ModelOpt's plugin scan makes them without one)."""
 
-    def __init__(self) -> None:
-        self._context = _cuda._current()
+    def __init__(self, needs_context: bool = True) -> None:
+        self._context = _cuda._current() if needs_context else _cuda.Context.get_current()
         self._what = type(self).__name__
 
     def _check(self) -> None:
-        if not self._context.alive:
+        if self._context is not None and not self._context.alive:
             raise RuntimeError(f"{self._what} used after its CUDA context was destroyed")
 
     def __del__(self) -> None:
-        if not self._context.alive:
+        if self._context is not None and not self._context.alive:
             LATE_RELEASES.append(self._what)
+        EVENTS.append(("release", self._what, _cuda.Context.get_current() is self._context))
 
 
 class ITensor:
@@ -156,13 +170,14 @@ def init_libnvinfer_plugins(logger: Logger, namespace: str) -> bool:
     return True
 
 
-class INetworkDefinition:
+class INetworkDefinition(_Owned):
     """The parsed network's inputs and outputs. The double models no layers (``num_layers`` is 0), so a
     scan for custom plugin layers, such as ModelOpt's before quantizing, finds none: true of avemo's graphs."""
 
     num_layers = 0
 
     def __init__(self, flags: int) -> None:
+        super().__init__(needs_context=False)
         self.flags = flags
         self.inputs: list[ITensor] = []
         self.outputs: list[ITensor] = []
@@ -206,8 +221,9 @@ class ParserError:
         return self.message
 
 
-class OnnxParser:
+class OnnxParser(_Owned):
     def __init__(self, network: INetworkDefinition, logger: Logger) -> None:
+        super().__init__(needs_context=False)
         self.network, self.logger, self.errors = network, logger, []
 
     @property
@@ -273,8 +289,9 @@ def _device_tag(context: Any) -> str:
     return f"{device.name()} sm{''.join(map(str, device.compute_capability()))}"
 
 
-class IBuilderConfig:
+class IBuilderConfig(_Owned):
     def __init__(self) -> None:
+        super().__init__(needs_context=False)
         self.flags = {BuilderFlag.TF32}  # on by default, as in TensorRT
         self.pools: dict[MemoryPoolType, int] = {}
         self.profiles: list[IOptimizationProfile] = []
@@ -316,14 +333,18 @@ class IBuilderConfig:
         return True
 
 
-class IHostMemory(bytes):
+class IHostMemory(bytes, _Owned):
+    def __init__(self, data: bytes) -> None:
+        _Owned.__init__(self, needs_context=False)
+
     @property
     def nbytes(self) -> int:
         return len(self)
 
 
-class Builder:
+class Builder(_Owned):
     def __init__(self, logger: Logger) -> None:
+        super().__init__(needs_context=False)
         self.logger = logger
 
     @property
@@ -375,6 +396,7 @@ class Builder:
             "strongly_typed": typed,
             "tf32": BuilderFlag.TF32 in config.flags,
             "flags": sorted(f.name for f in config.flags),
+            "workspace_bytes": config.pools.get(MemoryPoolType.WORKSPACE),
             "inputs": [[t.name, int(t.dtype), list(t.shape), list(t.symbols)] for t in network.inputs],
             "outputs": [[t.name, int(t.dtype), list(t.shape), list(t.symbols)] for t in network.outputs],
             "profile": {k: [list(s) for s in v] for k, v in profile.items()},
@@ -467,31 +489,40 @@ class ICudaEngine(_Owned):
 
     def session(self) -> Any:
         if self._session is None:
-            import onnxruntime as ort
-
-            model: Any = self.plan["onnx"]
-            if self.plan["tf32"]:  # tensor cores read both operands of a product as TF32: the weights too
-                import onnx
-                from onnx import numpy_helper
-
-                graph = onnx.load(model)
-                for init in graph.graph.initializer:
-                    if init.data_type == onnx.TensorProto.FLOAT:
-                        init.CopyFrom(numpy_helper.from_array(_tf32(numpy_helper.to_array(init)), init.name))
-                model = graph.SerializeToString()
-            self._session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+            self._session = engine_runner(self.plan["onnx"], self.plan["tf32"])
         return self._session
+
+
+def engine_runner(path: str, tf32: bool) -> Any:
+    """What computes an engine built from the ONNX file at ``path`` (``run(None, feeds)``): see the header."""
+    import onnx
+
+    model = onnx.load(path)
+    fp16 = onnx.TensorProto.FLOAT16
+    carries_fp16 = any(t.data_type == fp16 for t in model.graph.initializer) or any(
+        a.name == "to" and a.i == fp16 for n in model.graph.node for a in n.attribute
+    )
+    if not (carries_fp16 or tf32):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    from avemo.runtime.numerics import reference_evaluator  # avemo's fp16 reference: fp16 ops in fp16
+
+    return reference_evaluator(model, operand=_tf32 if tf32 else None)
 
 
 def _tf32(x: np.ndarray) -> np.ndarray:
     """Round float32 values to TF32 (10 explicit mantissa bits), as tensor cores read them."""
-    bits = x.astype(np.float32).view(np.uint32)
+    if x.dtype != np.float32:
+        return x  # fp16 and integer operands are read as they are
+    bits = x.view(np.uint32)
     return ((bits + 0x1000) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
 class IExecutionContext(_Owned):
     def __init__(self, engine: ICudaEngine, strategy: ExecutionContextAllocationStrategy) -> None:
         super().__init__()
+        EVENTS.append(("create", "IExecutionContext", True))
         self.engine = weakref.proxy(engine)
         self._engine_ref = weakref.ref(engine)
         self.logger = engine.logger
@@ -568,8 +599,9 @@ class IExecutionContext(_Owned):
             shape = self.shapes[name]
             raw = _cuda.resolve(self.addresses[name], int(np.prod(shape)) * dtype.itemsize)
             value = np.frombuffer(raw, dtype).reshape(shape).copy()
-            feeds[name] = _tf32(value) if engine.plan["tf32"] and dtype == np.float32 else value
-        results = engine.session().run(None, feeds)
+            feeds[name] = value
+        with np.errstate(over="ignore", invalid="ignore"):  # the evaluator's Sigmoid: see runtime/numerics.py
+            results = engine.session().run(None, feeds)
         for (name, tensor), value in zip(
             ((n, t) for n, t in engine.tensors.items() if t[0] == TensorIOMode.OUTPUT), results, strict=True
         ):
