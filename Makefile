@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo_out
 
-.PHONY: demo test lint clean study
+.PHONY: demo card test lint clean study
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,21 @@ demo: $(VENV)/.installed-calibrate,dev
 	$(BIN)/avemo verify $(DEMO)/models
 	$(BIN)/python -m tests.media_factory $(DEMO)/clip.mp4
 	$(BIN)/avemo infer $(DEMO)/clip.mp4 --models $(DEMO)/models
+	$(MAKE) card
+
+# The card's path at the real model's size (the paper preset: per-channel INT8 scales in the external
+# weight file, 128-px faces), run from another working directory: a synthetic cache, 1 epoch, INT8 in one
+# command, verify (fp16 in the reference evaluator: minutes at this size), infer in fp32, fp16 and int8.
+CARD := $(CURDIR)/$(DEMO)/card
+AVEMO := $(CURDIR)/$(BIN)/avemo
+card: $(VENV)/.installed-calibrate,dev
+	mkdir -p $(CARD)
+	$(BIN)/python -m tests.media_factory $(CARD)/clip.mp4
+	cd /tmp && $(AVEMO) synth --preset paper --out $(CARD)/cache --clips 40 --seed 0
+	cd /tmp && $(AVEMO) train --data $(CARD)/cache --preset paper --regime colearn --epochs 1 --out $(CARD)/run
+	cd /tmp && $(AVEMO)-export $(CARD)/run --precision int8 --data $(CARD)/cache --samples 16 --out $(CARD)/models --force
+	cd /tmp && $(AVEMO) verify $(CARD)/models
+	cd /tmp && for p in fp32 fp16 int8; do $(AVEMO) infer $(CARD)/clip.mp4 --models $(CARD)/models --precision $$p || exit 1; done
 
 # A real Triton server for the serving tests: the nvidia-pytriton wheel's tritonserver binary (Linux
 # x86_64, glibc 2.35+). --no-deps: its metadata pins numpy<2 and we use only the binary. Where the
