@@ -22,7 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tests.media_factory import face_photo, second_face_photo
+from tests.media_factory import face_photo, second_face_photo, speech_like
 
 SCENES = ("plain", "periodic", "texture", "second face", "no face")
 SIZE = (1280, 720)  # the frame the poses are drawn for; other sizes scale everything
@@ -109,15 +109,30 @@ class Scene:
 
 
 def write_clip(
-    path: Path, scene: str, seconds: float, size: tuple[int, int] = SIZE, fps: int = 30, codec: str = "libx264"
+    path: Path, scene: str, seconds: float, size: tuple[int, int] = SIZE, fps: int = 30, audio: bool = False
 ) -> dict[float, list[Box]]:
-    """An H.264 clip (x264's defaults: B-frames) of ``scene``; returns the true boxes by frame time (ms-rounded)."""
+    """An H.264 clip (x264's defaults: B-frames) of ``scene``, with speech-like audio if asked; returns
+    the true boxes by frame time (ms-rounded)."""
     drawing, truth = Scene(scene, seconds, size), {}
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        sound = container.add_stream("aac", rate=16000, layout="mono") if audio else None
         for i in range(int(seconds * fps)):
             frame, truth[round(i / fps, 3)] = drawing.render(i / fps)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))
+        if sound is not None:
+            samples = speech_like(seconds, 16000)
+            for i in range(0, samples.shape[1], 1024):
+                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, i : i + 1024]), "fltp", "mono")
+                chunk.sample_rate, chunk.pts = 16000, i
+                container.mux(sound.encode(chunk))
+            container.mux(sound.encode(None))
     return truth
+
+
+if __name__ == "__main__":  # `python -m tests.face_clips OUT.mp4 SCENE [SECONDS]`: a 720p clip with audio
+    import sys
+
+    write_clip(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 10.0, audio=True)
