@@ -13,9 +13,13 @@ known from how it is drawn. Per detector and scene, over the 3-fps samples:
 
 Times are CPU ms per sampled frame (process time: the machine may be shared), with the full
 and window searches counted. ``--decode`` also times 3-fps decoding of the periodic clip with
-every frame decoded vs the sampler's skipping of unneeded B-frames.
+every frame decoded vs the sampler's skipping of unneeded B-frames. ``--media FILE`` (repeatable)
+instead runs the Recognizer's feature extraction on a file and gives each stage's CPU ms (median
+of 3) and the chosen face: face search against decoding on any clip.
 
-    .venv/bin/python scripts/bench_faces.py --json docs/bench/faces.json
+    .venv/bin/python scripts/bench_faces.py --decode 3 --json docs/bench/faces-precision.json
+    .venv/bin/python -m tests.face_clips /tmp/hard720.mp4 periodic 10
+    .venv/bin/python scripts/bench_faces.py --media /tmp/hard720.mp4
 """
 
 from __future__ import annotations
@@ -130,14 +134,54 @@ def time_decoding(clip: Path, repeats: int) -> dict:
     return out
 
 
+def profile_media(clip: Path, repeats: int = 3) -> dict:
+    """CPU ms per stage of ``extract`` (the Recognizer's path, speaker mode, one ORT thread for YuNet)."""
+    import contextlib
+
+    from avemo.runtime import extract as extraction
+
+    @contextlib.contextmanager
+    def cpu_stage(timings: dict | None, name: str):
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            if timings is not None:
+                timings[name] = timings.get(name, 0.0) + 1000 * (time.process_time() - start)
+
+    features = FeatureConfig()
+    pipeline = FacePipeline(features, "speaker", threads=1)
+    extraction.stage = cpu_stage  # the stages by CPU time, not wall time
+    runs = []
+    for _ in range(repeats):
+        timings: dict[str, float] = {}
+        got = extraction.extract(clip, features, pipeline, timings=timings)
+        runs.append(timings)
+    stages = {name: float(np.median([r[name] for r in runs])) for name in runs[0]}
+    return {
+        "media": str(clip),
+        "cpu_ms": stages,
+        "frames": got.frames_sampled,
+        "with_face": got.frames_with_face,
+        "face": got.face,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each clip (default 20)")
     parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma-separated, of: {', '.join(SCENES)}")
     parser.add_argument("--detectors", default="yunet,haar")
     parser.add_argument("--decode", type=int, default=0, metavar="N", help="also time decoding, N interleaved runs")
+    parser.add_argument("--media", type=Path, action="append", help="profile this file's stages instead")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.media:
+        for clip in args.media:
+            result = profile_media(clip)
+            result["cpu_ms"] = {k: round(v, 1) for k, v in result["cpu_ms"].items()}
+            print(json.dumps(result))
+        return
     rows, decoding = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for scene in args.scenes.split(","):
