@@ -15,11 +15,13 @@ Times are CPU ms per sampled frame (process time: the machine may be shared), wi
 and window searches counted. ``--decode`` also times 3-fps decoding of the periodic clip with
 every frame decoded vs the sampler's skipping of unneeded B-frames. ``--media FILE`` (repeatable)
 instead runs the Recognizer's feature extraction on a file and gives each stage's CPU ms (median
-of 3) and the chosen face: face search against decoding on any clip.
+of 3) and the chosen face: face search against decoding on any clip. ``--patterns N``: the face
+over N random smooth backgrounds (``tests.face_clips.random_pattern``), 8 sampled frames each.
 
     .venv/bin/python scripts/bench_faces.py --decode 3 --json docs/bench/faces-precision.json
     .venv/bin/python -m tests.face_clips /tmp/hard720.mp4 periodic 10
     .venv/bin/python scripts/bench_faces.py --media /tmp/hard720.mp4
+    .venv/bin/python scripts/bench_faces.py --scenes "" --patterns 60 --seed 1   # random backgrounds only
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from avemo.machine import describe
 from avemo.runtime.faces import FacePipeline, features_for_detector
 from avemo.runtime.faces.tracking import iou
 from avemo.runtime.media import TickSampler, sample_frames
-from tests.face_clips import SCENES, write_clip
+from tests.face_clips import SCENES, Scene, random_pattern, write_clip
 
 MATCH = 0.5  # IoU for a face to count as the true one
 OVERLAP = 0.3  # below this IoU with every true face, a detection is a false face
@@ -50,6 +52,13 @@ OVERLAP = 0.3  # below this IoU with every true face, a detection is a false fac
 
 def truth_at(truth: dict, t: float) -> list:
     return truth[round(t, 3)]
+
+
+def detect_alone(pipeline: FacePipeline, rgb: np.ndarray) -> list:
+    """Every face the detector returns for the whole frame at the model's detection side (no tracking)."""
+    scale = min(1.0, pipeline.features.face_detect_side / max(rgb.shape[:2]))
+    small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return [f.moved(0, 0, 1 / scale) for f in pipeline.detector.detect(small)]
 
 
 def run(clip: Path, truth: dict, detector: str) -> dict:
@@ -62,9 +71,7 @@ def run(clip: Path, truth: dict, detector: str) -> dict:
     for t, rgb in frames:
         boxes = truth_at(truth, t)
         start = time.process_time()
-        scale = min(1.0, features.face_detect_side / max(rgb.shape[:2]))
-        small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        raw = [f.moved(0, 0, 1 / scale) for f in pipeline.detector.detect(small)]
+        raw = detect_alone(pipeline, rgb)
         raw_cpu += time.process_time() - start
         raw_false += sum(all(iou(f.box, b) < OVERLAP for b in boxes) for f in raw)
         start = time.process_time()
@@ -98,6 +105,34 @@ def run(clip: Path, truth: dict, detector: str) -> dict:
         "ms": 1000 * cpu / n,
         "full_searches": tracker.full_searches,
         "window_searches": tracker.window_searches,
+    }
+
+
+def random_backgrounds(count: int, seed: int, detector: str) -> dict:
+    """The moving face over ``count`` random smooth patterns (8 sampled frames each, a fresh tracker
+    per pattern): frames with a false face tracked, false faces of the detector alone, recall."""
+    features = features_for_detector(FeatureConfig(), detector)
+    pipeline = FacePipeline(features, "largest")
+    rng, scene = np.random.default_rng(seed), Scene("plain", 20.0)
+    frames = false_frames = raw_false = found = 0
+    for _ in range(count):
+        scene.background = random_pattern(rng)
+        tracker = pipeline.tracker()
+        first = int(rng.integers(0, 50))
+        for k in range(first, first + 8):
+            rgb, [truth] = scene.render(k / 3)
+            raw_false += sum(iou(f.box, truth) < OVERLAP for f in detect_alone(pipeline, rgb))
+            tracked = [face for _, face in tracker.update(rgb)]
+            frames += 1
+            false_frames += any(iou(f.box, truth) < OVERLAP for f in tracked)
+            found += any(iou(f.box, truth) >= MATCH for f in tracked)
+    return {
+        "detector": detector,
+        "patterns": count,
+        "frames": frames,
+        "frames_with_false_face": false_frames,
+        "raw_false_per_frame": raw_false / frames,
+        "recall": found / frames,
     }
 
 
@@ -173,6 +208,8 @@ def main() -> None:
     parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma-separated, of: {', '.join(SCENES)}")
     parser.add_argument("--detectors", default="yunet,haar")
     parser.add_argument("--decode", type=int, default=0, metavar="N", help="also time decoding, N interleaved runs")
+    parser.add_argument("--patterns", type=int, default=0, metavar="N", help="also N random smooth backgrounds")
+    parser.add_argument("--seed", type=int, default=0, help="of the random backgrounds")
     parser.add_argument("--media", type=Path, action="append", help="profile this file's stages instead")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -182,43 +219,53 @@ def main() -> None:
             result["cpu_ms"] = {k: round(v, 1) for k, v in result["cpu_ms"].items()}
             print(json.dumps(result))
         return
-    rows, decoding = [], None
+    rows, decoding, detectors = [], None, args.detectors.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for scene in args.scenes.split(","):
+        for scene in filter(None, args.scenes.split(",")):
             clip = Path(tmp) / f"{scene.replace(' ', '_')}.mp4"
             print(f"writing the {scene!r} clip ...", file=sys.stderr)
             truth = write_clip(clip, scene, args.seconds)
-            for detector in args.detectors.split(","):
+            for detector in detectors:
                 rows.append({"scene": scene, **run(clip, truth, detector)})
                 print(f"  {detector}: done", file=sys.stderr)
             if args.decode and scene == "periodic":
                 decoding = time_decoding(clip, args.decode)
     machine = describe()
     print(f"Machine: {machine}\n")
-    print(f"{args.seconds:.0f}-s 1280x720 H.264 clips, face 60-320 px, turned up to 25 deg, brightness x0.35-1.2\n")
-    print(
-        "| scene | detector | alone: false / frame | recall | false / frame | tracks | crops IoU >= 0.5 "
-        "| chosen box | mean score | ms / frame (alone, pipeline) | full / window searches |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        recall = "-" if r["recall"] is None else f"{100 * r['recall']:.0f} %"
-        crops = "-" if r["crops_iou50"] is None else f"{100 * r['crops_iou50']:.0f} % of {r['crops']}"
-        box = "-" if r["box"] is None else "[" + ", ".join(f"{v:.0f}" for v in r["box"]) + "]"
+    if rows:
+        print(f"{args.seconds:.0f}-s 1280x720 H.264 clips, face 60-320 px, turned up to 25 deg, brightness x0.35-1.2\n")
         print(
-            f"| {r['scene']} | {r['detector']} | {r['raw_false_per_frame']:.2f} | {recall} | "
-            f"{r['false_per_frame']:.2f} | {r['tracks']} | {crops} | {box} | {r['score'] or '-'} | "
-            f"{r['raw_ms']:.1f}, {r['ms']:.1f} | {r['full_searches']} / {r['window_searches']} |"
+            "| scene | detector | alone: false / frame | recall | false / frame | tracks | crops IoU >= 0.5 "
+            "| chosen box | mean score | ms / frame (alone, pipeline) | full / window searches |"
         )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            recall = "-" if r["recall"] is None else f"{100 * r['recall']:.0f} %"
+            crops = "-" if r["crops_iou50"] is None else f"{100 * r['crops_iou50']:.0f} % of {r['crops']}"
+            box = "-" if r["box"] is None else "[" + ", ".join(f"{v:.0f}" for v in r["box"]) + "]"
+            print(
+                f"| {r['scene']} | {r['detector']} | {r['raw_false_per_frame']:.2f} | {recall} | "
+                f"{r['false_per_frame']:.2f} | {r['tracks']} | {crops} | {box} | {r['score'] or '-'} | "
+                f"{r['raw_ms']:.1f}, {r['ms']:.1f} | {r['full_searches']} / {r['window_searches']} |"
+            )
     if decoding:
         print(f"\nDecoding the periodic clip at 3 fps ({decoding['frames']} frames taken), median of {args.decode}:")
         print(f"packets {decoding['packets']}, decoded by the sampler {decoding['decoded']}")
         for name in ("every frame", "sampler"):
             print(f"- {name}: {decoding[name]['cpu_ms']:.0f} ms CPU, {decoding[name]['wall_ms']:.0f} ms wall")
+    patterns = [random_backgrounds(args.patterns, args.seed, d) for d in detectors] if args.patterns else []
+    if patterns:
+        print(f"\nThe face over {args.patterns} random smooth patterns (seed {args.seed}), 8 sampled frames each:")
+        print("| detector | frames | alone: false / frame | frames with a false face tracked | recall |")
+        print("|---|---|---|---|---|")
+        for r in patterns:
+            print(
+                f"| {r['detector']} | {r['frames']} | {r['raw_false_per_frame']:.2f} | "
+                f"{r['frames_with_false_face']} | {100 * r['recall']:.0f} % |"
+            )
     if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine, "seconds": args.seconds, "rows": rows, "decoding": decoding}, indent=2)
-        )
+        summary = {"machine": machine, "seconds": args.seconds, "rows": rows, "decoding": decoding}
+        args.json.write_text(json.dumps({**summary, "patterns": patterns}, indent=2))
 
 
 if __name__ == "__main__":
