@@ -110,7 +110,22 @@ def test_one_face_over_a_periodic_background_is_the_face_chosen(tmp_path):
     assert got.face["faces_seen"] <= 2 and got.face["score"] >= START_SCORE - 0.1
     x, y, w, h = got.face["box"]
     assert x >= 0 and y >= 0 and x + w <= 640 and y + h <= 360 and h < 200  # inside, the face's size
-    inside = [
-        iou(box, truth[round(t, 3)][0]) >= 0.5 for t, box in zip(got.face_times, got.face_boxes, strict=True)
-    ]
+    inside = [iou(box, truth[round(t, 3)][0]) >= 0.5 for t, box in zip(got.face_times, got.face_boxes, strict=True)]
     assert np.mean(inside) >= 0.95
+
+
+def test_haar_scores_by_its_last_stage_and_the_pattern_starts_no_track():
+    import cv2
+
+    haar = open_detector("haar")
+    scene = Scene("no face", 20.0, size=(640, 360))
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    tracker, fooled = FaceTracker(haar, 640), 0
+    for k in range(0, 24, 2):
+        rgb, _ = scene.render(k / 3)
+        gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        fooled += len(cascade.detectMultiScale(gray, 1.1, 5, minSize=(45, 45)))  # OpenCV's plain call
+        assert tracker.update(rgb) == []
+    assert fooled >= 6  # the cascade alone takes the pattern for faces
+    [face] = haar.detect(face_photo(512))
+    assert START_SCORE <= face.score < 1.0  # a real face: a high score, no longer a constant 1
