@@ -381,3 +381,15 @@ def test_frames_no_tick_takes_are_skipped_and_ticks_matched_as_before(tmp_path, 
         # Only B-frames that no tick takes are skipped (x264: about 40 % of this clip's frames).
         assert (stats["decoded"] < 0.8 * stats["packets"]) == skips
         assert stats["decoded"] <= stats["packets"]
+
+
+def test_a_cut_b_frame_stream_keeps_the_frames_before_the_cut(tmp_path):
+    whole = _clip(tmp_path / "whole.ts", "libx264", {})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[: len(data) * 6 // 10 // 188 * 188 + 100])  # mid-packet, a partial TS packet
+    full = list(sample_frames(whole, 3.0))
+    got = list(sample_frames(cut, 3.0))
+    assert 0.4 * len(full) < len(got) < len(full)
+    for (t, rgb), (t_full, rgb_full) in zip(got[:-1], full, strict=False):  # the last may be damaged
+        assert t == t_full and np.array_equal(rgb, rgb_full)

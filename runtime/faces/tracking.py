@@ -4,16 +4,17 @@ A full-frame search (at most ``detect_side`` pixels on the longer side) runs on
 the first sampled frame, every ``redetect_every``-th one after it (to find
 faces that came into view) and whenever a tracked face is lost. In between,
 each tracked face is searched for only in a window of ``TRACK_WINDOW`` face
-sides around its last box, scaled so the face is about ``TRACK_FACE_PX``
-pixels, for faces of a similar size: a fraction of the full search's cost.
-Every face keeps an id from frame to frame, so the speaker choice can follow it.
+sides around where it should be by now (its last box moved on at its last
+velocity), scaled so the face is about ``TRACK_FACE_PX`` pixels, for faces of
+a similar size: a fraction of the full search's cost. Every face keeps an id
+from frame to frame, so the speaker choice can follow it.
 
 Hysteresis, as trackers by detection do: a face starts a track only on a high
-score (``START_SCORE``), a tracked face survives on the detector's own
-threshold; and only plausible faces count (``plausible``: landmark geometry,
-aspect, mostly inside the frame). A smooth periodic background can give
-YuNet a false face at 0.71-0.74 in every frame; real faces start at 0.85-0.94
-and score down to about 0.65 turned and dim (docs/BENCHMARKS.md).
+score (``START_SCORE``) confirmed by a second look, a tracked face survives on
+the detector's own threshold (``KEEP_SCORE``); and only plausible faces count
+(``plausible``: landmark geometry, aspect, mostly inside the frame). A smooth
+periodic background gives YuNet false faces at 0.6-0.8 in most frames; real
+faces score 0.85-0.94 and down to about 0.65 turned and dim (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ MATCH_DISTANCE = 2.5  # a detection continues a track whose predicted centre is 
 MATCH_SIZE = (0.5, 2.0)  # ... and whose size is within these ratios
 MAX_GAP = 3  # sampled frames a lost face is remembered for, to continue its track when it is found again
 HAAR_MIN_FRACTION = 1 / 8  # Haar only: faces below this share of the short side are not searched (time)
-START_SCORE = 0.8  # a detection starts a track only at this score (Haar's faces all score 1)
-KEEP_SCORE = 0.6  # ... and continues one at this score (YuNet's own threshold)
+START_SCORE = 0.8  # a detection starts a track only at this score
+KEEP_SCORE = 0.6  # ... and continues one at this score (the detectors' own threshold)
 ASPECT = (0.5, 1.2)  # width / height of a plausible box (faces measured 0.66-0.93, turned up to 30 degrees)
 MIN_INSIDE = 0.6  # share of a plausible box's area inside the frame
 
