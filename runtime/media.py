@@ -201,9 +201,10 @@ def wanted_packets(packets: Iterable[Any], stream: Any, sampler: TickSampler, co
     all of them moves a tick's frame up to a few frame intervals late. Here one is dropped only when
     ``sampler`` would not take it: a tick falls in (previous presentation time, its time] only for
     the frame it takes, and the previous time is known from the packets read so far and ``REORDER``
-    ahead (decode order differs from presentation order by a few frames). So ticks are matched
-    exactly as when every frame is decoded (tested); intra-only, all-reference streams, other codecs
-    and packets without times are decoded whole.
+    ahead (decode order differs from presentation order by a few frames). The times known are a
+    subset of all, so the previous time is never overestimated: more reordering than that costs
+    decoding, never a frame. So ticks are matched exactly as when every frame is decoded (tested);
+    intra-only and all-reference streams, other codecs and packets without times are decoded whole.
     """
     length = nal_length_size(stream)
     if length is None or stream.time_base is None:
@@ -229,7 +230,7 @@ def wanted_packets(packets: Iterable[Any], stream: Any, sampler: TickSampler, co
     for packet in packets:
         if packet.pts is not None:
             bisect.insort(times, float(packet.pts * stream.time_base))
-            del times[: -4 * REORDER]  # older times no longer matter
+            del times[: -4 * REORDER]  # bounded memory; a time dropped here only costs decoding
         ahead.append(packet)
         if len(ahead) > REORDER:
             yield from release(ahead.popleft())
