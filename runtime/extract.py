@@ -25,6 +25,7 @@ class MediaFeatures:
     notes: list[str]  # what was dropped and why
     face: dict[str, Any] = field(default_factory=dict)  # the chosen face: box, choice, confidence, faces_seen
     face_times: list[float] = field(default_factory=list)  # seconds from the clip's start, one per crop
+    face_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # x y w h, one per crop
 
     @property
     def has_audio(self) -> bool:
@@ -99,4 +100,4 @@ def finish(
     elif chosen.face.get("choice", "").startswith("largest:"):
         notes.append(f"several faces, {chosen.face['choice']}")
     times = [t - start for t in chosen.times]
-    return MediaFeatures(feats, chosen.crops, chosen.frames_sampled, notes, chosen.face, times)
+    return MediaFeatures(feats, chosen.crops, chosen.frames_sampled, notes, chosen.face, times, chosen.boxes)

@@ -6,6 +6,8 @@ segments are cut from full-length videos without re-encoding.
 
 from __future__ import annotations
 
+import bisect
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,21 +140,32 @@ class TickSampler:
         self.step, self.start = 1.0 / fps, start
         self.tick = 0  # index of the next tick to fill
 
+    def covers(self, before: float, t: float) -> bool:
+        """Whether a tick lies in (before, t]: ``take`` takes the frame at ``t`` when the one before it
+        (taken or not) was at ``before``."""
+        return self._index(t) >= max(0, self._index(before) + 1)
+
+    def _index(self, t: float) -> float:
+        return np.floor((t - self.start) / self.step + TICK_TOLERANCE)
+
     def take(self, t: float) -> bool:
-        position = (t - self.start) / self.step + TICK_TOLERANCE
-        if position < self.tick:
+        index = self._index(t)
+        if index < self.tick:
             return False
-        self.tick = int(np.floor(position)) + 1  # the ticks this frame covered are filled
+        self.tick = int(index) + 1  # the ticks this frame covered are filled
         return True
 
 
 def sample_frames(
-    path: Path, fps: float, start: float = 0.0, end: float | None = None
+    path: Path, fps: float, start: float = 0.0, end: float | None = None, stats: dict[str, int] | None = None
 ) -> Iterator[tuple[float, np.ndarray]]:
     """RGB frames [H, W, 3] at ``fps`` by presentation time: the first frame at or after each tick.
 
     Correct for variable frame rate and for segments cut from the middle of a
-    file; yields nothing when the file has no video stream.
+    file; yields nothing when the file has no video stream. Frames that no tick
+    takes and no other frame refers to are not decoded (``wanted_packets``): the
+    frames taken are those of decoding every frame. ``stats`` (optional) counts
+    ``packets`` and ``decoded`` (packets sent to the decoder).
     """
     av = _av()
     with open_media(path) as container:
@@ -163,15 +176,112 @@ def sample_frames(
         if start > 0 and stream.time_base is not None:
             container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
         sampler = TickSampler(fps, start)
+        counts = stats if stats is not None else {}
+        counts.update(packets=0, decoded=0)
         try:
-            for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else start + sampler.tick * sampler.step
-                if end is not None and t >= end:
-                    break
-                if sampler.take(t):
-                    yield t, frame.to_ndarray(format="rgb24")
+            for packet in wanted_packets(container.demux(stream), stream, sampler, counts):
+                for frame in packet.decode():
+                    t = float(frame.time) if frame.time is not None else start + sampler.tick * sampler.step
+                    if end is not None and t >= end:
+                        return
+                    if sampler.take(t):
+                        yield t, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError:
             return  # a truncated or corrupt tail: keep the frames decoded so far
+
+
+REORDER = 16  # packets of look-ahead: more than any encoder's reordering (x264: at most B-frames + 2)
+
+
+def wanted_packets(packets: Iterable[Any], stream: Any, sampler: TickSampler, counts: dict[str, int]) -> Iterator[Any]:
+    """The packets a tick sampler needs decoded: all but the non-reference frames no tick takes.
+
+    A non-reference frame (H.264 ``nal_ref_idc`` 0, HEVC sub-layer non-reference; the B-frames of
+    most camera and x264 streams) is what FFmpeg's ``skip_frame = "NONREF"`` drops, but dropping
+    all of them moves a tick's frame up to a few frame intervals late. Here one is dropped only when
+    ``sampler`` would not take it: a tick falls in (previous presentation time, its time] only for
+    the frame it takes, and the previous time is known from the packets read so far and ``REORDER``
+    ahead (decode order differs from presentation order by a few frames). The times known are a
+    subset of all, so the previous time is never overestimated: more reordering than that costs
+    decoding, never a frame. So ticks are matched exactly as when every frame is decoded (tested);
+    intra-only and all-reference streams, other codecs and packets without times are decoded whole.
+    """
+    length = nal_length_size(stream)
+    if length is None or stream.time_base is None:
+        for packet in packets:
+            counts["packets"] += 1
+            counts["decoded"] += 1
+            yield packet
+        return
+    ahead: deque[Any] = deque()
+    times: list[float] = []  # presentation times seen so far (recent ones), sorted
+
+    def release(packet: Any) -> Iterator[Any]:
+        counts["packets"] += 1
+        if packet.pts is not None and packet.size and _disposable(bytes(packet), length, stream.codec_context.name):
+            t = float(packet.pts * stream.time_base)
+            k = bisect.bisect_left(times, t)
+            before = times[k - 1] if k else -np.inf
+            if not sampler.covers(before, t):
+                return
+        counts["decoded"] += 1
+        yield packet
+
+    for packet in packets:
+        if packet.pts is not None:
+            bisect.insort(times, float(packet.pts * stream.time_base))
+            del times[: -4 * REORDER]  # bounded memory; a time dropped here only costs decoding
+        ahead.append(packet)
+        if len(ahead) > REORDER:
+            yield from release(ahead.popleft())
+    while ahead:
+        yield from release(ahead.popleft())
+
+
+def nal_length_size(stream: Any) -> int | None:
+    """Bytes of each NAL unit's length prefix in an H.264 / HEVC MP4-style stream, 0 for start codes
+    (MPEG-TS, raw); None for other codecs (never skipped)."""
+    name, extra = stream.codec_context.name, stream.codec_context.extradata or b""
+    if name not in ("h264", "hevc"):
+        return None
+    if not extra or extra[:3] == b"\x00\x00\x01" or extra[:4] == b"\x00\x00\x00\x01":
+        return 0  # Annex B: parameter sets in band, NAL units after start codes
+    index = 4 if name == "h264" else 21  # avcC / hvcC: lengthSizeMinusOne in the low two bits
+    return (extra[index] & 3) + 1 if len(extra) > index else None
+
+
+def _nal_headers(data: bytes, length: int) -> Iterator[int]:
+    """The first header byte of each NAL unit in a packet."""
+    if length:
+        offset = 0
+        while offset + length < len(data):
+            size = int.from_bytes(data[offset : offset + length], "big")
+            yield data[offset + length]
+            offset += length + size
+        return
+    offset = data.find(b"\x00\x00\x01")
+    while 0 <= offset < len(data) - 3:
+        yield data[offset + 3]
+        offset = data.find(b"\x00\x00\x01", offset + 3)
+
+
+def _disposable(data: bytes, length: int, codec: str) -> bool:
+    """Whether no other frame refers to this packet's picture: every slice in it is non-reference."""
+    slices = 0
+    for header in _nal_headers(data, length):
+        if codec == "h264":
+            kind, reference = header & 31, header >> 5 & 3
+            if 1 <= kind <= 5:  # coded slices
+                slices += 1
+                if reference or kind == 5:
+                    return False
+        else:
+            kind = header >> 1 & 63
+            if kind <= 31:  # VCL: types 0-14 even are sub-layer non-reference pictures
+                slices += 1
+                if kind > 14 or kind % 2:
+                    return False
+    return slices > 0
 
 
 def media_duration(path: Path) -> float:

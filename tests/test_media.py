@@ -153,10 +153,11 @@ def test_tracking_searches_near_the_face_and_the_whole_frame_when_lost(name):
     detector = RecordingDetector(open_detector(name))
     tracker = FaceTracker(detector, detect_side=640, redetect_every=3)
     [(track, first)] = tracker.update(frame)
-    assert detector.searched == [(360, 640)]  # the first frame: the whole frame, scaled to 640 px
+    # The first frame: the whole frame, scaled to 640 px, then a second look around the new face.
+    assert detector.searched[0] == (360, 640) and len(detector.searched) == 2
     shifted = np.roll(frame, (8, -6), axis=(0, 1))  # the face moved a little between sampled frames
     [(again, tracked)] = tracker.update(shifted)
-    assert again == track and len(detector.searched) == 2
+    assert again == track and len(detector.searched) == 3
     h, w = detector.searched[-1]
     assert h * w < 0.25 * 360 * 640  # a window around the last face, not the frame
     tolerance = 0.1 * first.box[3]  # the window is searched at a coarser scale than the frame
@@ -176,7 +177,7 @@ def test_4k_frame_detects_on_a_downscaled_copy():
     frame[56:2104, 900:2948] = cv2.resize(face_photo(512), (2048, 2048))
     detector = RecordingDetector(open_detector("yunet"))
     [(_, face)] = FaceTracker(detector, detect_side=640).update(frame)
-    assert detector.searched == [(360, 640)] and face.box[2] > 250  # full-resolution coordinates
+    assert detector.searched == [(360, 640), (128, 128)] and face.box[2] > 250  # full resolution; a second look
 
 
 def test_face_detector_model_errors(tmp_path):
@@ -324,3 +325,71 @@ def test_fbank_matches_an_independent_numpy_implementation():
             compared += 1
     assert compared > 80
     assert ours.shape[1] == 80 and abs(len(ours) - 100) <= 1
+
+
+def _clip(path, codec, options, frames=150, fps=30):
+    """A 320x240 clip with a moving edge (every frame differs), encoded by ``codec`` with ``options``."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(frames):
+            img = np.full((240, 320, 3), (i * 7) % 255, np.uint8)
+            img[:, (i * 3) % 320] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _every_frame(path):
+    """Every frame's time and pixels, decoded plainly (the reference)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [(float(f.time), f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "options", "skips"),
+    [
+        ("b-frames.mp4", "libx264", {}, True),  # x264's defaults: 3 B-frames, B-pyramid (some B-frames are references)
+        ("flat-b.mp4", "libx264", {"x264-params": "b-pyramid=none"}, True),  # every B-frame non-reference
+        ("b-frames.ts", "libx264", {}, True),  # MPEG-TS: NAL units after start codes
+        ("hevc.mp4", "libx265", {"x265-params": "log-level=none"}, True),
+        ("intra.mp4", "libx264", {"x264-params": "keyint=1"}, False),  # nothing to skip: decoded whole
+        ("all-p.mp4", "libx264", {"bf": "0"}, False),  # every frame a reference
+        ("mpeg4.mp4", "mpeg4", {}, False),  # another codec: decoded whole
+    ],
+)
+def test_frames_no_tick_takes_are_skipped_and_ticks_matched_as_before(tmp_path, name, codec, options, skips):
+    path = _clip(tmp_path / name, codec, options)
+    reference = _every_frame(path)
+    times = np.array([t for t, _ in reference])
+    # A segment too, except from MPEG-TS: FFmpeg seeks it by bytes, landing past a start between keyframes.
+    for start, end in ((0.0, None), (1.3, 3.9))[: 1 if name.endswith(".ts") else 2]:
+        stats = {}
+        got = list(sample_frames(path, 3.0, start, end, stats))
+        # The reference: for each tick, the first of all frames at or after it.
+        ticks = start + np.arange(len(got) + 1) / 3.0
+        ticks = ticks[(ticks <= times.max()) & ((ticks < end) if end else True)]
+        want = [int(np.argmax(times >= tick - 1e-4)) for tick in ticks]
+        assert [t for t, _ in got] == [times[i] for i in want]
+        assert all(np.array_equal(rgb, reference[i][1]) for (_, rgb), i in zip(got, want, strict=True))
+        late = np.array([t for t, _ in got]) - ticks
+        assert np.all(late[ticks >= times[0]] < 1 / 30)  # within one frame interval (a TS starts a little late)
+        # Only B-frames that no tick takes are skipped (x264: about 40 % of this clip's frames).
+        assert (stats["decoded"] < 0.8 * stats["packets"]) == skips
+        assert stats["decoded"] <= stats["packets"]
+
+
+def test_a_cut_b_frame_stream_keeps_the_frames_before_the_cut(tmp_path):
+    whole = _clip(tmp_path / "whole.ts", "libx264", {})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[: len(data) * 6 // 10 // 188 * 188 + 100])  # mid-packet, a partial TS packet
+    full = list(sample_frames(whole, 3.0))
+    got = list(sample_frames(cut, 3.0))
+    assert 0.4 * len(full) < len(got) < len(full)
+    for (t, rgb), (t_full, rgb_full) in zip(got[:-1], full, strict=False):  # the last may be damaged
+        assert t == t_full and np.array_equal(rgb, rgb_full)

@@ -23,6 +23,8 @@ from avemo.runtime.faces.detectors import Face, FaceDetector, open_detector
 from avemo.runtime.faces.speaker import SpeakerChoice, audio_activity, choose_speaker
 from avemo.runtime.faces.tracking import FaceTracker
 
+STABLE_SHARE = 0.5  # of the strongest track's strength: a steady face, chosen among others by its size
+
 __all__ = [
     "ClipCollector",
     "ClipFaces",
@@ -31,6 +33,7 @@ __all__ = [
     "FacePipeline",
     "features_for_detector",
     "open_detector",
+    "preference",
 ]
 
 
@@ -42,6 +45,7 @@ class ClipFaces:
     frames_sampled: int
     face: dict[str, Any] = field(default_factory=dict)  # box, choice, confidence, faces_seen
     times: list[float] = field(default_factory=list)  # the media time of each crop's frame
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # each crop's face, x y w h
 
 
 class FacePipeline:
@@ -135,10 +139,11 @@ class ClipCollector:
             choice = choose_speaker({i: self.motion.get(i, {}) for i in tracks}, activity)
         else:
             choice = SpeakerChoice(None, "largest", 0.0)
+        order = [choice.track] if choice.track is not None else preference(self.frames)
         picked = [
-            (t, frame[choice.track] if choice.track is not None else max(frame.values(), key=lambda fc: fc[0].area))
+            (t, frame[next(i for i in order if i in frame)])
             for t, frame in zip(self.times, self.frames, strict=True)
-            if frame and (choice.track is None or choice.track in frame)
+            if any(i in frame for i in order)
         ]
         chosen = [face_crop for _, face_crop in picked]
         info: dict[str, Any] = {"faces_seen": len(tracks)}
@@ -148,10 +153,32 @@ class ClipCollector:
                 box=[round(float(v), 1) for v in np.median(boxes, axis=0)],  # x, y, w, h: the chosen face's median
                 choice=choice.method,
                 confidence=round(choice.confidence, 3),
+                score=round(float(np.mean([face.score for face, _ in chosen])), 3),  # the detector's, mean
             )
             if choice.scores:
                 info["correlations"] = {str(i): round(s, 3) for i, s in sorted(choice.scores.items())}
-        return ClipFaces([crop for _, crop in chosen], len(self.frames), info, [t for t, _ in picked])
+        return ClipFaces(
+            [crop for _, crop in chosen], len(self.frames), info, [t for t, _ in picked], [f.box for f, _ in chosen]
+        )
+
+
+def preference(frames: list[dict[int, tuple[Face, np.ndarray]]]) -> list[int]:
+    """Track ids in the order the "largest" choice takes them, frame by frame: the first one in view.
+
+    A track's strength is the sum of its scores over the frames it was seen in (score and
+    stability together); tracks within ``STABLE_SHARE`` of the strongest come first, larger ones
+    before smaller (two steady faces: the larger), then the rest by strength (the chosen face's
+    gaps are filled by its own fragments before anything else)."""
+    scores: dict[int, list[float]] = {}
+    areas: dict[int, list[float]] = {}
+    for frame in frames:
+        for i, (face, _) in frame.items():
+            scores.setdefault(i, []).append(face.score)
+            areas.setdefault(i, []).append(face.area)
+    strength = {i: sum(s) for i, s in scores.items()}
+    best = max(strength.values(), default=0.0)
+    steady = sorted((i for i in strength if strength[i] >= STABLE_SHARE * best), key=lambda i: -np.median(areas[i]))
+    return steady + sorted((i for i in strength if i not in steady), key=lambda i: -strength[i])
 
 
 def features_for_detector(features: FeatureConfig, name: str) -> FeatureConfig:
