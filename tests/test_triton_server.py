@@ -7,10 +7,12 @@ Skipped, with the reason, where the wheel is not installed (it exists for Linux 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,7 @@ def server(repository):
         pytest.skip(NO_SERVER)
     from avemo.runtime.serving.client import AvemoTritonClient
 
-    with TritonServer(repository[1], grpc_port=free_port()) as running:
+    with TritonServer(repository[1], grpc_port=free_port(), metrics_port=free_port()) as running:
         client = AvemoTritonClient(running.url)
         yield running, client
         client.close()
@@ -231,3 +233,168 @@ def test_requests_merge_into_one_padded_batch_without_changing_answers(colearn_e
         check_request({**requests[0], "face_lengths": np.array([0])}, tuple(requests[0]))
     with pytest.raises(AvemoError, match="missing inputs"):
         check_request({"faces": requests[0]["faces"]}, ("faces", "face_lengths"))
+
+
+def _metric(running: TritonServer, series: str) -> float:
+    """One series' value from the server's Prometheus text (0 when absent)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
+    return sum(values)
+
+
+@needs_server
+def test_good_requests_log_nothing(server, repository, tmp_path):
+    """Each output once logged a traceback (the Python backend names a used DLPack capsule wrongly)."""
+    from tests.media_factory import write_media
+
+    running, client = server
+    from avemo.runtime.manifest import load_manifest
+
+    features = load_manifest(repository[0]).features
+    before = running.log_file.stat().st_size
+    for modality in ("a", "v", "av"):
+        client.graph(modality, sample_inputs(features, modality, 2, 1.0, seed=5))
+    client.media(write_media(tmp_path / "clip.mp4", seconds=1.0).read_bytes())
+    time.sleep(0.5)  # the stubs write to the server's log unbuffered: anything would be there by now
+    with running.log_file.open("rb") as log:
+        log.seek(before)
+        assert log.read().decode(errors="replace") == ""
+
+
+@needs_server
+def test_non_finite_features_are_refused_and_counted(server, repository):
+    from tritonclient.utils import InferenceServerException
+
+    running, client = server
+    from avemo.runtime.manifest import load_manifest
+
+    features = load_manifest(repository[0]).features
+    audio = sample_inputs(features, "a", 3, 1.0, seed=6)
+    faces = sample_inputs(features, "v", 2, 1.0, seed=7)
+    series = 'avemo_request_failure{code="INVALID_ARG",model="avemo_%s"}'
+    before = {m: _metric(running, series % m) for m in ("a", "v")}
+    bad_audio = audio["audio_feats"].copy()
+    bad_audio[1, 5, 7] = np.nan
+    bad_faces = faces["faces"].copy()
+    bad_faces[0, 0, 0, 0, 0] = np.inf
+    for modality, inputs, name, clips in (
+        ("a", {**audio, "audio_feats": bad_audio}, "audio_feats", r"\[1\]"),
+        ("v", {**faces, "faces": bad_faces}, "faces", r"\[0\]"),
+        ("a", {**audio, "audio_feats": np.full_like(bad_audio, -np.inf)}, "audio_feats", r"\[0, 1, 2\]"),
+    ):
+        with pytest.raises(InferenceServerException, match=rf"{name} holds NaN or Inf \(clips {clips}") as caught:
+            client.graph(modality, inputs)
+        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # Triton's own counters call these successes (see _Failures); avemo's counter has them
+    assert {m: _metric(running, series % m) - before[m] for m in ("a", "v")} == {"a": 2, "v": 1}
+    assert _metric(running, 'nv_inference_request_success{model="avemo_a",version="1"}') > 0
+    _probs_equal(client.graph("a", audio), OrtBackend(repository[0] / "avemo_a.onnx").infer(audio))
+
+
+@pytest.fixture
+def one_model_repo(repository, tmp_path):
+    """A repository with avemo_a only: a server on it starts in seconds."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(repository[1] / "avemo_a", repo / "avemo_a")
+    return repo
+
+
+def _serve(repo: Path, *extra: str) -> subprocess.Popen:
+    command = [str(Path(sys.executable).parent / "avemo"), "triton-serve", str(repo)]
+    command += ["--grpc-port", str(free_port()), "--http-port", str(free_port()), *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _until_ready(process: subprocess.Popen) -> list[str]:
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith("ready:"):
+            return lines
+    pytest.fail("".join(lines))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _gone(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+@needs_server
+def test_a_dead_model_process_stops_triton_serve_with_exit_3(one_model_repo):
+    from avemo.runtime.serving.server import _stubs_of
+
+    process = _serve(one_model_repo, "--log-file", str(one_model_repo.parent / "log"))
+    try:
+        _until_ready(process)
+        (server,) = _children(process.pid)
+        (stub,) = _stubs_of(server)
+        os.kill(stub, signal.SIGKILL)  # as the OOM killer would
+        assert process.wait(60) == 3
+        rest = process.stderr.read()
+        assert "avemo_a: the model's Python process died" in rest and "supervisor" in rest
+        assert _gone([server], 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@needs_server
+def test_killing_triton_serve_takes_the_server_with_it(one_model_repo):
+    from avemo.runtime.serving.server import _stubs_of
+
+    process = _serve(one_model_repo, "--log-file", str(one_model_repo.parent / "log"))
+    try:
+        _until_ready(process)
+        (server,) = _children(process.pid)
+        stubs = list(_stubs_of(server))
+        assert stubs
+        process.kill()
+        process.wait(10)
+        assert _gone([server, *stubs], 30), {pid: _state(pid) for pid in [server, *stubs]}
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@needs_server
+def test_a_model_that_fails_to_load_is_named_with_its_reason(one_model_repo):
+    weights = one_model_repo / "avemo_a" / "1" / "models" / "avemo.weights"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    process = _serve(one_model_repo)
+    try:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 1
+        assert "avemo_a: Internal: AvemoError: " in err and "sha256 does not match" in err, err
+        log = Path(err.rsplit("(whole log: ", 1)[1].split(")")[0])
+        assert "failed to load 'avemo_a'" in log.read_text()
+        log.unlink()
+    finally:
+        if process.poll() is None:
+            process.kill()
