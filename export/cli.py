@@ -129,7 +129,11 @@ def export(
     show_default=True,
     help="python: run the graphs on ONNX Runtime, TensorRT, or TensorRT where engines for the GPU exist.",
 )
-@click.option("--force", is_flag=True, help="Replace avemo models already in --out.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace avemo models already in --out: each model folder is swapped whole (old or new, never half).",
+)
 def export_triton(
     models: Path, out: Path, backend: str, precision: str, max_batch: int | None, instances: int,
     engines: Path | None, python_env: str | None, python_runtime: str, force: bool,
@@ -138,7 +142,7 @@ def export_triton(
 
     Each model gets config.pbtxt (the manifest's names, dtypes and dims; dynamic
     batching; an instance group) and version 1/ with the graph (model.onnx and
-    the shared avemo.weights beside it, hard-linked where possible), the
+    the shared avemo.weights beside it; copies, reflinked where the file system can), the
     TensorRT engine (model.plan), or, for --backend python, a model.py that
     runs the graph through avemo's runtime with the models folder beside it.
 

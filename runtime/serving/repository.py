@@ -9,14 +9,14 @@ group, and in version folder 1/ either
   (`avemo.runtime.serving.triton_model`) from the models folder beside it; this
   backend adds ``avemo_media`` (encoded clip in, emotions out). Its config names
   the Python environment with avemo installed (``EXECUTION_ENV_PATH``).
-Files are hard-linked where the file system allows, so the weights are stored
-once. Torch-free.
+Files are copied (reflinked where the file system can; never hard-linked), only
+those the manifest lists, and the models are swapped in atomically
+(`avemo.runtime.serving.files`). Torch-free.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +27,7 @@ from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
 from avemo.runtime.engines import ENGINES_DIR
 from avemo.runtime.manifest import Manifest, load_manifest
+from avemo.runtime.serving.files import inside, place, staging_for, swap_in
 
 TRITON_BACKENDS = {
     "onnxruntime": ("onnxruntime", "model.onnx"),
@@ -140,6 +141,7 @@ def export_triton(
         raise AvemoError(f"unknown Triton backend {backend!r}; choose {', '.join(TRITON_BACKENDS)}")
     manifest = load_manifest(models)
     largest = manifest.data["profiles"]["batch"][2]
+    sources: dict[str, Path] = {}
     if backend == "python":
         manifest.graph_path(manifest.modalities[0], precision)  # refuses a precision the model lacks, now
     else:
@@ -154,15 +156,34 @@ def export_triton(
     existing = [out / name for name in names if (out / name).exists()]
     if existing and not force:
         raise AvemoError(f"{out}: already holds {', '.join(p.name for p in existing)}; use --force to replace")
-    for path in existing:
-        shutil.rmtree(path)
-    kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
     env = default_python_env() if python_env is None else python_env
     parameters = {"AVEMO_PRECISION": precision, "AVEMO_BACKEND": python_runtime}
     if env:
         if not (Path(env) / "bin").is_dir():
             raise AvemoError(f"--python-env {env}: not a Python environment (no bin/ folder)")
         parameters["EXECUTION_ENV_PATH"] = str(Path(env).resolve())
+    staging = staging_for(out)
+    try:
+        written = _write(manifest, staging, backend, precision, max_batch, instances, parameters, sources)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in(staging, out, names)
+    return {key: out / folder.name for key, folder in written.items()}
+
+
+def _write(
+    manifest: Manifest,
+    out: Path,
+    backend: str,
+    precision: str,
+    max_batch: int,
+    instances: int,
+    parameters: dict[str, str],
+    sources: dict[str, Path],
+) -> dict[str, Path]:
+    """The models of the repository, into ``out`` (a staging folder)."""
+    kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
     folders = {}
     for modality in manifest.modalities:
         version = out / model_name(modality) / "1"
@@ -171,9 +192,9 @@ def export_triton(
             _python_model(manifest, version, "GraphModel")
             text = config_pbtxt(manifest, modality, backend, max_batch, instances, kind, parameters)
         else:
-            _place(sources[modality], version / TRITON_BACKENDS[backend][1])
+            place(sources[modality], version / TRITON_BACKENDS[backend][1])
             if backend == "onnxruntime":  # the graph names its external data file relative to itself
-                _place(sources[modality].parent / WEIGHTS_FILE, version / WEIGHTS_FILE)
+                place(sources[modality].parent / WEIGHTS_FILE, version / WEIGHTS_FILE)
             text = config_pbtxt(manifest, modality, backend, max_batch, instances, kind)
         atomic_write_bytes(version.parent / "config.pbtxt", text.encode())
         folders[modality] = version.parent
@@ -187,14 +208,24 @@ def export_triton(
 
 
 def _python_model(manifest: Manifest, version: Path, cls: str) -> None:
-    """model.py and the models folder (hard links) of one Python-backend model."""
+    """model.py and the models folder (copies of the model's own files) of one Python-backend model."""
     from avemo.runtime.serving.triton_model import MODELS_DIR
 
     atomic_write_bytes(version / "model.py", MODEL_PY.format(cls=cls).encode())
-    for path in sorted(p for p in manifest.root.rglob("*") if p.is_file()):
-        target = version / MODELS_DIR / path.relative_to(manifest.root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _place(path, target)
+    for relative in model_files(manifest):
+        place(manifest.root / relative, version / MODELS_DIR / relative)
+
+
+def model_files(manifest: Manifest) -> list[str]:
+    """What a models folder needs: manifest.json, the files it lists, the engines built for it; each
+    inside the folder (AvemoError otherwise). Nothing else: no notes, no symlinks, no stray files."""
+    root = manifest.root
+    files = ["manifest.json", *sorted(manifest.data["files"])]
+    built = sorted(p for p in (root / ENGINES_DIR).glob("*/avemo_*") if p.suffix in (".engine", ".json"))
+    files += [str(p.relative_to(root)) for p in built]
+    for relative in files:
+        inside(root, relative, "files entry")
+    return files
 
 
 def _source(manifest: Manifest, modality: str, backend: str, precision: str, engines: Path | None) -> Path:
@@ -221,11 +252,3 @@ def _source(manifest: Manifest, modality: str, backend: str, precision: str, eng
 def _engine_max_batch(plan: Path, default: int) -> int:
     sidecar = plan.with_suffix(".json")
     return int(json.loads(sidecar.read_text()).get("max_batch", default)) if sidecar.exists() else default
-
-
-def _place(source: Path, target: Path) -> None:
-    """A hard link where the file system allows it (no second copy of the weights), else a copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
