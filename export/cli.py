@@ -130,13 +130,20 @@ def export(
     help="python: run the graphs on ONNX Runtime, TensorRT, or TensorRT where engines for the GPU exist.",
 )
 @click.option(
+    "--media-instances",
+    type=click.IntRange(min=1),
+    default=None,
+    help="python: avemo_media's processes, clips served in parallel (default: one per core of this machine; "
+    "set it for the serving machine). Each holds the models and a face detector.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Replace avemo models already in --out: each model folder is swapped whole (old or new, never half).",
 )
 def export_triton(
     models: Path, out: Path, backend: str, precision: str, max_batch: int | None, instances: int,
-    engines: Path | None, python_env: str | None, python_runtime: str, force: bool,
+    engines: Path | None, python_env: str | None, python_runtime: str, media_instances: int | None, force: bool,
 ) -> None:  # fmt: skip
     """Write a Triton Inference Server model repository: avemo_a, avemo_v, avemo_av (+ avemo_media).
 
@@ -156,7 +163,10 @@ def export_triton(
     """
     from avemo.runtime.serving.repository import export_triton as run
 
-    folders = run(models, out, backend, precision, max_batch, instances, engines, force, python_env, python_runtime)
+    folders = run(
+        models, out, backend, precision, max_batch, instances, engines, force, python_env, python_runtime,
+        media_instances,
+    )  # fmt: skip
     for folder in folders.values():
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         shown = [f for f in files if not f.startswith("1/models/")]

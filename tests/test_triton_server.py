@@ -79,6 +79,25 @@ def test_python_repository_layout_and_configs(repository):
     assert [(t.name, t.data_type) for t in media.input] == [("media", model_config_pb2.TYPE_UINT8)]
     assert [t.name for t in media.output] == ["probs", "modality", "notes", "result"]
     assert media.max_batch_size == 0
+    # one avemo_media process per core by default, the cores shared out as threads
+    cores = len(os.sched_getaffinity(0))
+    assert [(g.count, g.kind) for g in media.instance_group] == [(cores, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    assert media.parameters["AVEMO_THREADS"].string_value == "1"
+
+
+def test_media_instances_share_out_the_cores(colearn_export, tmp_path):
+    result = CliRunner().invoke(
+        main, ["export-triton", str(colearn_export[0]), "--out", str(tmp_path / "repo"), "--backend", "python",
+               "--media-instances", "3", "--instances", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    media, graph = (
+        text_format.Parse((tmp_path / "repo" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        for name in ("avemo_media", "avemo_a")
+    )
+    assert media.instance_group[0].count == 3
+    assert media.parameters["AVEMO_THREADS"].string_value == str(max(1, len(os.sched_getaffinity(0)) // 3))
+    assert graph.instance_group[0].count == 2 and "AVEMO_THREADS" not in graph.parameters
 
 
 def test_python_env_must_be_an_environment(colearn_export, tmp_path):

@@ -17,6 +17,7 @@ those the manifest lists, and the models are swapped in atomically
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -98,7 +99,8 @@ def config_pbtxt(
 
 
 def media_config_pbtxt(instances: int, parameters: dict[str, str]) -> str:
-    """avemo_media: one encoded clip per request (no batching: each clip is decoded on its own)."""
+    """avemo_media: one encoded clip per request (no batching: each clip is decoded on its own); clips
+    run in parallel on ``instances`` processes."""
     from avemo.contract import NUM_LABELS
     from avemo.runtime.serving.triton_model import MEDIA_INPUT, MEDIA_OUTPUTS
 
@@ -130,12 +132,15 @@ def export_triton(
     force: bool = False,
     python_env: str | None = None,
     python_runtime: str = "auto",
+    media_instances: int | None = None,
 ) -> dict[str, Path]:
     """Write the repository; returns {model name without "avemo_": model folder} (``media`` for avemo_media).
 
     ``python_env``: the Python backend's EXECUTION_ENV_PATH ("" for none: avemo is in the stub's own
     Python); default: the running virtualenv. ``python_runtime``: what the Python models run the
     graphs on: ort, trt or auto (TensorRT where engines for the serving GPU exist).
+    ``media_instances``: avemo_media's processes (default: this machine's cores), each with
+    cores / instances threads, so that concurrent clips decode and run in parallel.
     """
     if backend not in TRITON_BACKENDS:
         raise AvemoError(f"unknown Triton backend {backend!r}; choose {', '.join(TRITON_BACKENDS)}")
@@ -162,9 +167,10 @@ def export_triton(
         if not (Path(env) / "bin").is_dir():
             raise AvemoError(f"--python-env {env}: not a Python environment (no bin/ folder)")
         parameters["EXECUTION_ENV_PATH"] = str(Path(env).resolve())
+    media = _media_parameters(parameters, media_instances)
     staging = staging_for(out)
     try:
-        written = _write(manifest, staging, backend, precision, max_batch, instances, parameters, sources)
+        written = _write(manifest, staging, backend, precision, max_batch, instances, parameters, sources, media)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -181,6 +187,7 @@ def _write(
     instances: int,
     parameters: dict[str, str],
     sources: dict[str, Path],
+    media: tuple[int, dict[str, str]],
 ) -> dict[str, Path]:
     """The models of the repository, into ``out`` (a staging folder)."""
     kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
@@ -202,9 +209,17 @@ def _write(
         version = out / MEDIA_MODEL / "1"
         version.mkdir(parents=True)
         _python_model(manifest, version, "MediaModel")
-        atomic_write_bytes(version.parent / "config.pbtxt", media_config_pbtxt(instances, parameters).encode())
+        atomic_write_bytes(version.parent / "config.pbtxt", media_config_pbtxt(*media).encode())
         folders["media"] = version.parent
     return folders
+
+
+def _media_parameters(parameters: dict[str, str], instances: int | None) -> tuple[int, dict[str, str]]:
+    """avemo_media's instance count and parameters: one process per core by default (decoding and face
+    search are most of a clip's time and run per process), the cores shared out as threads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    instances = instances or cores
+    return instances, {**parameters, "AVEMO_THREADS": str(max(1, cores // instances))}
 
 
 def _python_model(manifest: Manifest, version: Path, cls: str) -> None:
