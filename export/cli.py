@@ -137,13 +137,20 @@ def export(
     "set it for the serving machine). Each holds the models and a face detector.",
 )
 @click.option(
+    "--media-max-seconds",
+    type=float,
+    default=None,
+    help="python: avemo_media refuses longer media (default 600; memory and time grow with the length).",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Replace avemo models already in --out: each model folder is swapped whole (old or new, never half).",
 )
 def export_triton(
     models: Path, out: Path, backend: str, precision: str, max_batch: int | None, instances: int,
-    engines: Path | None, python_env: str | None, python_runtime: str, media_instances: int | None, force: bool,
+    engines: Path | None, python_env: str | None, python_runtime: str, media_instances: int | None,
+    media_max_seconds: float | None, force: bool,
 ) -> None:  # fmt: skip
     """Write a Triton Inference Server model repository: avemo_a, avemo_v, avemo_av (+ avemo_media).
 
@@ -165,7 +172,7 @@ def export_triton(
 
     folders = run(
         models, out, backend, precision, max_batch, instances, engines, force, python_env, python_runtime,
-        media_instances,
+        media_instances, media_max_seconds,
     )  # fmt: skip
     for folder in folders.values():
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

@@ -97,7 +97,30 @@ def test_media_instances_share_out_the_cores(colearn_export, tmp_path):
     )
     assert media.instance_group[0].count == 3
     assert media.parameters["AVEMO_THREADS"].string_value == str(max(1, len(os.sched_getaffinity(0)) // 3))
+    assert media.parameters["AVEMO_MAX_SECONDS"].string_value == "600"
+    bad = CliRunner().invoke(
+        main, ["export-triton", str(colearn_export[0]), "--out", str(tmp_path / "repo2"), "--backend", "python",
+               "--media-max-seconds", "-5"],
+    )  # fmt: skip
+    assert bad.exit_code == 1 and "--media-max-seconds -5.0: give a positive number" in bad.output
     assert graph.instance_group[0].count == 2 and "AVEMO_THREADS" not in graph.parameters
+
+
+def test_media_longer_than_the_limit_is_refused(colearn_export, tmp_path):
+    import tempfile
+
+    from avemo.runtime.recognizer import Recognizer
+    from avemo.runtime.serving.triton_model import MediaModel
+    from tests.media_factory import write_media
+
+    model = MediaModel()  # as initialize() makes it, without Triton
+    model.recognizer, model.max_seconds = Recognizer(colearn_export[0]), 2.0
+    model.scratch = tempfile.TemporaryDirectory()
+    with pytest.raises(AvemoError, match=r"the request's media lasts 3\.\d s, over this server's limit of 2 s"):
+        model.recognize(write_media(tmp_path / "long.mp4", seconds=3.0).read_bytes())
+    short = write_media(tmp_path / "short.wav", seconds=1.5, video=False)
+    assert model.recognize(short.read_bytes())["modality"] == "a"
+    model.scratch.cleanup()
 
 
 def test_python_env_must_be_an_environment(colearn_export, tmp_path):

@@ -133,6 +133,7 @@ def export_triton(
     python_env: str | None = None,
     python_runtime: str = "auto",
     media_instances: int | None = None,
+    media_max_seconds: float | None = None,
 ) -> dict[str, Path]:
     """Write the repository; returns {model name without "avemo_": model folder} (``media`` for avemo_media).
 
@@ -141,6 +142,7 @@ def export_triton(
     graphs on: ort, trt or auto (TensorRT where engines for the serving GPU exist).
     ``media_instances``: avemo_media's processes (default: this machine's cores), each with
     cores / instances threads, so that concurrent clips decode and run in parallel.
+    ``media_max_seconds``: longer media is refused (default 600).
     """
     if backend not in TRITON_BACKENDS:
         raise AvemoError(f"unknown Triton backend {backend!r}; choose {', '.join(TRITON_BACKENDS)}")
@@ -167,7 +169,7 @@ def export_triton(
         if not (Path(env) / "bin").is_dir():
             raise AvemoError(f"--python-env {env}: not a Python environment (no bin/ folder)")
         parameters["EXECUTION_ENV_PATH"] = str(Path(env).resolve())
-    media = _media_parameters(parameters, media_instances)
+    media = _media_parameters(parameters, media_instances, media_max_seconds)
     staging = staging_for(out)
     try:
         written = _write(manifest, staging, backend, precision, max_batch, instances, parameters, sources, media)
@@ -214,12 +216,22 @@ def _write(
     return folders
 
 
-def _media_parameters(parameters: dict[str, str], instances: int | None) -> tuple[int, dict[str, str]]:
+def _media_parameters(
+    parameters: dict[str, str], instances: int | None, max_seconds: float | None
+) -> tuple[int, dict[str, str]]:
     """avemo_media's instance count and parameters: one process per core by default (decoding and face
     search are most of a clip's time and run per process), the cores shared out as threads."""
+    from avemo.runtime.serving.triton_model import DEFAULT_MAX_SECONDS, MAX_SECONDS
+
+    if max_seconds is not None and not 0 < max_seconds < float("inf"):
+        raise AvemoError(f"--media-max-seconds {max_seconds}: give a positive number of seconds")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     instances = instances or cores
-    return instances, {**parameters, "AVEMO_THREADS": str(max(1, cores // instances))}
+    return instances, {
+        **parameters,
+        "AVEMO_THREADS": str(max(1, cores // instances)),
+        MAX_SECONDS: f"{max_seconds or DEFAULT_MAX_SECONDS:g}",
+    }
 
 
 def _python_model(manifest: Manifest, version: Path, cls: str) -> None:

@@ -4,7 +4,8 @@ Each repository model's ``1/model.py`` only imports one of these as
 ``TritonPythonModel``; the models directory (manifest, graphs, shared weights,
 engines) sits beside it in ``1/models/``. Parameters in ``config.pbtxt``:
 ``AVEMO_PRECISION`` (fp32 | fp16 | int8 | int8-cpu), ``AVEMO_BACKEND``
-(ort | trt | auto), ``AVEMO_THREADS`` (0: ONNX Runtime's default).
+(ort | trt | auto), ``AVEMO_THREADS`` (0: ONNX Runtime's default),
+``AVEMO_MAX_SECONDS`` (avemo_media: longer media is refused; default 600).
 
 - ``GraphModel`` (avemo_a, avemo_v, avemo_av): the graph's own inputs and
   ``probs``; the requests Triton's dynamic batcher hands over in one call are
@@ -34,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,8 @@ MODELS_DIR = "models"  # in each model's version folder
 MEDIA_INPUT = "media"  # UINT8 [-1]: the encoded clip's bytes
 MEDIA_OUTPUTS = ("probs", "modality", "notes", "result")
 LENGTH_OF = {"audio_feats": "audio_lengths", "faces": "face_lengths"}
+MAX_SECONDS = "AVEMO_MAX_SECONDS"  # avemo_media's limit on a request's media duration (config parameter)
+DEFAULT_MAX_SECONDS = 600.0
 _USED_DLTENSOR = ctypes.c_char_p(b"used_dltensor")  # module-level: a capsule keeps the pointer, not a copy
 _set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
 _set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
@@ -217,20 +221,32 @@ class MediaModel:
             faces=params.get("AVEMO_FACES", "speaker"),
         )
         self.scratch = tempfile.TemporaryDirectory(prefix="avemo-media-")
+        self.max_seconds = float(params.get(MAX_SECONDS) or DEFAULT_MAX_SECONDS)
         self.failures = _Failures(args["model_name"])
 
     def recognize(self, data: bytes) -> dict[str, Any]:
-        """The `avemo infer` JSON of one encoded clip."""
+        """The `avemo infer` JSON of one encoded clip of at most ``max_seconds``."""
+        from avemo.runtime.media import media_duration
+
         if not data:
             raise AvemoError("empty media: send the bytes of an encoded clip (mp4, mkv, wav, ...)")
         with tempfile.NamedTemporaryFile(dir=self.scratch.name, suffix=".clip") as file:
             file.write(data)
             file.flush()
+            path = Path(file.name)
             try:
-                result = self.recognizer.recognize(Path(file.name)).to_json()
+                if (seconds := media_duration(path)) > self.max_seconds:
+                    raise AvemoError(
+                        f"the request's media lasts {seconds:.1f} s, over this server's limit of "
+                        f"{self.max_seconds:g} s ({MAX_SECONDS}); send it in shorter pieces"
+                    )
+                started = time.perf_counter()
+                # decoding stops at the limit too, whatever length the file claims
+                _, feats = self.recognizer.prepare(path, 0.0, self.max_seconds)
+                ms = 1000 * (time.perf_counter() - started)
+                result = self.recognizer.recognize_features(feats, "request", (None, None), ms).to_json()
             except AvemoError as exc:  # name the request, not our scratch file
                 raise AvemoError(str(exc).replace(file.name, "the request's media")) from None
-        result["source"] = "request"
         return result
 
     def execute(self, requests: list[Any]) -> list[Any]:
