@@ -440,3 +440,35 @@ def test_a_model_that_fails_to_load_is_named_with_its_reason(one_model_repo):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@needs_server
+def test_perf_analyzer_input_data_drives_every_model(server, repository, tmp_path):
+    """The JSON files, read as perf_analyzer reads them (b64 little-endian row-major, "shape" without the
+    batch axis, dtypes from config.pbtxt, -b 1), are requests every model answers, as for the clip itself."""
+    import base64
+    import json
+
+    import tritonclient.grpc as grpc
+
+    from avemo.runtime.serving.perf_data import main as write_perf_data
+    from tests.media_factory import write_media
+
+    _, client = server
+    clip = write_media(tmp_path / "clip.mp4", seconds=2.0)
+    write_perf_data([str(repository[0]), str(clip), "--out", str(tmp_path / "perf")])
+    answers = {}
+    for name in ("avemo_a", "avemo_v", "avemo_av", "avemo_media"):
+        config = text_format.Parse((repository[1] / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        kinds = {t.name: model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_") for t in config.input}
+        (entry,) = json.loads((tmp_path / "perf" / f"{name}.json").read_text())["data"]
+        inputs = []
+        for tensor_name, tensor in entry.items():
+            dtype = {"FP32": "<f4", "INT64": "<i8", "UINT8": "u1"}[kinds[tensor_name]]
+            array = np.frombuffer(base64.b64decode(tensor["content"]["b64"]), dtype).reshape(tensor["shape"])
+            array = array[None] if config.max_batch_size else array
+            inputs.append(grpc.InferInput(tensor_name, list(array.shape), kinds[tensor_name]))
+            inputs[-1].set_data_from_numpy(array.astype(array.dtype.newbyteorder("=")))
+        answers[name] = client.client.infer(name, inputs).as_numpy("probs").reshape(-1)
+    assert all(np.isfinite(p).all() and p.shape == (6,) for p in answers.values())
+    _probs_equal(answers["avemo_av"], answers["avemo_media"])  # the clip's features = what avemo_media makes of it
