@@ -37,7 +37,7 @@ from avemo.runtime.manifest import load_manifest
 from avemo.runtime.parity import sample_inputs
 from avemo.runtime.serving.client import AvemoTritonClient
 from avemo.runtime.serving.repository import export_triton
-from avemo.runtime.serving.server import TritonServer, free_port
+from avemo.runtime.serving.server import TritonServer, free_port, stubs_of
 
 
 def load(
@@ -124,6 +124,16 @@ def faults(repo: Path, port: int, send: Callable[[AvemoTritonClient], Any]) -> d
     return outcome
 
 
+def model_rss(server: TritonServer) -> dict[str, list[int]]:
+    """{model: [resident MB of each of its Python processes]} (Linux /proc)."""
+    rss: dict[str, list[int]] = {}
+    for pid, model in sorted(stubs_of(server.process.pid).items()):
+        status = Path(f"/proc/{pid}/status").read_text()
+        kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+        rss.setdefault(model, []).append(kb // 1024)
+    return rss
+
+
 def operator_checks(server: TritonServer, client: AvemoTritonClient, audio: dict[str, np.ndarray]) -> dict:
     """What an operator sees: 3 rejected requests (NaN features) in the counters, /metrics, the log."""
     from tritonclient.utils import InferenceServerException
@@ -188,11 +198,12 @@ def main() -> None:
         for clients in args.clients:
             row = {"case": name, "media_instances": media_instances, "round": round_}
             row.update(load(server.url, cases[name], clients, args.seconds, args.limit))
+            row["model_rss_mb"] = model_rss(server)
             results["cases"].append(row)
             print(
                 f"{name} [media instances {media_instances}, round {round_}]: {clients} clients: "
                 f"{row['requests_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
-                f"{row['errors']} errors",
+                f"{row['errors']} errors; model processes' RSS (MB): {row['model_rss_mb']}",
                 flush=True,
             )
 

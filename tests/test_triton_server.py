@@ -390,13 +390,13 @@ def _state(pid: int) -> str:
 
 @needs_server
 def test_a_dead_model_process_stops_triton_serve_with_exit_3(one_model_repo):
-    from avemo.runtime.serving.server import _stubs_of
+    from avemo.runtime.serving.server import stubs_of
 
     process = _serve(one_model_repo, "--log-file", str(one_model_repo.parent / "log"))
     try:
         _until_ready(process)
         (server,) = _children(process.pid)
-        (stub,) = _stubs_of(server)
+        (stub,) = stubs_of(server)
         os.kill(stub, signal.SIGKILL)  # as the OOM killer would
         assert process.wait(60) == 3
         rest = process.stderr.read()
@@ -409,13 +409,13 @@ def test_a_dead_model_process_stops_triton_serve_with_exit_3(one_model_repo):
 
 @needs_server
 def test_killing_triton_serve_takes_the_server_with_it(one_model_repo):
-    from avemo.runtime.serving.server import _stubs_of
+    from avemo.runtime.serving.server import stubs_of
 
     process = _serve(one_model_repo, "--log-file", str(one_model_repo.parent / "log"))
     try:
         _until_ready(process)
         (server,) = _children(process.pid)
-        stubs = list(_stubs_of(server))
+        stubs = list(stubs_of(server))
         assert stubs
         process.kill()
         process.wait(10)

@@ -92,7 +92,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _stubs_of(server: int) -> dict[int, str]:
+def stubs_of(server: int) -> dict[int, str]:
     """{pid: model name} of the live Python-backend stubs a tritonserver runs (from /proc; {} elsewhere)."""
     stubs = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -224,7 +224,7 @@ class TritonServer:
                 raise self.failure(f"tritonserver exited (code {code}) before it was ready")
             try:
                 if self._get("/v2/health/ready")[0] == 200:
-                    self._stubs = _stubs_of(self.process.pid)
+                    self._stubs = stubs_of(self.process.pid)
                     return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -247,7 +247,7 @@ class TritonServer:
     def dead_stubs(self) -> list[str]:
         """Models whose Python-backend process (stub) died since the server became ready (killed for memory,
         crashed): Triton still reports them READY but fails every request to them."""
-        alive = _stubs_of(self.process.pid) if self.running else {}
+        alive = stubs_of(self.process.pid) if self.running else {}
         return sorted({model for pid, model in self._stubs.items() if pid not in alive})
 
     def models(self) -> dict[str, str]:
