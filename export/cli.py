@@ -165,6 +165,7 @@ def export_triton(
       avemo export-triton models/ --out triton-repo/
       avemo export-triton models/ --out triton-repo/ --backend tensorrt --precision fp16 --max-batch 16
       avemo export-triton models/ --out triton-repo/ --backend python && avemo triton-serve triton-repo/
+      avemo export-triton models/ --out repo/ --backend python --media-instances 8 --media-max-seconds 120 --force
       docker run --rm -p8001:8001 -v $PWD/triton-repo:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
           tritonserver --model-repository=/models
     """

@@ -52,7 +52,7 @@ def triton_serve(
     Examples:
       avemo export-triton models/ --out repo/ --backend python
       avemo triton-serve repo/ --grpc-port 8001
-      avemo triton-serve repo/ --metrics-port 8002 && curl -s localhost:8002/metrics | grep nv_inference_request
+      avemo triton-serve repo/ --metrics-port 8002     # elsewhere: curl -s localhost:8002/metrics
       docker run --rm -p8001:8001 -v $PWD/repo:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
           tritonserver --model-repository=/models
     """
