@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.media_factory /tmp/clip10.mp4 10
     .venv/bin/python scripts/bench_triton.py demo_out/models /tmp/clip10.mp4 --out docs/bench/triton.json
     .venv/bin/python scripts/bench_triton.py demo_out/models /tmp/clip10.mp4 --clients 1 4 \
-        --media-instances 1 0 --rounds 2
+        --media-instances 1 0 --rounds 2 --cycles 2 --seconds 5
 
 Exports the models as a `--backend python` repository, starts `tritonserver` (the nvidia-pytriton
 wheel), then for 1, 4 and 16 concurrent gRPC clients sends requests for a fixed time (or count):
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -183,6 +184,7 @@ def main() -> None:
         help="avemo_media instances, one server per value, in turn (0: one per core, export-triton's default).",
     )
     parser.add_argument("--rounds", type=int, default=1, help="Repeat the media cases, interleaving the values.")
+    parser.add_argument("--cycles", type=int, default=1, help="Media: cycle through --clients this often per server.")
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     args = parser.parse_args()
 
@@ -193,10 +195,10 @@ def main() -> None:
     cases = {features_case: lambda c: c.graph("a", audio), media_case: lambda c: c.media(clip)}
     results: dict[str, Any] = {"machine": describe(), "instances": args.instances, "cases": []}
 
-    def run(server: TritonServer, name: str, media_instances: int, round_: int) -> None:
+    def run(server: TritonServer, name: str, media_instances: int, round_: int, cycles: int = 1) -> None:
         cases[name](AvemoTritonClient(server.url))  # warm-up
-        for clients in args.clients:
-            row = {"case": name, "media_instances": media_instances, "round": round_}
+        for clients in args.clients * cycles:  # 1, 4, 1, 4, ...: neighbours in time share the machine's load
+            row = {"case": name, "media_instances": media_instances, "round": round_, "load": os.getloadavg()[0]}
             row.update(load(server.url, cases[name], clients, args.seconds, args.limit))
             row["model_rss_mb"] = model_rss(server)
             results["cases"].append(row)
@@ -225,7 +227,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for count in args.media_instances:
                 with TritonServer(repos[count], grpc_port=port) as server:
-                    run(server, media_case, count, round_)
+                    run(server, media_case, count, round_, args.cycles)
         results["faults"] = faults(repos[first], port, cases[features_case])
     report(results)
     if args.out:
@@ -246,20 +248,35 @@ def report(results: dict) -> None:
         f"log after the load: {operator['log_tracebacks']} tracebacks, {operator['log_bytes']} bytes"
     )
     print(f"\nMachine: {describe()}\n")
-    print("| case | media instances | round | clients | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | media instances | round | clients | req/s | p50 ms | p99 ms | errors | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in results["cases"]:
         print(
             f"| {row['case']} | {row['media_instances']} | {row['round']} | {row['clients']} "
-            f"| {row['requests_per_s']:.1f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['errors']} |"
+            f"| {row['requests_per_s']:.1f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['errors']} "
+            f"| {row['load']:.1f} |"
         )
+    # media: the runs of one (instances, clients) pooled; and each run against the last one with fewest clients
     media = [r for r in results["cases"] if r["case"].startswith("media")]
-    for row in media:
-        alone = next(r for r in media if r["media_instances"] == row["media_instances"] and r["round"] == row["round"])
-        if row is not alone:
+    for count in dict.fromkeys(r["media_instances"] for r in media):
+        runs = [r for r in media if r["media_instances"] == count]
+        fewest = min(r["clients"] for r in runs)
+        pooled, pairs = {}, {}
+        baseline = None
+        for row in runs:
+            totals = pooled.setdefault(row["clients"], [0, 0.0])
+            totals[0] += row["requests"]
+            totals[1] += row["seconds"]
+            if row["clients"] == fewest:
+                baseline = row
+            elif baseline is not None:
+                pairs.setdefault(row["clients"], []).append(row["requests_per_s"] / baseline["requests_per_s"])
+        rate = {clients: requests / seconds for clients, (requests, seconds) in pooled.items()}
+        for clients, ratios in pairs.items():
             print(
-                f"media instances {row['media_instances']}, round {row['round']}: {row['clients']} clients / "
-                f"{alone['clients']}: {row['requests_per_s'] / alone['requests_per_s']:.2f}x clips/s"
+                f"media instances {count}: {clients} clients: {rate[clients]:.1f} clips/s pooled, "
+                f"{rate[clients] / rate[fewest]:.2f}x {fewest} client(s) ({rate[fewest]:.1f}); run by run "
+                f"{min(ratios):.2f}-{max(ratios):.2f}x ({len(ratios)} runs)"
             )
 
 
