@@ -25,7 +25,8 @@ first), outputs arrive empty, and a BYTES input kills the stub (measured).
 DLPack carries no strings, hence UINT8 for bytes and text.
 
 A request that cannot be served (wrong shapes, lengths out of range, NaN or
-Inf values, corrupt media) gets a Triton error naming the problem; the model stays up for the next.
+Inf values, corrupt or too long media) gets a Triton error naming the problem;
+the model stays up for the next.
 ``triton_python_backend_utils`` exists only inside Triton's Python stub, so it
 is imported when Triton starts the model.
 """
@@ -50,6 +51,7 @@ MEDIA_OUTPUTS = ("probs", "modality", "notes", "result")
 LENGTH_OF = {"audio_feats": "audio_lengths", "faces": "face_lengths"}
 MAX_SECONDS = "AVEMO_MAX_SECONDS"  # avemo_media's limit on a request's media duration (config parameter)
 DEFAULT_MAX_SECONDS = 600.0
+FAILURE_METRIC = "avemo_request_failure"  # Prometheus counter of the requests answered with an error
 _USED_DLTENSOR = ctypes.c_char_p(b"used_dltensor")  # module-level: a capsule keeps the pointer, not a copy
 _set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
 _set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
@@ -64,9 +66,6 @@ def _settings(args: dict[str, Any]) -> tuple[Path, dict[str, str]]:
 
 def _threads(params: dict[str, str]) -> int | None:
     return int(params.get("AVEMO_THREADS") or 0) or None
-
-
-FAILURE_METRIC = "avemo_request_failure"
 
 
 class _Failures:
