@@ -130,16 +130,34 @@ def export(
     show_default=True,
     help="python: run the graphs on ONNX Runtime, TensorRT, or TensorRT where engines for the GPU exist.",
 )
-@click.option("--force", is_flag=True, help="Replace avemo models already in --out.")
+@click.option(
+    "--media-instances",
+    type=click.IntRange(min=1),
+    default=None,
+    help="python: avemo_media's processes, clips served in parallel (default: one per core of this machine; "
+    "set it for the serving machine). Each holds the models and a face detector.",
+)
+@click.option(
+    "--media-max-seconds",
+    type=float,
+    default=None,
+    help="python: avemo_media refuses longer media (default 600; memory and time grow with the length).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace avemo models already in --out: each model folder is swapped whole (old or new, never half).",
+)
 def export_triton(
     models: Path, out: Path, backend: str, precision: str, max_batch: int | None, instances: int,
-    engines: Path | None, python_env: str | None, python_runtime: str, force: bool,
+    engines: Path | None, python_env: str | None, python_runtime: str, media_instances: int | None,
+    media_max_seconds: float | None, force: bool,
 ) -> None:  # fmt: skip
     """Write a Triton Inference Server model repository: avemo_a, avemo_v, avemo_av (+ avemo_media).
 
     Each model gets config.pbtxt (the manifest's names, dtypes and dims; dynamic
     batching; an instance group) and version 1/ with the graph (model.onnx and
-    the shared avemo.weights beside it, hard-linked where possible), the
+    the shared avemo.weights beside it; copies, reflinked where the file system can), the
     TensorRT engine (model.plan), or, for --backend python, a model.py that
     runs the graph through avemo's runtime with the models folder beside it.
 
@@ -148,12 +166,16 @@ def export_triton(
       avemo export-triton models/ --out triton-repo/
       avemo export-triton models/ --out triton-repo/ --backend tensorrt --precision fp16 --max-batch 16
       avemo export-triton models/ --out triton-repo/ --backend python && avemo triton-serve triton-repo/
+      avemo export-triton models/ --out repo/ --backend python --media-instances 8 --media-max-seconds 120 --force
       docker run --rm -p8001:8001 -v $PWD/triton-repo:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
           tritonserver --model-repository=/models
     """
     from avemo.runtime.serving.repository import export_triton as run
 
-    folders = run(models, out, backend, precision, max_batch, instances, engines, force, python_env, python_runtime)
+    folders = run(
+        models, out, backend, precision, max_batch, instances, engines, force, python_env, python_runtime,
+        media_instances, media_max_seconds,
+    )  # fmt: skip
     for folder in folders.values():
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         shown = [f for f in files if not f.startswith("1/models/")]

@@ -88,3 +88,117 @@ def test_export_triton_cli(models, tmp_path):
     assert "avemo_av: 1/avemo.weights, 1/model.onnx, config.pbtxt" in result.output
     again = CliRunner().invoke(main, ["export-triton", str(models), "--out", str(tmp_path / "repo")])
     assert again.exit_code == 1 and "use --force" in again.output
+
+
+def _tree(folder) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``folder`` (symlinks listed as such)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): "symlink" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
+
+
+def test_python_repository_holds_copies_of_the_listed_files_only(models, tmp_path):
+    """Hard links made ONNX refuse the model folder; unlisted files and symlinks leaked into the repository."""
+    import json
+
+    import onnx
+
+    from avemo.runtime.serving.repository import export_triton
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    (models / "notes.txt").symlink_to(secret)
+    (models / "stray.bin").write_bytes(b"not listed")
+    folders = export_triton(models, tmp_path / "repo", backend="python")
+    listed = {"manifest.json", *json.loads((models / "manifest.json").read_text())["files"]}
+    for folder in folders.values():
+        placed = _tree(folder / "1" / "models")
+        assert set(placed) == listed
+        assert all(placed[name] == digest for name, digest in _tree(models).items() if name in listed)
+        assert all((folder / "1" / "models" / name).stat().st_nlink == 1 for name in placed)
+    onnx.load(str(models / "avemo_av.onnx"))  # external data with one link: ONNX still loads the model folder
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_a_manifest_path_leaving_the_model_folder_is_refused(models, tmp_path, how):
+    import hashlib
+    import json
+
+    from avemo.runtime.serving.repository import export_triton
+
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((models / "parity.npz").read_bytes())
+    digest = hashlib.sha256(outside.read_bytes()).hexdigest()
+    manifest = json.loads((models / "manifest.json").read_text())
+    if how == "symlink":  # same content, so the hashes still match
+        (models / "parity.npz").unlink()
+        (models / "parity.npz").symlink_to(outside)
+        name = "parity.npz"
+    else:
+        name = "../outside.bin" if how == "dotdot" else str(outside)
+        manifest["files"][name] = digest
+        (models / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AvemoError, match="symlink" if how == "symlink" else "not a path inside the model folder"):
+        export_triton(models, tmp_path / "repo", backend="python")
+    assert not (tmp_path / "repo").exists() and not list(tmp_path.glob(".repo*"))
+
+
+KILL_AFTER_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+import avemo.runtime.serving.files as files
+from avemo.runtime.serving.repository import export_triton
+
+limit, count = int(sys.argv[3]), 0
+
+def counted(rename):
+    def wrapper(*args, **kwargs):
+        global count
+        rename(*args, **kwargs)
+        count += 1
+        if count == limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return wrapper
+
+os.rename, os.replace, files.exchange = counted(os.rename), counted(os.replace), counted(files.exchange)
+export_triton(Path(sys.argv[1]), Path(sys.argv[2]), precision="fp16", force=True)
+"""
+
+
+def test_force_replacement_killed_after_any_rename_leaves_each_model_old_or_new(models, tmp_path):
+    """Old: a python repository (4 models); new: onnxruntime fp16 (3 models: avemo_media goes)."""
+    import subprocess
+    import sys
+
+    from avemo.runtime.serving.repository import export_triton
+
+    export_triton(models, tmp_path / "old", backend="python")
+    export_triton(models, tmp_path / "new", precision="fp16")
+    old = {p.name: _tree(p) for p in (tmp_path / "old").iterdir()}
+    new = {p.name: _tree(p) for p in (tmp_path / "new").iterdir()}
+    for n in range(1, 100):
+        repo = tmp_path / f"repo{n}"
+        shutil.copytree(tmp_path / "old", repo)
+        run = subprocess.run([sys.executable, "-c", KILL_AFTER_RENAMES, str(models), str(repo), str(n)], check=False)
+        now = {p.name: _tree(p) for p in repo.iterdir()}
+        if run.returncode == 0:  # fewer than n renames: the run completed
+            assert now == new and not list(tmp_path.glob(f".{repo.name}.*")), n
+            break
+        assert run.returncode == -9
+        for name in ("avemo_a", "avemo_v", "avemo_av"):
+            assert now[name] in (old[name], new[name]), (n, name)
+        assert now.get("avemo_media", old["avemo_media"]) == old["avemo_media"], n
+        shutil.rmtree(repo)
+    assert n > 4  # the writes in staging and the 4 swaps were each interrupted
+    # a killed run's staging folder is removed by the next run, which completes the replacement
+    assert list(tmp_path.glob(f".{repo.name}.avemo-staging-*")) == []
+    shutil.copytree(tmp_path / "old", tmp_path / "again")
+    subprocess.run([sys.executable, "-c", KILL_AFTER_RENAMES, str(models), str(tmp_path / "again"), "5"], check=False)
+    assert list(tmp_path.glob(".again.avemo-staging-*"))
+    export_triton(models, tmp_path / "again", precision="fp16", force=True)
+    assert {p.name: _tree(p) for p in (tmp_path / "again").iterdir()} == new
+    assert list(tmp_path.glob(".again.*")) == []

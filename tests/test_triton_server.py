@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def server(repository):
         pytest.skip(NO_SERVER)
     from avemo.runtime.serving.client import AvemoTritonClient
 
-    with TritonServer(repository[1], grpc_port=free_port()) as running:
+    with TritonServer(repository[1], grpc_port=free_port(), metrics_port=free_port()) as running:
         client = AvemoTritonClient(running.url)
         yield running, client
         client.close()
@@ -70,13 +71,17 @@ def test_python_repository_layout_and_configs(repository):
         assert config.parameters["AVEMO_BACKEND"].string_value == "auto"
         expected = "MediaModel" if name == "avemo_media" else "GraphModel"
         assert f"import {expected} as TritonPythonModel" in (repo / name / "1" / "model.py").read_text()
-        # the models folder is hard-linked, not copied: the weights are stored once
+        # the models folder is copied, not hard-linked (ONNX refuses external data with two links)
         weights = repo / name / "1" / "models" / "avemo.weights"
-        assert weights.stat().st_ino == (models / "avemo.weights").stat().st_ino
+        assert weights.stat().st_nlink == 1 and weights.read_bytes() == (models / "avemo.weights").read_bytes()
     media = text_format.Parse((repo / "avemo_media" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert [(t.name, t.data_type) for t in media.input] == [("media", model_config_pb2.TYPE_UINT8)]
     assert [t.name for t in media.output] == ["probs", "modality", "notes", "result"]
     assert media.max_batch_size == 0
+    # one avemo_media process per core by default, the cores shared out as threads
+    cores = len(os.sched_getaffinity(0))
+    assert [(g.count, g.kind) for g in media.instance_group] == [(cores, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    assert media.parameters["AVEMO_THREADS"].string_value == "1"
 
 
 def test_python_env_must_be_an_environment(colearn_export, tmp_path):
@@ -231,3 +236,94 @@ def test_requests_merge_into_one_padded_batch_without_changing_answers(colearn_e
         check_request({**requests[0], "face_lengths": np.array([0])}, tuple(requests[0]))
     with pytest.raises(AvemoError, match="missing inputs"):
         check_request({"faces": requests[0]["faces"]}, ("faces", "face_lengths"))
+
+
+def _metric(running: TritonServer, series: str) -> float:
+    """One series' value from the server's Prometheus text (0 when absent)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
+    return sum(values)
+
+
+@needs_server
+def test_good_requests_log_nothing(server, repository, tmp_path):
+    """Each output once logged a traceback (the Python backend names a used DLPack capsule wrongly)."""
+    from tests.media_factory import write_media
+
+    running, client = server
+    from avemo.runtime.manifest import load_manifest
+
+    features = load_manifest(repository[0]).features
+    before = running.log_file.stat().st_size
+    for modality in ("a", "v", "av"):
+        client.graph(modality, sample_inputs(features, modality, 2, 1.0, seed=5))
+    client.media(write_media(tmp_path / "clip.mp4", seconds=1.0).read_bytes())
+    time.sleep(0.5)  # the stubs write to the server's log unbuffered: anything would be there by now
+    with running.log_file.open("rb") as log:
+        log.seek(before)
+        assert log.read().decode(errors="replace") == ""
+
+
+@needs_server
+def test_non_finite_features_are_refused_and_counted(server, repository):
+    from tritonclient.utils import InferenceServerException
+
+    running, client = server
+    from avemo.runtime.manifest import load_manifest
+
+    features = load_manifest(repository[0]).features
+    audio = sample_inputs(features, "a", 3, 1.0, seed=6)
+    faces = sample_inputs(features, "v", 2, 1.0, seed=7)
+    series = 'avemo_request_failure{code="INVALID_ARG",model="avemo_%s"}'
+    before = {m: _metric(running, series % m) for m in ("a", "v")}
+    bad_audio = audio["audio_feats"].copy()
+    bad_audio[1, 5, 7] = np.nan
+    bad_faces = faces["faces"].copy()
+    bad_faces[0, 0, 0, 0, 0] = np.inf
+    for modality, inputs, name, clips in (
+        ("a", {**audio, "audio_feats": bad_audio}, "audio_feats", r"\[1\]"),
+        ("v", {**faces, "faces": bad_faces}, "faces", r"\[0\]"),
+        ("a", {**audio, "audio_feats": np.full_like(bad_audio, -np.inf)}, "audio_feats", r"\[0, 1, 2\]"),
+    ):
+        with pytest.raises(InferenceServerException, match=rf"{name} holds NaN or Inf \(clips {clips}") as caught:
+            client.graph(modality, inputs)
+        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # Triton's own counters call these successes (see _Failures); avemo's counter has them
+    assert {m: _metric(running, series % m) - before[m] for m in ("a", "v")} == {"a": 2, "v": 1}
+    assert _metric(running, 'nv_inference_request_success{model="avemo_a",version="1"}') > 0
+    _probs_equal(client.graph("a", audio), OrtBackend(repository[0] / "avemo_a.onnx").infer(audio))
+
+
+@needs_server
+def test_perf_analyzer_input_data_drives_every_model(server, repository, tmp_path):
+    """The JSON files, read as perf_analyzer reads them (b64 little-endian row-major, "shape" without the
+    batch axis, dtypes from config.pbtxt, -b 1), are requests every model answers, as for the clip itself."""
+    import base64
+    import json
+
+    import tritonclient.grpc as grpc
+
+    from avemo.runtime.serving.perf_data import main as write_perf_data
+    from tests.media_factory import write_media
+
+    _, client = server
+    clip = write_media(tmp_path / "clip.mp4", seconds=2.0)
+    write_perf_data([str(repository[0]), str(clip), "--out", str(tmp_path / "perf")])
+    answers = {}
+    for name in ("avemo_a", "avemo_v", "avemo_av", "avemo_media"):
+        config = text_format.Parse((repository[1] / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        kinds = {t.name: model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_") for t in config.input}
+        (entry,) = json.loads((tmp_path / "perf" / f"{name}.json").read_text())["data"]
+        inputs = []
+        for tensor_name, tensor in entry.items():
+            dtype = {"FP32": "<f4", "INT64": "<i8", "UINT8": "u1"}[kinds[tensor_name]]
+            array = np.frombuffer(base64.b64decode(tensor["content"]["b64"]), dtype).reshape(tensor["shape"])
+            array = array[None] if config.max_batch_size else array
+            inputs.append(grpc.InferInput(tensor_name, list(array.shape), kinds[tensor_name]))
+            inputs[-1].set_data_from_numpy(array.astype(array.dtype.newbyteorder("=")))
+        answers[name] = client.client.infer(name, inputs).as_numpy("probs").reshape(-1)
+    assert all(np.isfinite(p).all() and p.shape == (6,) for p in answers.values())
+    _probs_equal(answers["avemo_av"], answers["avemo_media"])  # the clip's features = what avemo_media makes of it

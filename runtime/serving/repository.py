@@ -9,8 +9,9 @@ group, and in version folder 1/ either
   (`avemo.runtime.serving.triton_model`) from the models folder beside it; this
   backend adds ``avemo_media`` (encoded clip in, emotions out). Its config names
   the Python environment with avemo installed (``EXECUTION_ENV_PATH``).
-Files are hard-linked where the file system allows, so the weights are stored
-once. Torch-free.
+Files are copied (reflinked where the file system can; never hard-linked), only
+those the manifest lists, and the models are swapped in atomically
+(`avemo.runtime.serving.files`). Torch-free.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
 from avemo.runtime.engines import ENGINES_DIR
 from avemo.runtime.manifest import Manifest, load_manifest
+from avemo.runtime.serving.files import inside, place, staging_for, swap_in
 
 TRITON_BACKENDS = {
     "onnxruntime": ("onnxruntime", "model.onnx"),
@@ -97,7 +99,8 @@ def config_pbtxt(
 
 
 def media_config_pbtxt(instances: int, parameters: dict[str, str]) -> str:
-    """avemo_media: one encoded clip per request (no batching: each clip is decoded on its own)."""
+    """avemo_media: one encoded clip per request (no batching: each clip is decoded on its own); clips
+    run in parallel on ``instances`` processes."""
     from avemo.contract import NUM_LABELS
     from avemo.runtime.serving.triton_model import MEDIA_INPUT, MEDIA_OUTPUTS
 
@@ -129,17 +132,23 @@ def export_triton(
     force: bool = False,
     python_env: str | None = None,
     python_runtime: str = "auto",
+    media_instances: int | None = None,
+    media_max_seconds: float | None = None,
 ) -> dict[str, Path]:
     """Write the repository; returns {model name without "avemo_": model folder} (``media`` for avemo_media).
 
     ``python_env``: the Python backend's EXECUTION_ENV_PATH ("" for none: avemo is in the stub's own
     Python); default: the running virtualenv. ``python_runtime``: what the Python models run the
     graphs on: ort, trt or auto (TensorRT where engines for the serving GPU exist).
+    ``media_instances``: avemo_media's processes (default: this machine's cores), each with
+    cores / instances threads, so that concurrent clips decode and run in parallel.
+    ``media_max_seconds``: longer media is refused (default 600).
     """
     if backend not in TRITON_BACKENDS:
         raise AvemoError(f"unknown Triton backend {backend!r}; choose {', '.join(TRITON_BACKENDS)}")
     manifest = load_manifest(models)
     largest = manifest.data["profiles"]["batch"][2]
+    sources: dict[str, Path] = {}
     if backend == "python":
         manifest.graph_path(manifest.modalities[0], precision)  # refuses a precision the model lacks, now
     else:
@@ -154,15 +163,36 @@ def export_triton(
     existing = [out / name for name in names if (out / name).exists()]
     if existing and not force:
         raise AvemoError(f"{out}: already holds {', '.join(p.name for p in existing)}; use --force to replace")
-    for path in existing:
-        shutil.rmtree(path)
-    kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
     env = default_python_env() if python_env is None else python_env
     parameters = {"AVEMO_PRECISION": precision, "AVEMO_BACKEND": python_runtime}
     if env:
         if not (Path(env) / "bin").is_dir():
             raise AvemoError(f"--python-env {env}: not a Python environment (no bin/ folder)")
         parameters["EXECUTION_ENV_PATH"] = str(Path(env).resolve())
+    media = _media_parameters(parameters, media_instances, media_max_seconds)
+    staging = staging_for(out)
+    try:
+        written = _write(manifest, staging, backend, precision, max_batch, instances, parameters, sources, media)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in(staging, out, names)
+    return {key: out / folder.name for key, folder in written.items()}
+
+
+def _write(
+    manifest: Manifest,
+    out: Path,
+    backend: str,
+    precision: str,
+    max_batch: int,
+    instances: int,
+    parameters: dict[str, str],
+    sources: dict[str, Path],
+    media: tuple[int, dict[str, str]],
+) -> dict[str, Path]:
+    """The models of the repository, into ``out`` (a staging folder)."""
+    kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU"
     folders = {}
     for modality in manifest.modalities:
         version = out / model_name(modality) / "1"
@@ -171,9 +201,9 @@ def export_triton(
             _python_model(manifest, version, "GraphModel")
             text = config_pbtxt(manifest, modality, backend, max_batch, instances, kind, parameters)
         else:
-            _place(sources[modality], version / TRITON_BACKENDS[backend][1])
+            place(sources[modality], version / TRITON_BACKENDS[backend][1])
             if backend == "onnxruntime":  # the graph names its external data file relative to itself
-                _place(sources[modality].parent / WEIGHTS_FILE, version / WEIGHTS_FILE)
+                place(sources[modality].parent / WEIGHTS_FILE, version / WEIGHTS_FILE)
             text = config_pbtxt(manifest, modality, backend, max_batch, instances, kind)
         atomic_write_bytes(version.parent / "config.pbtxt", text.encode())
         folders[modality] = version.parent
@@ -181,20 +211,48 @@ def export_triton(
         version = out / MEDIA_MODEL / "1"
         version.mkdir(parents=True)
         _python_model(manifest, version, "MediaModel")
-        atomic_write_bytes(version.parent / "config.pbtxt", media_config_pbtxt(instances, parameters).encode())
+        atomic_write_bytes(version.parent / "config.pbtxt", media_config_pbtxt(*media).encode())
         folders["media"] = version.parent
     return folders
 
 
+def _media_parameters(
+    parameters: dict[str, str], instances: int | None, max_seconds: float | None
+) -> tuple[int, dict[str, str]]:
+    """avemo_media's instance count and parameters: one process per core by default (decoding and face
+    search are most of a clip's time and run per process), the cores shared out as threads."""
+    from avemo.runtime.serving.triton_model import DEFAULT_MAX_SECONDS, MAX_SECONDS
+
+    if max_seconds is not None and not 0 < max_seconds < float("inf"):
+        raise AvemoError(f"--media-max-seconds {max_seconds}: give a positive number of seconds")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    instances = instances or cores
+    return instances, {
+        **parameters,
+        "AVEMO_THREADS": str(max(1, cores // instances)),
+        MAX_SECONDS: f"{max_seconds or DEFAULT_MAX_SECONDS:g}",
+    }
+
+
 def _python_model(manifest: Manifest, version: Path, cls: str) -> None:
-    """model.py and the models folder (hard links) of one Python-backend model."""
+    """model.py and the models folder (copies of the model's own files) of one Python-backend model."""
     from avemo.runtime.serving.triton_model import MODELS_DIR
 
     atomic_write_bytes(version / "model.py", MODEL_PY.format(cls=cls).encode())
-    for path in sorted(p for p in manifest.root.rglob("*") if p.is_file()):
-        target = version / MODELS_DIR / path.relative_to(manifest.root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _place(path, target)
+    for relative in model_files(manifest):
+        place(manifest.root / relative, version / MODELS_DIR / relative)
+
+
+def model_files(manifest: Manifest) -> list[str]:
+    """What a models folder needs: manifest.json, the files it lists, the engines built for it; each
+    inside the folder (AvemoError otherwise). Nothing else: no notes, no symlinks, no stray files."""
+    root = manifest.root
+    files = ["manifest.json", *sorted(manifest.data["files"])]
+    built = sorted(p for p in (root / ENGINES_DIR).glob("*/avemo_*") if p.suffix in (".engine", ".json"))
+    files += [str(p.relative_to(root)) for p in built]
+    for relative in files:
+        inside(root, relative, "files entry")
+    return files
 
 
 def _source(manifest: Manifest, modality: str, backend: str, precision: str, engines: Path | None) -> Path:
@@ -221,11 +279,3 @@ def _source(manifest: Manifest, modality: str, backend: str, precision: str, eng
 def _engine_max_batch(plan: Path, default: int) -> int:
     sidecar = plan.with_suffix(".json")
     return int(json.loads(sidecar.read_text()).get("max_batch", default)) if sidecar.exists() else default
-
-
-def _place(source: Path, target: Path) -> None:
-    """A hard link where the file system allows it (no second copy of the weights), else a copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)

@@ -16,9 +16,11 @@ the same version, stdlib and site-packages would not match).
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +39,8 @@ from avemo.errors import AvemoError
 WHEEL = "nvidia-pytriton==0.7.0"
 INSTALL = f"pip install --no-deps {WHEEL}"
 CONTAINER = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 (on Jetson: the <yy.mm>-py3-igpu image)"
+STUB = "triton_python_backend_stub"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with(parent: int) -> None:
+    """Popen's preexec_fn: the server gets SIGTERM (a clean stop) when ``parent`` dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+def stubs_of(server: int) -> dict[int, str]:
+    """{pid: model name} of the live Python-backend stubs a tritonserver runs (from /proc; {} elsewhere)."""
+    stubs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            if int(ppid) != server or state == "Z":  # a zombie is dead, only not yet reaped
+                continue
+            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if len(args) > 1 and os.fsdecode(args[0]).endswith(STUB):  # args[1]: REPO/MODEL/VERSION/model.py
+            stubs[int(stat.parent.name)] = Path(os.fsdecode(args[1])).parent.parent.name
+    return stubs
+
+
 class TritonServer:
     """Starts tritonserver on a repository, waits until its models are ready, stops it cleanly.
 
     ``with TritonServer(repo, grpc_port=8001) as server: ...``. Listens on
     ``address`` (loopback by default). HTTP serves the readiness checks; a port
-    is chosen when none is given.
+    is chosen when none is given. ``metrics_port``: Prometheus metrics there
+    (off when None). The server dies with this process, even killed by SIGKILL
+    (parent-death signal). Without ``log_file`` the log goes to a temporary
+    file that is deleted after a clean stop and kept (its path said) otherwise.
     """
 
     def __init__(
@@ -96,6 +127,7 @@ class TritonServer:
         address: str = "127.0.0.1",
         log_file: Path | None = None,
         verbose: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
@@ -105,9 +137,16 @@ class TritonServer:
         self.grpc_port = grpc_port
         self.http_port = http_port or free_port(address)
         self.verbose = verbose
+        self.metrics_port = metrics_port
         self._scratch = tempfile.TemporaryDirectory(prefix="avemo-triton-")
-        self.log_file = Path(log_file) if log_file else Path(self._scratch.name) / "tritonserver.log"
+        if log_file:
+            self.log_file, self.keep_log = Path(log_file), True
+        else:  # outside the scratch folder, so that it can outlive a failure
+            handle, name = tempfile.mkstemp(prefix="avemo-tritonserver-", suffix=".log")
+            os.close(handle)
+            self.log_file, self.keep_log = Path(name), False
         self.process: subprocess.Popen[bytes] | None = None
+        self._stubs: dict[int, str] = {}
 
     @property
     def url(self) -> str:
@@ -132,7 +171,11 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--http-address={self.address}",
             f"--http-port={self.http_port}",
-            "--allow-metrics=false",
+            *(
+                [f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}"]
+                if self.metrics_port
+                else ["--allow-metrics=false"]
+            ),
             "--exit-timeout-secs=10",
             f"--log-verbose={1 if self.verbose else 0}",
         ]
@@ -143,13 +186,18 @@ class TritonServer:
         return {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in paths if p)}
 
     def start(self, timeout: float = 180.0) -> TritonServer:
-        for port in (self.grpc_port, self.http_port):
+        for port in (self.grpc_port, self.http_port, self.metrics_port):
             with socket.socket() as sock:
-                if sock.connect_ex((self.address, port)) == 0:
+                if port and sock.connect_ex((self.address, port)) == 0:
                     raise AvemoError(f"{self.address}:{port} is in use; pick another port")
         log = self.log_file.open("wb")
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.environment(),
+            start_new_session=True,  # the stubs share its session: stop() can kill them all
+            preexec_fn=lambda parent=os.getpid(): _die_with(parent),  # the thread that starts it must outlive it
         )
         log.close()
         try:
@@ -168,19 +216,39 @@ class TritonServer:
             return exc.code, exc.read()
 
     def wait_ready(self, timeout: float) -> None:
-        """Until the server says it is ready (all models loaded); AvemoError with the log's end otherwise."""
+        """Until the server says it is ready (all models loaded); AvemoError naming why not otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                raise AvemoError(f"tritonserver exited (code {code}) before it was ready:\n{self.log_tail()}")
+                raise self.failure(f"tritonserver exited (code {code}) before it was ready")
             try:
                 if self._get("/v2/health/ready")[0] == 200:
+                    self._stubs = stubs_of(self.process.pid)
                     return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.25)
-        raise AvemoError(f"tritonserver not ready after {timeout:.0f} s:\n{self.log_tail()}")
+        raise self.failure(f"tritonserver not ready after {timeout:.0f} s")
+
+    def failure(self, what: str) -> AvemoError:
+        """An error saying ``what``, the models that failed to load and why (from the log), and where the
+        whole log is (kept)."""
+        self.keep_log = True
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            text = ""
+        # Triton logs each as one line: ... "failed to load 'M' version 1: <reason>\n\nAt:\n<stack>"
+        reasons = dict(re.findall(r"failed to load '([^']+)' version \d+: (.*?)(?:\\n|\"$)", text, re.M))
+        said = "".join(f"\n  {model}: {reason}" for model, reason in reasons.items()) or f"\n{self.log_tail()}"
+        return AvemoError(f"{what}:{said}\n(whole log: {self.log_file})")
+
+    def dead_stubs(self) -> list[str]:
+        """Models whose Python-backend process (stub) died since the server became ready (killed for memory,
+        crashed): Triton still reports them READY but fails every request to them."""
+        alive = stubs_of(self.process.pid) if self.running else {}
+        return sorted({model for pid, model in self._stubs.items() if pid not in alive})
 
     def models(self) -> dict[str, str]:
         """{model name: state} of the repository's models as the server reports them."""
@@ -214,8 +282,11 @@ class TritonServer:
         return self.process.returncode
 
     def close(self) -> None:
-        self.stop()
+        """Stop; remove the scratch folder, and the temporary log unless something failed."""
+        self.keep_log |= bool(self.stop())
         self._scratch.cleanup()
+        if not self.keep_log:
+            self.log_file.unlink(missing_ok=True)
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self

@@ -4,7 +4,8 @@ Each repository model's ``1/model.py`` only imports one of these as
 ``TritonPythonModel``; the models directory (manifest, graphs, shared weights,
 engines) sits beside it in ``1/models/``. Parameters in ``config.pbtxt``:
 ``AVEMO_PRECISION`` (fp32 | fp16 | int8 | int8-cpu), ``AVEMO_BACKEND``
-(ort | trt | auto), ``AVEMO_THREADS`` (0: ONNX Runtime's default).
+(ort | trt | auto), ``AVEMO_THREADS`` (0: ONNX Runtime's default),
+``AVEMO_MAX_SECONDS`` (avemo_media: longer media is refused; default 600).
 
 - ``GraphModel`` (avemo_a, avemo_v, avemo_av): the graph's own inputs and
   ``probs``; the requests Triton's dynamic batcher hands over in one call are
@@ -23,16 +24,19 @@ environment inputs arrive with zero strides (every element equal to the
 first), outputs arrive empty, and a BYTES input kills the stub (measured).
 DLPack carries no strings, hence UINT8 for bytes and text.
 
-A request that cannot be served (wrong shapes, lengths out of range, corrupt
-media) gets a Triton error naming the problem; the model stays up for the next.
+A request that cannot be served (wrong shapes, lengths out of range, NaN or
+Inf values, corrupt or too long media) gets a Triton error naming the problem;
+the model stays up for the next.
 ``triton_python_backend_utils`` exists only inside Triton's Python stub, so it
 is imported when Triton starts the model.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,12 @@ MODELS_DIR = "models"  # in each model's version folder
 MEDIA_INPUT = "media"  # UINT8 [-1]: the encoded clip's bytes
 MEDIA_OUTPUTS = ("probs", "modality", "notes", "result")
 LENGTH_OF = {"audio_feats": "audio_lengths", "faces": "face_lengths"}
+MAX_SECONDS = "AVEMO_MAX_SECONDS"  # avemo_media's limit on a request's media duration (config parameter)
+DEFAULT_MAX_SECONDS = 600.0
+FAILURE_METRIC = "avemo_request_failure"  # Prometheus counter of the requests answered with an error
+_USED_DLTENSOR = ctypes.c_char_p(b"used_dltensor")  # module-level: a capsule keeps the pointer, not a copy
+_set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
+_set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 
 def _settings(args: dict[str, Any]) -> tuple[Path, dict[str, str]]:
@@ -58,11 +68,38 @@ def _threads(params: dict[str, str]) -> int | None:
     return int(params.get("AVEMO_THREADS") or 0) or None
 
 
-def _error(pb_utils: Any, message: str, bad_input: bool = True) -> Any:
-    """An error response: INVALID_ARG for a bad request (where this Triton has codes), else INTERNAL."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG" if bad_input else "INTERNAL", None)
-    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
-    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+class _Failures:
+    """Requests answered with an error, counted in Prometheus as ``avemo_request_failure{model, code}``.
+
+    Triton's own ``nv_inference_request_failure`` and ``/v2/models/M/stats`` count them as
+    successes: the Python backend (r24.10 to r25.10) reports a request as failed only when
+    ``execute`` raises, which fails every request of the batch with INTERNAL. Per-request
+    error responses keep INVALID_ARG and the batch's good requests, so they are counted here.
+    """
+
+    CODES = ("INVALID_ARG", "INTERNAL")
+
+    def __init__(self, model: str) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self.family = pb_utils.MetricFamily(
+            name=FAILURE_METRIC,
+            description="avemo requests answered with an error, by Triton error code",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.metrics = {code: self.family.Metric(labels={"model": model, "code": code}) for code in self.CODES}
+
+    def response(self, pb_utils: Any, message: str, bad_input: bool = True) -> Any:
+        """An error response (INVALID_ARG for a bad request, else INTERNAL), counted."""
+        code = self.CODES[0] if bad_input else self.CODES[1]
+        self.metrics[code].increment(1)
+        return pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code))
+        )
+
+    def close(self) -> None:
+        self.metrics.clear()  # the Metric objects go before their family (the backend's rule)
+        del self.family
 
 
 def _input(pb_utils: Any, request: Any, name: str) -> np.ndarray | None:
@@ -72,9 +109,18 @@ def _input(pb_utils: Any, request: Any, name: str) -> np.ndarray | None:
 
 
 def _tensor(pb_utils: Any, name: str, value: np.ndarray | str) -> Any:
-    """An output tensor through DLPack (numpy 1 and 2 alike); text as UTF-8 bytes in a UINT8 tensor."""
+    """An output tensor through DLPack (numpy 1 and 2 alike); text as UTF-8 bytes in a UINT8 tensor.
+
+    The Python backend marks a consumed capsule "used_dlpack" where the DLPack protocol says
+    "used_dltensor": numpy's capsule destructor then fails to read it and prints a traceback
+    (`PyCapsule_GetPointer called with incorrect name`) per output. The tensor owns the data
+    either way; renaming the capsule as the protocol says lets numpy's destructor skip it.
+    """
     array = np.frombuffer(value.encode(), np.uint8) if isinstance(value, str) else value
-    return pb_utils.Tensor.from_dlpack(name, np.array(array, copy=True, order="C"))  # writable, contiguous
+    capsule = np.array(array, copy=True, order="C").__dlpack__()  # writable, contiguous
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _set_capsule_name(ctypes.py_object(capsule), _USED_DLTENSOR)
+    return tensor
 
 
 def check_request(inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> int:
@@ -85,6 +131,10 @@ def check_request(inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> int:
     sizes = {n: len(inputs[n]) for n in names}
     if len(set(sizes.values())) != 1:
         raise AvemoError(f"inputs disagree on the batch size: {sizes}")
+    for name in names:
+        x = inputs[name]
+        if x.dtype.kind == "f" and not (finite := np.isfinite(x).reshape(len(x), -1).all(axis=1)).all():
+            raise AvemoError(f"{name} holds NaN or Inf (clips {np.flatnonzero(~finite).tolist()} of the request)")
     for data, lengths in LENGTH_OF.items():
         if data in inputs:
             frames, given = inputs[data].shape[1], inputs[lengths]
@@ -120,6 +170,7 @@ class GraphModel:
         )
         self.graph = open_graph(manifest, self.modality, precision, backend, _threads(params))
         self.names = GRAPH_INPUTS[self.modality]
+        self.failures = _Failures(args["model_name"])
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
@@ -131,14 +182,14 @@ class GraphModel:
             try:
                 good.append((i, inputs, check_request(inputs, self.names)))
             except AvemoError as exc:
-                responses[i] = _error(pb_utils, f"avemo_{self.modality}: {exc}")
+                responses[i] = self.failures.response(pb_utils, f"avemo_{self.modality}: {exc}")
         if good:
             try:
                 probs = self.graph.infer(merge_requests([inputs for _, inputs, _ in good]))
             except Exception as exc:  # a failed batch fails its requests, never the model
                 for i, _, _ in good:
                     message = f"avemo_{self.modality}: {type(exc).__name__}: {exc}"
-                    responses[i] = _error(pb_utils, message, isinstance(exc, AvemoError))
+                    responses[i] = self.failures.response(pb_utils, message, isinstance(exc, AvemoError))
             else:
                 offset = 0
                 for i, _, size in good:
@@ -151,6 +202,7 @@ class GraphModel:
         close = getattr(self.graph, "close", None)
         if close is not None:
             close()
+        self.failures.close()
 
 
 class MediaModel:
@@ -168,19 +220,32 @@ class MediaModel:
             faces=params.get("AVEMO_FACES", "speaker"),
         )
         self.scratch = tempfile.TemporaryDirectory(prefix="avemo-media-")
+        self.max_seconds = float(params.get(MAX_SECONDS) or DEFAULT_MAX_SECONDS)
+        self.failures = _Failures(args["model_name"])
 
     def recognize(self, data: bytes) -> dict[str, Any]:
-        """The `avemo infer` JSON of one encoded clip."""
+        """The `avemo infer` JSON of one encoded clip of at most ``max_seconds``."""
+        from avemo.runtime.media import media_duration
+
         if not data:
             raise AvemoError("empty media: send the bytes of an encoded clip (mp4, mkv, wav, ...)")
         with tempfile.NamedTemporaryFile(dir=self.scratch.name, suffix=".clip") as file:
             file.write(data)
             file.flush()
+            path = Path(file.name)
             try:
-                result = self.recognizer.recognize(Path(file.name)).to_json()
+                if (seconds := media_duration(path)) > self.max_seconds:
+                    raise AvemoError(
+                        f"the request's media lasts {seconds:.1f} s, over this server's limit of "
+                        f"{self.max_seconds:g} s ({MAX_SECONDS}); send it in shorter pieces"
+                    )
+                started = time.perf_counter()
+                # decoding stops at the limit too, whatever length the file claims
+                _, feats = self.recognizer.prepare(path, 0.0, self.max_seconds)
+                ms = 1000 * (time.perf_counter() - started)
+                result = self.recognizer.recognize_features(feats, "request", (None, None), ms).to_json()
             except AvemoError as exc:  # name the request, not our scratch file
                 raise AvemoError(str(exc).replace(file.name, "the request's media")) from None
-        result["source"] = "request"
         return result
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -194,7 +259,8 @@ class MediaModel:
                 result = self.recognize(_input(pb_utils, request, MEDIA_INPUT).tobytes())
             except Exception as exc:  # AvemoError: bad media; anything else: say what, keep serving
                 bad = isinstance(exc, AvemoError)
-                responses.append(_error(pb_utils, f"avemo_media: {'' if bad else type(exc).__name__ + ': '}{exc}", bad))
+                message = f"avemo_media: {'' if bad else type(exc).__name__ + ': '}{exc}"
+                responses.append(self.failures.response(pb_utils, message, bad))
                 continue
             values = {
                 "probs": np.array([result["probs"][k] for k in LABELS], np.float32),
@@ -209,3 +275,4 @@ class MediaModel:
     def finalize(self) -> None:
         self.recognizer.close()
         self.scratch.cleanup()
+        self.failures.close()
