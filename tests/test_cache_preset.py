@@ -41,12 +41,22 @@ def test_a_cache_made_with_another_face_detector_still_fits_its_preset_and_keeps
         preset_for_cache(cache)
 
 
-def test_train_without_preset_uses_the_caches_and_says_so(tiny_cache, tmp_path):
+def test_train_without_preset_uses_the_caches_and_says_so_and_a_moved_run_finds_its_cache(
+    tiny_cache, tmp_path, monkeypatch
+):
     runner = CliRunner()
-    args = ["train", "--data", str(tiny_cache), "--regime", "audio", "--epochs", "1", "--quiet"]
+    monkeypatch.chdir(tiny_cache.parent)  # the cache given relative to where training runs
+    args = ["train", "--data", tiny_cache.name, "--regime", "audio", "--epochs", "1", "--quiet"]
     done = runner.invoke(main, [*args, "--out", str(tmp_path / "run")])
     assert done.exit_code == 0, done.output
     assert "preset tiny (the one" in done.output and (tmp_path / "run" / "best.pt").exists()
+    (tmp_path / "elsewhere").mkdir()
+    moved = (tmp_path / "run").rename(tmp_path / "elsewhere" / "run")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    done = runner.invoke(main, ["eval", "run", "--split", "valid"])
+    assert done.exit_code == 0, done.output
+    assert moved.exists() and "mF1" in done.output
+    args[2] = str(tiny_cache)
     refused = runner.invoke(main, [*args, "--preset", "paper", "--out", str(tmp_path / "paper")])
     assert refused.exit_code == 1 and "--preset paper does not fit" in refused.output
     assert "Traceback" not in refused.output and not (tmp_path / "paper").exists()

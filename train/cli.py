@@ -239,7 +239,7 @@ def evaluate(
     from avemo.train import study
     from avemo.train.evaluate import evaluate_runs
 
-    rows = evaluate_runs(list(runs), data, split)
+    rows = evaluate_runs(list(runs), data, split, progress=True)
     groups = study.aggregate(rows, per_run=not aggregate)
     claims = study.verdicts(study.aggregate(rows))
     table = (study.summary_markdown(groups) + "\n" if aggregate else "") + study.table_markdown(groups)
