@@ -50,6 +50,10 @@ class Doctor:
     def fail(self, name: str, reason: str) -> None:
         self._add("FAIL", name, reason=reason)
 
+    def warn(self, name: str, reason: str) -> None:
+        """Worth knowing, not a failure: the exit code stays 0."""
+        self._add("WARN", name, reason=reason)
+
     def skip(self, name: str, reason: str) -> None:
         self._add("not checked", name, reason=reason)
 
@@ -149,6 +153,9 @@ def run_doctor(
             doctor.ok(f"ONNX Runtime parity, {precision}", max_abs_diff=float(f"{worst:.3g}"))
         except AvemoError as exc:
             doctor.fail(f"ONNX Runtime parity, {precision}", str(exc))
+        warning = manifest.accuracy_warning(precision)
+        if warning:
+            doctor.warn(f"accuracy target, {precision}", warning)
     if no_trt:
         doctor.skip("TensorRT engines (build, parity, latency, memory)", no_trt)
     else:
