@@ -430,11 +430,19 @@ def _choices_option(flag: str, dest: str, default: str, choices: tuple[str, ...]
 @click.option("--batch", "batches", default="1,4,16", show_default=True, callback=_list(int), help="Clips per call.")
 @click.option("--seconds", default="2,5,10,30", show_default=True, callback=_list(float), help="Clip lengths.")
 @click.option(
+    "--duration",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds of timed calls per candidate and shape, as trtexec's --duration (0: --iters calls exactly).",
+)
+@click.option(
     "--iters",
     type=int,
     default=1024,
     show_default=True,
-    help="Timed calls per case (1024: MLPerf's single-stream minimum query count).",
+    help="At most this many timed calls per candidate and shape (all of them with --duration 0; 1024 is MLPerf's "
+    "single-stream minimum query count).",
 )
 @click.option(
     "--rounds",
@@ -466,8 +474,8 @@ def _choices_option(flag: str, dest: str, default: str, choices: tuple[str, ...]
 )
 def profile(
     models: Path, backends: list[str], precisions: list[str], graphs: list[str], batches: list[int],
-    seconds: list[float], iters: int, rounds: int, warmup: int, threads: int | None, checkpoint: Path | None,
-    media: Path | None, no_rss: bool, no_flops: bool, out: Path,
+    seconds: list[float], duration: float, iters: int, rounds: int, warmup: int, threads: int | None,
+    checkpoint: Path | None, media: Path | None, no_rss: bool, no_flops: bool, out: Path,
 ) -> None:  # fmt: skip
     """Latency p50/p90/p99/max, throughput and real-time factor per backend x precision x graph x batch x length.
 
@@ -475,24 +483,33 @@ def profile(
     every case reports its speed-up over it. Candidates are timed interleaved.
     Latencies are wall time per call (a monotonic clock) for every backend, at
     the stated thread count on CPU; TensorRT cases add the host-to-device,
-    compute and device-to-host split measured with CUDA events.
+    compute and device-to-host split measured with CUDA events. Each case is
+    bounded by time (--duration, as trtexec); the files are rewritten after
+    each shape, and Ctrl-C keeps the shapes measured so far.
 
     \b
     Examples:
-      avemo profile models/ --backend torch,ort --precision fp32,int8-cpu --seconds 10 --batch 1
+      avemo profile models/ --backend torch,ort --media clip.mp4 --out bench/   # about 2 min: 1 s per case
+      avemo profile models/ --backend torch,ort --precision fp32,int8-cpu --seconds 10 --batch 1 --duration 5
       avemo profile models/ --backend all --precision all --graph all --media clip.mp4 --out bench/
       python scripts/profile_latency.py models/ --backend ort --iters 200   # runtime-only devices
     """
     from avemo.runtime.profiler import add_extras, markdown, run_profile, write_outputs
 
-    if iters < 1 or rounds < 1:
-        raise click.BadParameter("--iters and --rounds must be >= 1")
+    if iters < 1 or rounds < 1 or duration < 0:
+        raise click.BadParameter("--iters and --rounds must be >= 1, --duration >= 0")
     if media is not None and not media.is_file():
         raise click.BadParameter(f"{media} is not a regular file", param_hint="--media")
     result = run_profile(
-        models, backends, precisions, graphs, batches, seconds, iters, rounds, warmup, threads, checkpoint
-    )
+        models, backends, precisions, graphs, batches, seconds, iters, rounds, warmup, threads, checkpoint,
+        duration=duration or None, on_case=lambda partial: write_outputs(partial, out, plot=False),
+        log=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
     write_outputs(result, out)  # the timings are kept even if a probe below fails
+    if result.get("interrupted"):
+        click.echo(markdown(result))
+        click.echo(f"interrupted: the {len(result['cases'])} cases measured are in {out}/profile.*", err=True)
+        raise SystemExit(130)
     add_extras(result, rss=not no_rss, flops=not no_flops, media=media)
     paths = write_outputs(result, out)
     click.echo(markdown(result))
