@@ -30,7 +30,7 @@ demo: $(VENV)/.installed-calibrate,dev
 	$(BIN)/avemo-export $(DEMO)/runs/colearn --precision fp16 --out $(DEMO)/models --force
 	$(BIN)/avemo calibrate $(DEMO)/models --data $(DEMO)/cache --samples 48 --method max
 	$(BIN)/avemo verify $(DEMO)/models
-	$(BIN)/python -m tests.media_factory $(DEMO)/clip.mp4
+	$(BIN)/avemo sample $(DEMO)/clip.mp4
 	$(BIN)/avemo infer $(DEMO)/clip.mp4 --models $(DEMO)/models
 
 # A real Triton server for the serving tests: the nvidia-pytriton wheel's tritonserver binary (Linux

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +24,11 @@ import av
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.media_factory
-
 from avemo.machine import describe
 from avemo.runtime.faces import open_detector
 from avemo.runtime.faces.tracking import REDETECT_EVERY, FaceTracker
 from avemo.runtime.media import sample_frames
-from tests.media_factory import face_photo
+from avemo.runtime.sample import face_photo
 
 PHOTO = 512
 FACE_IN_PHOTO = (190.0, 68.0, 150.0, 182.0)  # YuNet's box of the astronaut in face_photo(512), x y w h
