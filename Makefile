@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo_out
 
-.PHONY: demo test lint clean study
+.PHONY: demo test lint clean study wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,14 @@ study: $(VENV)/.installed-calibrate,dev
 		--preset tiny --seeds 3 --epochs 80 --patience 6 --min-epochs 8 --out $(STUDY) --quiet \
 		--results-md docs/RESULTS.md
 
+# The wheel to copy to a device: there, pip install 'avemo-<version>-py3-none-any.whl[runtime]'.
+wheel: | $(BIN)/python
+	$(BIN)/pip install -q "setuptools>=69"
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	@ls dist/avemo-*.whl
+
 lint: $(VENV)/.installed-calibrate,dev
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(STUDY) .pytest_cache
+	rm -rf $(VENV) $(DEMO) $(STUDY) .pytest_cache dist build

@@ -85,7 +85,10 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=LazyGroup, context_settings=HELP_OPTIONS)
 @click.version_option(__version__, prog_name="avemo")
 def main() -> None:
     """avemo: audio-visual emotion recognition (Takashima et al., Interspeech 2022).
@@ -105,4 +108,4 @@ def main() -> None:
 def export_main() -> None:
     """The `avemo-export` console script: the same command as `avemo export`."""
     command = main.get_command(click.Context(main), "export")
-    command.main(prog_name="avemo-export")
+    command.main(prog_name="avemo-export", **HELP_OPTIONS)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from avemo.cli import friendly
+from avemo.cli import HELP_OPTIONS, friendly
 from avemo.train.cli import RELAUNCHED_ENV, train
 
 
 def main() -> None:
     errors = os.environ.get(RELAUNCHED_ENV)
     if not errors:
-        friendly(train)(prog_name="avemo.train", help_option_names=["-h", "--help"])
+        friendly(train)(prog_name="avemo.train", **HELP_OPTIONS)
         return
     try:  # started by `avemo train --nproc N`: the error line goes to it, which prints it once
         friendly(train).main(prog_name="avemo.train", standalone_mode=False)
