@@ -65,16 +65,23 @@ def evaluate_runs(runs: list[Path], data: Path | None, split_name: str, progress
     over runs x modalities on stderr."""
     from tqdm import tqdm
 
-    rows = []
     bar = tqdm(total=len(runs), desc=f"eval {split_name}", unit="run", disable=not progress, leave=False)
+    try:
+        return _evaluate_runs(runs, data, split_name, bar)
+    finally:
+        bar.close()
+
+
+def _evaluate_runs(runs: list[Path], data: Path | None, split_name: str, bar: Any) -> list[dict[str, Any]]:
+    rows = []
     for run in runs:
         ckpt = Path(run) / BEST_CHECKPOINT if Path(run).is_dir() else Path(run)
         model, payload = load_model(ckpt)
         cache = Path(data) if data else Path(payload["data"]) if payload.get("data") else None
         if cache is None or not cache.exists():
             raise AvemoError(
-                f"{ckpt}: training cache {cache or '(not recorded)'} not found (a run trained before avemo "
-                "recorded it absolute keeps it relative to where training ran); pass --data CACHE"
+                f"{ckpt}: training cache {cache or '(not recorded)'} not found; pass --data CACHE (a run "
+                "trained by an older avemo recorded it relative to where training ran)"
             )
         split = CacheSplit(cache, split_name, model.cfg.features)
         results = {}
@@ -108,5 +115,4 @@ def evaluate_runs(runs: list[Path], data: Path | None, split_name: str, progress
                     "training": training,
                 }
             )
-    bar.close()
     return rows
