@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from avemo.cli import main
-from avemo.contract import MANIFEST_FILE
+from avemo.contract import LABELS, MANIFEST_FILE
 from avemo.errors import AvemoError
 from avemo.runtime import recognizer as recognizer_module
 from avemo.runtime.batch import ResultsFile, expand_media
@@ -165,3 +165,29 @@ def test_int8_that_missed_its_target_is_said_in_every_result_and_warned_by_docto
     assert doctor.exit_code == 0, doctor.output  # a warning, not a failure
     assert "[WARN] accuracy target, int8: int8 graphs missed their accuracy target" in doctor.output
     assert np.isfinite(lines[0]["probs"]["happy"])
+
+
+def test_workers_overlap_files_and_the_bar_shows_files_per_second(capsys):
+    """Two files that each wait for the other (a barrier) finish only if two workers run them at once."""
+    import threading
+
+    from avemo.runtime.batch import recognize_files
+    from avemo.runtime.recognizer import Recognition
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Together:
+        def recognize(self, path):
+            barrier.wait()
+            probs = dict(zip(LABELS, (0.9, 0.1, 0.2, 0.3, 0.4, 0.123456), strict=True))
+            return Recognition(
+                "a", probs, "ort", ["happy"], source=str(path), seconds=2.0, timings_ms={"features": 10.0}
+            )
+
+    lines: list[dict] = []
+    failed = recognize_files(Together(), [("a.wav", None), ("b.wav", None)], lines.append, workers=2, progress=True)
+    assert failed == 0 and sorted(x["source"] for x in lines) == ["a.wav", "b.wav"]
+    assert lines[0]["probs"]["fear"] == 0.1235 and lines[0]["dominant"] == {"emotion": "happy", "probability": 0.9}
+    assert lines[0]["rtf"] == 0.005  # 10 ms of work for 2 s of media
+    err = capsys.readouterr().err
+    assert "2/2" in err and "file/s" in err

@@ -40,6 +40,7 @@ import numpy as np
 
 from avemo.contract import GRAPH_INPUTS, PROBS
 from avemo.errors import AvemoError
+from avemo.runtime.batch import result_line
 
 MODELS_DIR = "models"  # in each model's version folder
 MEDIA_INPUT = "media"  # UINT8 [-1]: the encoded clip's bytes
@@ -177,7 +178,7 @@ class MediaModel:
             file.write(data)
             file.flush()
             try:
-                result = self.recognizer.recognize(Path(file.name)).to_json()
+                result = result_line(self.recognizer.recognize(Path(file.name)))  # as `avemo infer` writes it
             except AvemoError as exc:  # name the request, not our scratch file
                 raise AvemoError(str(exc).replace(file.name, "the request's media")) from None
         result["source"] = "request"
