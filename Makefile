@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo_out
 
-.PHONY: demo card test lint clean study
+.PHONY: demo card test lint clean study wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ demo: $(VENV)/.installed-calibrate,dev
 	$(BIN)/avemo-export $(DEMO)/runs/colearn --precision fp16 --out $(DEMO)/models --force
 	$(BIN)/avemo calibrate $(DEMO)/models --data $(DEMO)/cache --samples 48 --method max
 	$(BIN)/avemo verify $(DEMO)/models
-	$(BIN)/python -m tests.media_factory $(DEMO)/clip.mp4
+	$(BIN)/avemo sample $(DEMO)/clip.mp4
 	$(BIN)/avemo infer $(DEMO)/clip.mp4 --models $(DEMO)/models
 	$(MAKE) card
 
@@ -41,7 +41,7 @@ CARD := $(CURDIR)/$(DEMO)/card
 AVEMO := $(CURDIR)/$(BIN)/avemo
 card: $(VENV)/.installed-calibrate,dev
 	mkdir -p $(CARD)
-	$(BIN)/python -m tests.media_factory $(CARD)/clip.mp4
+	$(BIN)/avemo sample $(CARD)/clip.mp4
 	cd /tmp && $(AVEMO) synth --preset paper --out $(CARD)/cache --clips 40 --seed 0
 	cd /tmp && $(AVEMO) train --data $(CARD)/cache --preset paper --regime colearn --epochs 1 --out $(CARD)/run
 	cd /tmp && $(AVEMO)-export $(CARD)/run --precision int8 --data $(CARD)/cache --samples 16 --out $(CARD)/models --force
@@ -69,8 +69,14 @@ study: $(VENV)/.installed-calibrate,dev
 		--preset tiny --seeds 3 --epochs 80 --patience 6 --min-epochs 8 --out $(STUDY) --quiet \
 		--results-md docs/RESULTS.md
 
+# The wheel to copy to a device: there, pip install 'avemo-<version>-py3-none-any.whl[runtime]'.
+wheel: | $(BIN)/python
+	$(BIN)/pip install -q "setuptools>=69"
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	@ls dist/avemo-*.whl
+
 lint: $(VENV)/.installed-calibrate,dev
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(STUDY) .pytest_cache
+	rm -rf $(VENV) $(DEMO) $(STUDY) .pytest_cache dist build

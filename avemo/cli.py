@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Serve a Triton repository here (tritonserver of the nvidia-pytriton wheel).",
     ),
     "infer": ("avemo.runtime.cli", "infer", "Recognise emotions in media files (JSON lines; A, V or A+V per clip)."),
+    "sample": ("avemo.runtime.sample", "sample", "Write a synthetic talking-face clip to try `avemo infer` on."),
     "profile": ("avemo.runtime.cli", "profile", "Latency p50/p90/p99, throughput, RTF per backend/precision/shape."),
     "verify": ("avemo.runtime.cli", "verify", "Re-hash an exported model directory and re-run its parity checks."),
 }
@@ -84,7 +85,10 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=LazyGroup, context_settings=HELP_OPTIONS)
 @click.version_option(__version__, prog_name="avemo")
 def main() -> None:
     """avemo: audio-visual emotion recognition (Takashima et al., Interspeech 2022).
@@ -104,4 +108,4 @@ def main() -> None:
 def export_main() -> None:
     """The `avemo-export` console script: the same command as `avemo export`."""
     command = main.get_command(click.Context(main), "export")
-    command.main(prog_name="avemo-export")
+    command.main(prog_name="avemo-export", **HELP_OPTIONS)

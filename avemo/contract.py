@@ -119,3 +119,15 @@ FACE_DETECTORS: Final[dict[str, dict[str, Any]]] = {
 DEFAULT_FACE_DETECTOR: Final[str] = "yunet"
 #: With several faces in view: the speaking one (mouth motion vs audio energy), or the largest.
 FACE_MODES: Final[tuple[str, ...]] = ("speaker", "largest")
+
+#: `avemo infer --ort-provider`: ONNX Runtime execution providers, in the order handed to the session.
+ORT_PROVIDERS: Final[dict[str, tuple[str, ...]]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+#: What `avemo infer FOLDER` takes from a folder (any container PyAV reads; by suffix, case-insensitive).
+MEDIA_SUFFIXES: Final[tuple[str, ...]] = (
+    ".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
+    ".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus",
+)  # fmt: skip

@@ -76,9 +76,26 @@ def calibrate(
     """
     from avemo.calibration.calibrate import calibrate as run
 
+    quiet_onnxruntime()
     result = run(
         models, data, split, samples, method, seed, not no_default_keep, keep, clips_from, cpu_int8,
         tuple(s for s in report_splits.split(",") if s), threads, log=click.echo,
     )  # fmt: skip
     click.echo((models / "int8" / "accuracy.md").read_text())
     click.echo(f"wrote {models}/int8 ({result['decision_split']} decides; JSON: {models}/int8/accuracy.json)")
+
+
+def quiet_onnxruntime() -> None:
+    """ONNX Runtime's logger to errors only, for the sessions calibration opens, said once.
+
+    Loading the TensorRT-shaped int8 graphs (int8/fp16/) on the CPU, ONNX Runtime warns once per weight
+    scale and session that it cannot constant-fold that fp16 Mul (its CPU provider has no fp16 Mul
+    kernel): over a hundred coloured lines per run, none of them a problem (TensorRT folds them)."""
+    from avemo.deps import require
+
+    require("onnxruntime", "pip install 'avemo[runtime]'").set_default_logger_severity(3)
+    click.echo(
+        "ONNX Runtime's warnings are off while calibrating: on the CPU it cannot constant-fold the fp16 Mul of "
+        "each weight scale in int8/fp16/ (no fp16 Mul kernel there; TensorRT folds them)",
+        err=True,
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from avemo.contract import FACE_MODES, MODALITIES, PARITY_FILE, PRECISION_DIRS, graph_file
+from avemo.contract import FACE_MODES, MODALITIES, ORT_PROVIDERS, PARITY_FILE, PRECISION_DIRS, graph_file
 
 
 def face_options(command: click.Command) -> click.Command:
@@ -90,9 +90,26 @@ def verify(models: Path, threads: int | None) -> None:
     show_default=True,
     help="auto: TensorRT where it imports and engines exist for this GPU, else ONNX Runtime (stderr says which).",
 )
+@click.option(
+    "--ort-provider",
+    type=click.Choice(list(ORT_PROVIDERS)),
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution provider (cuda, tensorrt: onnxruntime-gpu's), for the graphs and the face detector.",
+)
 @click.option("--device", "device_id", type=int, default=0, show_default=True, help="TensorRT: CUDA device index.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be on.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the lines to results.jsonl or .csv as each file ends; a rerun skips files already in it.",
+)
+@click.option("--retry-errors", is_flag=True, help="With --out: redo the files whose line is an error.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Files recognised in parallel."
+)
 @face_options
 @click.option("--window", type=float, default=None, help="Timeline: window length in seconds.")
 @click.option("--hop", type=float, default=None, help="Timeline: hop in seconds (default: the window).")
@@ -132,9 +149,13 @@ def infer(
     models: Path,
     precision: str | None,
     backend: str,
+    ort_provider: str,
     device_id: int,
     threads: int | None,
     threshold: float,
+    out: Path | None,
+    retry_errors: bool,
+    workers: int,
     face_detector: str | None,
     faces: str,
     window: float | None,
@@ -150,7 +171,15 @@ def infer(
 
     The graph is chosen by what each clip has: A+V, or A when no face is found,
     or V when there is no audio stream; the line says which ("modality").
+    Each line has the six probabilities, the thresholded "labels", the most
+    probable emotion ("dominant") and the real-time factor ("rtf").
     A file that cannot be read gets an "error" line; the others still run.
+
+    MEDIA may be files, folders (their media files, recursively), globs
+    ("clips/*.mp4", quoted) or @list.txt (one path per line). With --out the
+    lines go to that .jsonl or .csv file as each file ends, and running the
+    same command again skips the files already there (--retry-errors redoes
+    the errors): a job over thousands of files resumes after a crash.
 
     MEDIA may also be a network stream (udp://, rtp://, rtsp://, http(s)://,
     srt://, tcp://) or an FFmpeg input FORMAT:INPUT (lavfi:..., alsa:...):
@@ -161,6 +190,9 @@ def infer(
     \b
     Examples:
       avemo infer clip.mp4 --models models/
+      avemo infer clips/ --models models/ --workers 2 --out results.jsonl     # rerun: resumes
+      avemo infer @list.txt --models models/ --out results.csv --retry-errors
+      avemo infer clip.mp4 --models models/ --backend ort --ort-provider cuda  # onnxruntime-gpu
       avemo infer talk.mp4 --models models/ --window 5 --hop 2.5 --plot talk.png
       avemo infer udp://127.0.0.1:5000 --models models/ --window 5 --hop 1
       avemo infer rtsp://camera.local/stream --models models/ --window 5 --hop 1 --timeout 5
@@ -172,62 +204,92 @@ def infer(
     import threading
 
     from avemo.errors import AvemoError
+    from avemo.runtime.batch import ResultsFile, expand_media, recognize_files, result_line
+    from avemo.runtime.ort_backend import providers_for
     from avemo.runtime.recognizer import Recognizer
     from avemo.runtime.stream.live import is_live
 
+    if plot:  # before any work: the runtime install has no matplotlib
+        from avemo.deps import require
+
+        require("matplotlib", "pip install matplotlib")
     if plot and not window:
         raise click.BadParameter("--plot draws a timeline: give --window too", param_hint="--plot")
     if (window is not None and window <= 0) or (hop is not None and hop <= 0):
         raise click.BadParameter("window and hop must be positive", param_hint="--window/--hop")
+    if out and window:
+        raise click.BadParameter("--out resumes whole files; with --window redirect stdout", param_hint="--out")
+    if ort_provider != "cpu" and backend == "trt":
+        raise click.BadParameter("is for --backend ort (or auto)", param_hint="--ort-provider")
     if camera is not None or mic is not None:
         device = "+".join(filter(None, [f"camera:{camera}" if camera is not None else None, mic]))
         media = (*media, device)
     if not media:
-        raise click.UsageError("give MEDIA (files or stream URLs), --camera or --mic")
-    live = [m for m in media if is_live(m)]
+        raise click.UsageError("give MEDIA (files, folders, globs, @list.txt or stream URLs), --camera or --mic")
+    sources = expand_media(media, is_live)
+    live = [m for m, _ in sources if is_live(m)]
     if live and window is None:
         raise click.BadParameter(f"{live[0]} is a live source: give --window (and --hop)", param_hint="--window")
+    results = ResultsFile(out, retry_errors) if out else None
+    if results is not None:
+        todo = [(s, e) for s, e in sources if not results.skip(s)]
+        if len(todo) < len(sources):
+            click.echo(f"{out}: {len(sources) - len(todo)} of {len(sources)} files already done, skipped", err=True)
+        sources = todo
+    providers = providers_for(ort_provider)
     recognizer = Recognizer(
-        models, precision, threads, face_detector, threshold, backend=backend, faces=faces, device_id=device_id
-    )
+        models, precision, threads, face_detector, threshold, providers, "ort" if ort_provider != "cpu" else backend,
+        faces, device_id,
+    )  # fmt: skip
     click.echo(f"backend: {recognizer.backend_reason}", err=True)
-    stop = threading.Event()  # Ctrl-C / SIGTERM: finish the current window, then stop
+    stop = threading.Event()  # Ctrl-C / SIGTERM: finish the current window (or the files started), then stop
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if window is None:
+        emit = results.write if results is not None else lambda line: click.echo(json.dumps(line))
+        try:
+            failed = recognize_files(recognizer, sources, emit, workers, stop)
+        finally:
+            recognizer.close()
+            if results is not None:
+                results.close()
+        if results is not None:
+            click.echo(f"wrote {out}: {len(sources)} files, {failed} error(s)", err=True)
+        if failed:
+            raise SystemExit(1)
+        return
     failed = 0
-    for name in media:
+    for name, missing in sources:
         source = name if is_live(name) else Path(name)
-        results: list = []  # kept only for --plot and the summary's latencies: bounded per source
+        results_kept: list = []  # kept only for --plot and the summary's latencies: bounded per source
         summary = StreamSummary(name)
         try:
-            if window is None:
-                click.echo(json.dumps(recognizer.recognize(source).to_json()))
-            else:  # one pass: each window's line as soon as it is complete
-                if is_live(name):
-                    click.echo(f"{name}: reading (windows of {window:g} s; Ctrl-C stops)", err=True)
-                for result in recognizer.stream(
-                    source, window, hop, timeout=timeout, max_seconds=max_seconds, stop=stop, reconnect=reconnect
-                ):
-                    if (result.dropped_windows or 0) > summary.dropped:
-                        click.echo(
-                            f"WARNING: {name}: processing fell {result.behind_s:g} s behind the stream; "
-                            f"{result.dropped_windows - summary.dropped} window(s) skipped",
-                            err=True,
-                        )
-                    summary.add(result)
-                    if plot:
-                        results.append(result)
-                    click.echo(json.dumps(result.to_json()), nl=True)
+            if missing:
+                raise AvemoError(missing)
+            if is_live(name):
+                click.echo(f"{name}: reading (windows of {window:g} s; Ctrl-C stops)", err=True)
+            for result in recognizer.stream(
+                source, window, hop, timeout=timeout, max_seconds=max_seconds, stop=stop, reconnect=reconnect
+            ):
+                if (result.dropped_windows or 0) > summary.dropped:
+                    click.echo(
+                        f"WARNING: {name}: processing fell {result.behind_s:g} s behind the stream; "
+                        f"{result.dropped_windows - summary.dropped} window(s) skipped",
+                        err=True,
+                    )
+                summary.add(result)
+                if plot:
+                    results_kept.append(result)
+                click.echo(json.dumps(result_line(result)), nl=True)
         except AvemoError as exc:  # the lines already written stand
             failed += 1
             summary.error = str(exc)
             click.echo(json.dumps({"source": name, "error": str(exc)}))
-        if window is not None:
-            summary.stopped = stop.is_set()
-            click.echo(json.dumps({"summary": summary.to_json()}), err=True)
-        if plot and results:
-            target = plot if len(media) == 1 else plot.with_name(f"{plot.stem}-{Path(name).stem}{plot.suffix}")
-            plot_timeline(results, target, title=Path(name).name)
+        summary.stopped = stop.is_set()
+        click.echo(json.dumps({"summary": summary.to_json()}), err=True)
+        if plot and results_kept:
+            target = plot if len(sources) == 1 else plot.with_name(f"{plot.stem}-{Path(name).stem}{plot.suffix}")
+            plot_timeline(results_kept, target, title=Path(name).name)
         if stop.is_set():
             break
     recognizer.close()  # TensorRT engines before their CUDA context
@@ -374,11 +436,19 @@ def _choices_option(flag: str, dest: str, default: str, choices: tuple[str, ...]
 @click.option("--batch", "batches", default="1,4,16", show_default=True, callback=_list(int), help="Clips per call.")
 @click.option("--seconds", default="2,5,10,30", show_default=True, callback=_list(float), help="Clip lengths.")
 @click.option(
+    "--duration",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds of timed calls per candidate and shape, as trtexec's --duration (0: --iters calls exactly).",
+)
+@click.option(
     "--iters",
     type=int,
     default=1024,
     show_default=True,
-    help="Timed calls per case (1024: MLPerf's single-stream minimum query count).",
+    help="At most this many timed calls per candidate and shape (all of them with --duration 0; 1024 is MLPerf's "
+    "single-stream minimum query count).",
 )
 @click.option(
     "--rounds",
@@ -410,8 +480,8 @@ def _choices_option(flag: str, dest: str, default: str, choices: tuple[str, ...]
 )
 def profile(
     models: Path, backends: list[str], precisions: list[str], graphs: list[str], batches: list[int],
-    seconds: list[float], iters: int, rounds: int, warmup: int, threads: int | None, checkpoint: Path | None,
-    media: Path | None, no_rss: bool, no_flops: bool, out: Path,
+    seconds: list[float], duration: float, iters: int, rounds: int, warmup: int, threads: int | None,
+    checkpoint: Path | None, media: Path | None, no_rss: bool, no_flops: bool, out: Path,
 ) -> None:  # fmt: skip
     """Latency p50/p90/p99/max, throughput and real-time factor per backend x precision x graph x batch x length.
 
@@ -419,24 +489,33 @@ def profile(
     every case reports its speed-up over it. Candidates are timed interleaved.
     Latencies are wall time per call (a monotonic clock) for every backend, at
     the stated thread count on CPU; TensorRT cases add the host-to-device,
-    compute and device-to-host split measured with CUDA events.
+    compute and device-to-host split measured with CUDA events. Each case is
+    bounded by time (--duration, as trtexec); the files are rewritten after
+    each shape, and Ctrl-C keeps the shapes measured so far.
 
     \b
     Examples:
-      avemo profile models/ --backend torch,ort --precision fp32,int8-cpu --seconds 10 --batch 1
+      avemo profile models/ --backend torch,ort --media clip.mp4 --out bench/   # about 2 min: 1 s per case
+      avemo profile models/ --backend torch,ort --precision fp32,int8-cpu --seconds 10 --batch 1 --duration 5
       avemo profile models/ --backend all --precision all --graph all --media clip.mp4 --out bench/
       python scripts/profile_latency.py models/ --backend ort --iters 200   # runtime-only devices
     """
     from avemo.runtime.profiler import add_extras, markdown, run_profile, write_outputs
 
-    if iters < 1 or rounds < 1:
-        raise click.BadParameter("--iters and --rounds must be >= 1")
+    if iters < 1 or rounds < 1 or duration < 0:
+        raise click.BadParameter("--iters and --rounds must be >= 1, --duration >= 0")
     if media is not None and not media.is_file():
         raise click.BadParameter(f"{media} is not a regular file", param_hint="--media")
     result = run_profile(
-        models, backends, precisions, graphs, batches, seconds, iters, rounds, warmup, threads, checkpoint
-    )
+        models, backends, precisions, graphs, batches, seconds, iters, rounds, warmup, threads, checkpoint,
+        duration=duration or None, on_case=lambda partial: write_outputs(partial, out, plot=False),
+        log=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
     write_outputs(result, out)  # the timings are kept even if a probe below fails
+    if result.get("interrupted"):
+        click.echo(markdown(result))
+        click.echo(f"interrupted: the {len(result['cases'])} cases measured are in {out}/profile.*", err=True)
+        raise SystemExit(130)
     add_extras(result, rss=not no_rss, flops=not no_flops, media=media)
     paths = write_outputs(result, out)
     click.echo(markdown(result))

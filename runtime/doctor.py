@@ -50,6 +50,10 @@ class Doctor:
     def fail(self, name: str, reason: str) -> None:
         self._add("FAIL", name, reason=reason)
 
+    def warn(self, name: str, reason: str) -> None:
+        """Worth knowing, not a failure: the exit code stays 0."""
+        self._add("WARN", name, reason=reason)
+
     def skip(self, name: str, reason: str) -> None:
         self._add("not checked", name, reason=reason)
 
@@ -157,6 +161,9 @@ def run_doctor(
             )
         except AvemoError as exc:
             doctor.fail(name, str(exc))
+        warning = manifest.accuracy_warning(precision)
+        if warning and folder == PRECISION_DIRS[precision]:  # once per precision, not per graph set
+            doctor.warn(f"accuracy target, {precision}", warning)
     if no_trt:
         doctor.skip("TensorRT engines (build, parity, latency, memory)", no_trt)
     else:

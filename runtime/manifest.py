@@ -38,6 +38,16 @@ class Manifest:
     def precisions(self) -> list[str]:
         return list(self.data["precisions"])
 
+    def accuracy_warning(self, precision: str) -> str | None:
+        """What to tell every user of ``precision``'s graphs when calibration found them below the target."""
+        entry = self.data["precisions"].get(precision, {})
+        if entry.get("meets_accuracy_target", True):
+            return None
+        return (
+            f"{precision} graphs missed their accuracy target at calibration (meets_accuracy_target: false; "
+            f"see {self.root / entry.get('report', 'int8/accuracy.md')}): expect more label changes than fp32"
+        )
+
     def graph_path(self, modality: str, precision: str = "fp32", tensorrt: bool = False) -> Path:
         """The ``precision`` graph of ``modality``; with ``tensorrt``, the one engines are built from."""
         if modality not in self.data["graphs"]:

@@ -27,6 +27,22 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
+def providers_for(name: str) -> list[str]:
+    """ONNX Runtime's providers for ``--ort-provider NAME``; refused when this onnxruntime lacks the first
+    (ONNX Runtime itself would only warn and run on the CPU)."""
+    from avemo.contract import ORT_PROVIDERS
+
+    ort = require("onnxruntime", "pip install 'avemo[runtime]'")
+    wanted = list(ORT_PROVIDERS[name])
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        raise AvemoError(
+            f"--ort-provider {name}: this onnxruntime has no {wanted[0]} (it has {', '.join(available)}); "
+            "install onnxruntime-gpu in place of onnxruntime (one of the two, never both)"
+        )
+    return [p for p in wanted if p in available]
+
+
 class OrtBackend:
     """Runs one graph: ``infer({input name: array}) -> probs [B, 6]``."""
 

@@ -119,8 +119,15 @@ def run_profile(
     threads: int | None = None,
     checkpoint: Path | None = None,
     progress: bool = True,
+    duration: float | None = None,
+    on_case: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Time every available combination; returns the JSON-ready result (cases with raw samples)."""
+    """Time every available combination; returns the JSON-ready result (cases with raw samples).
+
+    ``duration``: seconds per candidate and shape (``iters`` is then a cap). ``log`` hears first what cannot
+    be profiled here and why; ``on_case`` gets the result so far after each shape. Ctrl-C ends the timing
+    after the shapes already done: the result has them and ``interrupted: true``."""
     manifest = load_manifest(models)
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(manifest)
     threads = threads or os.cpu_count() or 1
@@ -137,46 +144,57 @@ def run_profile(
         raise AvemoError(
             "nothing to profile: " + "; ".join(f"{s['backend']} {s['precision']}: {s['reason']}" for s in skipped)
         )
+    for s in skipped if log else ():
+        log(f"not profiled: {s['backend']} {s['precision']}: {s['reason']}")
     per_round = max(1, -(-iters // rounds))
     shapes = [(g, b, s) for g in graphs for b in batches for s in seconds]
     cases: list[dict[str, Any]] = []
-    bar = tqdm(total=len(shapes), desc="profile", unit="shape", disable=not progress)
-    for graph in graphs:
-        runners = {c: load_runner(manifest, *c, graph, threads, checkpoint) for c in combos}
-        for batch in batches:
-            # An engine takes at most its batch limit (4 clips on an Orin Nano): larger batches are skipped, and said.
-            fits = [c for c in combos if batch <= getattr(runners[c], "max_batch", batch)]
-            skipped += [
-                {"backend": b, "precision": p, "graph": graph, "batch": batch,
-                 "reason": f"over the engine's limit of {runners[b, p].max_batch} clips per call"}
-                for b, p in combos if (b, p) not in fits
-            ]  # fmt: skip
-            for secs in seconds:
-                bar.update()
-                if not fits:
-                    continue
-                inputs = profile_inputs(manifest, graph, batch, secs)
-                phases: dict[tuple[str, str], list[dict[str, float]]] = {c: [] for c in fits}
-                calls = {f"{b}/{p}": _call(runners[b, p], inputs, phases[b, p]) for b, p in fits}
-                raw = interleaved_latency(calls, per_round, warmup, rounds)
-                for (backend, precision), name in zip(fits, calls, strict=True):
-                    cases.append(
-                        _case(backend, precision, graph, batch, secs, threads, raw[name], phases[backend, precision])
-                    )
-        for runner in runners.values():
-            getattr(runner, "close", lambda: None)()
-    bar.close()
-    _add_speedups(cases)
-    return {
+    settings = {"iters": per_round * rounds, "rounds": rounds, "warmup": warmup, "threads": threads}
+    result = {
         "format": FORMAT,
         "version": 1,
         "machine": machine_info(),
         "models": str(models),
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "settings": {"iters": per_round * rounds, "rounds": rounds, "warmup": warmup, "threads": threads},
+        "settings": settings | ({"duration_s": duration} if duration is not None else {}),
         "skipped": skipped,
         "cases": cases,
     }
+    bar = tqdm(total=len(shapes), desc="profile", unit="shape", disable=not progress)
+    try:
+        for graph in graphs:
+            runners = {c: load_runner(manifest, *c, graph, threads, checkpoint) for c in combos}
+            for batch in batches:
+                # An engine takes at most its batch limit (4 clips on an Orin Nano): larger batches are skipped, said.
+                fits = [c for c in combos if batch <= getattr(runners[c], "max_batch", batch)]
+                skipped += [
+                    {"backend": b, "precision": p, "graph": graph, "batch": batch,
+                     "reason": f"over the engine's limit of {runners[b, p].max_batch} clips per call"}
+                    for b, p in combos if (b, p) not in fits
+                ]  # fmt: skip
+                for secs in seconds:
+                    bar.update()
+                    if not fits:
+                        continue
+                    inputs = profile_inputs(manifest, graph, batch, secs)
+                    phases: dict[tuple[str, str], list[dict[str, float]]] = {c: [] for c in fits}
+                    calls = {f"{b}/{p}": _call(runners[b, p], inputs, phases[b, p]) for b, p in fits}
+                    raw = interleaved_latency(calls, per_round, warmup, rounds, duration)
+                    for (backend, precision), name in zip(fits, calls, strict=True):
+                        phase = phases[backend, precision]
+                        cases.append(_case(backend, precision, graph, batch, secs, threads, raw[name], phase))
+                    _add_speedups(cases)
+                    if on_case is not None:
+                        on_case(result)
+            for runner in runners.values():
+                getattr(runner, "close", lambda: None)()
+    except KeyboardInterrupt:  # keep what is measured
+        result["interrupted"] = True
+        if not cases:
+            raise
+    finally:
+        bar.close()
+    return result
 
 
 def _call(runner: Runner, inputs: dict[str, np.ndarray], phases: list[dict[str, float]]) -> Callable[[], object]:
@@ -493,7 +511,12 @@ def markdown(result: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     lines = [
         f"Machine: {m['summary']}; {gpu}; {versions}.",
-        f"{s['iters']} timed calls per case in {s['rounds']} interleaved rounds after {s['warmup']} warm-up calls; "
+        (
+            f"Up to {s['iters']} timed calls or {s['duration_s']:g} s per candidate and shape"
+            if s.get("duration_s") is not None
+            else f"{s['iters']} timed calls per case"
+        )
+        + f" in {s['rounds']} interleaved rounds after {s['warmup']} warm-up calls; "
         f"CPU threads: {s['threads']}.",
         "",
         "| graph | batch | clip s | backend | precision | p50 ms | p90 ms | p99 ms | max ms "

@@ -58,6 +58,7 @@ class Recognition:
     frames_sampled: int | None = None  # video frames taken at 3 fps (media input only)
     frames_with_face: int | None = None  # of those, frames with the chosen face (the model's face crops)
     face: dict[str, Any] = field(default_factory=dict)  # the chosen face: box, choice, confidence, faces_seen
+    seconds: float | None = None  # media seconds analysed (audio, else sampled video): for the real-time factor
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None or k not in LIVE_FIELDS}
@@ -98,6 +99,8 @@ class Recognizer:
         self.threshold = threshold
         chosen = resolve_backend(backend, self.manifest, precision, device_id)
         self.backend, self.precision, self.backend_reason = chosen
+        warning = self.manifest.accuracy_warning(self.precision)
+        self.model_notes = [warning] if warning else []  # said in every result of these graphs
         self.backends: dict[str, Any] = {}
         scratch = None
         if self.backend == "trt":  # one activation area for the three engines
@@ -210,12 +213,8 @@ class Recognizer:
         self, source: str, span: tuple[float | None, float | None], clip: ClipInput, feats: MediaFeatures, ms: float
     ) -> Recognition:
         pieces = self.split_long(clip, feats.face_times)
-        if len(pieces) == 1:
-            result = self.infer([clip])[0]
-            result.notes = list(feats.notes)
-        else:
-            result = self._averaged(clip, pieces)
-            result.notes = [*feats.notes, result.notes[0]]
+        result = self.infer([clip])[0] if len(pieces) == 1 else self._averaged(clip, pieces)
+        result.notes = [*feats.notes, *result.notes]
         result.source = source
         result.start, result.end = span
         result.frames_sampled, result.frames_with_face, result.face = (
@@ -224,6 +223,9 @@ class Recognizer:
             feats.face,
         )
         result.timings_ms = {"features": ms, "inference": result.timings_ms["inference"]}
+        f = self.features  # audio frames time the clip best; video only by its 3-fps ticks
+        seconds = len(feats.fbank) * f.frame_shift_ms / 1000 if feats.has_audio else feats.frames_sampled / f.fps
+        result.seconds = round(seconds, 3)
         return result
 
     @property
@@ -259,10 +261,11 @@ class Recognizer:
         inference = sum(r.timings_ms["inference"] for r in results)
         result = self._result(modality, probs, {"inference": inference, "batch": len(pieces)})
         used = sorted({MODALITY_TITLES[r.modality] for r in results})
-        result.notes = [
+        result.notes.insert(
+            0,
             f"{weights.sum():.1f} s is longer than the {self.clip_seconds:g} s the model takes at once: recognised "
-            f"in {len(pieces)} windows ({'/'.join(used)}), probabilities averaged by length"
-        ]
+            f"in {len(pieces)} windows ({'/'.join(used)}), probabilities averaged by length",
+        )
         return result
 
     def _check(self, clip: ClipInput, index: int) -> None:
@@ -282,7 +285,7 @@ class Recognizer:
     def _result(self, modality: str, probs: np.ndarray, timings: dict[str, float]) -> Recognition:
         named = {name: float(p) for name, p in zip(LABELS, probs, strict=True)}
         labels = [name for name, p in named.items() if p >= self.threshold]
-        return Recognition(modality=modality, probs=named, backend=self.backend, labels=labels, timings_ms=timings)
+        return Recognition(modality, named, self.backend, labels, timings_ms=timings, notes=list(self.model_notes))
 
 
 def open_graph(

@@ -15,27 +15,47 @@ PERCENTILES = (50, 90, 99)
 
 
 def interleaved_latency(
-    calls: dict[str, Callable[[], object]], iters: int, warmup: int = 3, rounds: int = 3
+    calls: dict[str, Callable[[], object]],
+    iters: int,
+    warmup: int = 3,
+    rounds: int = 3,
+    duration: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Milliseconds per call for each candidate: ``rounds`` x ``iters`` samples each.
 
     Every round runs each candidate's ``iters`` calls in turn (the order rotates
     per round), so slow spells of a shared machine hit all candidates alike.
+    With ``duration`` (seconds per candidate, as trtexec's ``--duration``) a
+    candidate's turn also ends once it has used its share of that time
+    (``iters`` is then a cap), and so does its warm-up; a candidate whose calls
+    are slower than its turns skips later rounds once ``duration`` is spent,
+    so a case takes about ``duration`` plus two calls per candidate.
     """
     if iters < 1 or rounds < 1:
         raise ValueError("iters and rounds must be >= 1")
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    turn_ns = None if duration is None else duration / rounds * 1e9
     for name in names:
+        started = time.perf_counter_ns()
         for _ in range(warmup):
             calls[name]()
+            if turn_ns is not None and time.perf_counter_ns() - started >= turn_ns:
+                break
+    spent = dict.fromkeys(names, 0)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            call = calls[name]
+            if turn_ns is not None and samples[name] and spent[name] >= turn_ns * rounds:
+                continue  # its time is used up by slow calls: fewer rounds, not more time
+            call, turn_started = calls[name], spent[name]
             for _ in range(iters):
                 t0 = time.perf_counter_ns()
                 call()
-                samples[name].append((time.perf_counter_ns() - t0) / 1e6)
+                took = time.perf_counter_ns() - t0
+                samples[name].append(took / 1e6)
+                spent[name] += took
+                if turn_ns is not None and spent[name] - turn_started >= turn_ns:
+                    break
     return {name: np.asarray(values) for name, values in samples.items()}
 
 

@@ -1,6 +1,6 @@
 """Windows in one pass vs a single pass over the same file, interleaved, in one process.
 
-    .venv/bin/python -m tests.media_factory /tmp/clip60.mp4 60 1280 720
+    .venv/bin/avemo sample /tmp/clip60.mp4 --seconds 60 --size 1280x720
     .venv/bin/python scripts/bench_stream.py demo_out/models /tmp/clip60.mp4 --rounds 5
 
 Prints the median seconds of `Recognizer.recognize(file)` (one pass, one result) and of

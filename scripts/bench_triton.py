@@ -1,6 +1,6 @@
 """Load and faults against a local Triton server (loopback only, bounded in count and time).
 
-    .venv/bin/python -m tests.media_factory /tmp/clip10.mp4 10
+    .venv/bin/avemo sample /tmp/clip10.mp4 --seconds 10
     .venv/bin/python scripts/bench_triton.py demo_out/models /tmp/clip10.mp4 --out docs/bench/triton.json
     .venv/bin/python scripts/bench_triton.py demo_out/models /tmp/clip10.mp4 --clients 1 4 \
         --media-instances 1 0 --rounds 2 --cycles 2 --seconds 5

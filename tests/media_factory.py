@@ -1,172 +1,26 @@
-"""Media made by the tests: mp4/wav files with speech-like audio and a real face photo, and a MOSEI tree.
-
-The faces are scikit-image's `astronaut()` and `camera()` photographs, so the
-detectors find real faces, not drawings; `send` streams a file at real-time pace.
-"""
+"""Media made by the tests: the sample clips (avemo.runtime.sample, re-exported here), a MOSEI tree,
+features of a long clip, and `send`, which streams a file at real-time pace."""
 
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import h5py
 import numpy as np
 
-
-def face_photo(size: int = 256) -> np.ndarray:
-    import cv2
-    from skimage import data
-
-    head = data.astronaut()[20:340, 60:380]  # head and shoulders: the face fills about a third
-    return cv2.resize(head, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def second_face_photo(size: int = 256) -> np.ndarray:
-    """Another real face: the head of scikit-image's `camera()` photograph (grey), turned a little."""
-    import cv2
-    from skimage import data
-
-    head = data.camera()[60:300, 120:360]
-    return cv2.resize(np.repeat(head[:, :, None], 3, axis=2), (size, size), interpolation=cv2.INTER_AREA)
-
-
-# Mouth corners (right, left) in each photo, as fractions of its side (YuNet's landmarks on them).
-MOUTHS = {"astronaut": ((0.445, 0.383), (0.563, 0.393)), "camera": ((0.475, 0.490), (0.490, 0.495))}
-
-
-def speech_gate(seconds: float, seed: int = 0) -> list[tuple[float, float]]:
-    """Talk spurts [(start, end)]: 0.8-1.6 s of speech, then 0.6-1.2 s of silence, seeded."""
-    rng, t, spurts = np.random.default_rng(seed), 0.2, []
-    while t < seconds:
-        end = min(seconds, t + rng.uniform(0.8, 1.6))
-        spurts.append((t, end))
-        t = end + rng.uniform(0.6, 1.2)
-    return spurts
-
-
-def mouth_opening(t: float, spurts: list[tuple[float, float]], seed: int = 0) -> float:
-    """How open a speaker's mouth is at ``t`` (0..1): a new seeded opening every 0.2-s syllable of a spurt."""
-    talking = any(a <= t < b for a, b in spurts)
-    syllable = int(t / 0.2)
-    return float(talking) * float(np.random.default_rng([seed, syllable]).uniform(0.2, 1.0))
-
-
-def draw_mouth(img: np.ndarray, photo: str, x: int, y: int, side: int, opening: float) -> None:
-    """An open mouth (a dark ellipse between the photo's mouth corners), ``opening`` 0..1."""
-    import cv2
-
-    (rx, ry), (lx, ly) = MOUTHS[photo]
-    width = max(lx - rx, 0.06) * side
-    cx, cy = x + (rx + lx) / 2 * side, y + (ry + ly) / 2 * side + 0.1 * width
-    if opening > 0.05:
-        axes = (max(1, round(0.45 * width)), max(1, round(0.45 * width * opening)))
-        cv2.ellipse(img, (round(cx), round(cy)), axes, 0, 0, 360, (25, 10, 10), -1)
-
-
-def write_two_faces(path: Path, seconds: float = 8.0, speaker: str | None = "astronaut", audio: bool = True) -> Path:
-    """Two real faces side by side (640x360, 15 fps): the astronaut small on the left, the cameraman
-    larger on the right; ``speaker``'s mouth opens with the speech, the other's stays shut."""
-    size, fps, rate = (640, 360), 15, 16000
-    photos = {"astronaut": (face_photo(200), 40, 80), "camera": (second_face_photo(300), 320, 30)}
-    spurts = speech_gate(seconds)
-    with av.open(str(path), "w") as container:
-        vstream = container.add_stream("mpeg4", rate=fps)
-        vstream.width, vstream.height, vstream.pix_fmt = *size, "yuv420p"
-        astream = container.add_stream("aac", rate=rate, layout="mono") if audio else None
-        for i in range(int(seconds * fps)):
-            t = i / fps
-            img = np.full((size[1], size[0], 3), 90, np.uint8)
-            for name, (photo, x, y) in photos.items():
-                img[y : y + photo.shape[0], x : x + photo.shape[1]] = photo
-                if name == speaker:
-                    draw_mouth(img, name, x, y, photo.shape[0], mouth_opening(t, spurts))
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            container.mux(vstream.encode(frame))
-        container.mux(vstream.encode(None))
-        if astream is not None:
-            t = np.arange(int(seconds * rate)) / rate
-            gate = np.zeros_like(t)
-            for a, b in spurts:
-                gate[(t >= a) & (t < b)] = 1.0
-            samples = speech_like(seconds, rate)[0] * gate + 0.003 * np.random.default_rng(1).normal(size=t.size)
-            for i in range(0, len(samples), 1024):
-                chunk = samples[None, i : i + 1024].astype(np.float32)
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = rate, i
-                container.mux(astream.encode(frame))
-            container.mux(astream.encode(None))
-    return path
-
-
-def speech_like(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
-    """Voiced harmonics under a syllable envelope, plus noise: [channels, samples] float32."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    f0 = 140 + 20 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
-    envelope = np.maximum(0, np.sin(2 * np.pi * 4 * t)) ** 2
-    mono = 0.3 * envelope * voiced + 0.01 * rng.normal(size=t.size)
-    return np.repeat(mono[None, :], channels, axis=0).astype(np.float32)
-
-
-def write_media(
-    path: Path,
-    seconds: float = 3.0,
-    fps: float = 15,
-    size: tuple[int, int] = (320, 240),
-    audio_rate: int | None = 16000,
-    audio_layout: str = "mono",
-    video: bool = True,
-    face: bool = True,
-    frame_times: list[float] | None = None,
-    time_base: Fraction = Fraction(1, 1000),
-    codec: str = "mpeg4",
-) -> Path:
-    """An mp4 (or any container FFmpeg infers from the suffix) with optional audio and video streams.
-
-    ``frame_times`` gives explicit presentation times (variable frame rate); ``time_base``
-    the video stream's (MPEG-4 part 2 takes denominators up to 65535; libx264 any).
-    """
-    w, h = size
-    photo = face_photo(min(w, h) * 3 // 4)
-    channels = {"mono": 1, "stereo": 2, "5.1": 6}[audio_layout]
-    with av.open(str(path), "w") as container:
-        vstream = astream = None
-        if video:
-            vstream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
-            vstream.codec_context.time_base = vstream.time_base = time_base
-        if audio_rate:
-            astream = container.add_stream("aac", rate=audio_rate, layout=audio_layout)
-        packets = []  # muxed in time order at the end: audio and video interleaved, as a camera writes them
-        if vstream is not None:
-            times = frame_times if frame_times is not None else [i / fps for i in range(int(seconds * fps + 1e-9))]
-            for t in times:
-                img = np.full((h, w, 3), 90, np.uint8)
-                if face:
-                    x = (w - photo.shape[1]) // 2 + int(10 * np.sin(t))
-                    img[(h - photo.shape[0]) // 2 :][: photo.shape[0], x : x + photo.shape[1]] = photo
-                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-                frame.pts, frame.time_base = round(t / time_base), time_base
-                packets.extend(vstream.encode(frame))
-            packets.extend(vstream.encode(None))
-        if astream is not None:
-            samples = speech_like(seconds, audio_rate, channels)
-            step = 1024
-            for i in range(0, samples.shape[1], step):
-                chunk = np.ascontiguousarray(samples[:, i : i + step])
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=audio_layout)
-                frame.sample_rate, frame.pts = audio_rate, i
-                packets.extend(astream.encode(frame))
-            packets.extend(astream.encode(None))
-        packets.sort(key=lambda p: float(p.dts * p.time_base) if p.dts is not None else 0.0)
-        for packet in packets:
-            container.mux(packet)
-    return path
+from avemo.runtime.sample import (  # noqa: F401 (re-exported for the tests and scripts)
+    MOUTHS,
+    draw_mouth,
+    face_photo,
+    mouth_opening,
+    second_face_photo,
+    speech_gate,
+    speech_like,
+    write_media,
+    write_two_faces,
+)
 
 
 def write_mosei_tree(root: Path, videos: dict[str, dict], folds: dict[str, list[str]]) -> tuple[Path, Path]:
@@ -236,8 +90,8 @@ if __name__ == "__main__":
         send(Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else None)
         sys.exit(0)
 
-    # `python -m tests.media_factory OUT.mp4 [SECONDS [WIDTH HEIGHT]]`: the demo's clip (speech-like
-    # audio, a real face photo); the profiling benchmark uses a 10-s 640x360 one.
+    # `python -m tests.media_factory OUT.mp4 [SECONDS [WIDTH HEIGHT]]`, as in docs/BENCHMARKS.md's commands:
+    # the same clip as `avemo sample OUT.mp4 --seconds S --size WxH`.
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
     size = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (320, 240)
     print(write_media(Path(sys.argv[1]), seconds=seconds, size=size))

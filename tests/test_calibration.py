@@ -275,3 +275,37 @@ def test_a_baseline_model_calibrates_its_one_graph(micro_config, tiny_cache, tmp
     clips = json.loads((tmp_path / "models" / "int8" / "calibration.json").read_text())["clips"]
     split = CacheSplit(tiny_cache, "train")
     assert all(split.audio_length(split.ids.index(c)) > 0 for c in clips)  # audio is all it needs
+
+
+FOLD_PROBE = """
+import sys
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+if sys.argv[1] == "quiet":
+    from avemo.calibration.cli import quiet_onnxruntime
+    quiet_onnxruntime()
+scales = [numpy_helper.from_array(np.full(4, v, np.float16), n) for n, v in (("a", 1), ("b", 2))]
+nodes = [helper.make_node("Mul", ["a", "b"], ["c"], name="w_scale"),
+         helper.make_node("Cast", ["c"], ["cf"], to=TensorProto.FLOAT), helper.make_node("Add", ["x", "cf"], ["y"])]
+io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+graph = helper.make_graph(nodes, "g", io[:1], io[1:], scales)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+print(session.run(None, {"x": np.zeros(4, np.float32)})[0].tolist())
+"""
+
+
+@pytest.mark.parametrize("mode", ["loud", "quiet"])
+def test_calibrate_silences_onnx_runtimes_constant_folding_warnings_and_says_so_once(mode):
+    """An fp16 Mul of two constants, as int8/fp16/ has per weight scale: ONNX Runtime's CPU provider warns
+    that it cannot fold it; after `quiet_onnxruntime` (what `avemo calibrate` calls first) it does not."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FOLD_PROBE, mode], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[2.0, 2.0, 2.0, 2.0]"
+    warned = "can't constant fold Mul node 'w_scale'" in done.stderr
+    assert warned == (mode == "loud")
+    assert done.stderr.count("warnings are off while calibrating") == (mode == "quiet")

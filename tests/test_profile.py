@@ -185,3 +185,47 @@ def test_profile_script_runs_with_only_the_runtime(colearn_export, tmp_path):
     assert "torch is not installed" in result["skipped"][0]["reason"]
     assert any("FLOP count skipped" in n for n in result["notes"]) and not result["rss"][0]["torch_loaded"]
     assert not (tmp_path / "p" / "profile.png").exists() and "No plot" in (tmp_path / "p" / "profile.md").read_text()
+
+
+def test_duration_bounds_each_candidate_and_iters_caps_it(monkeypatch):
+    """On a fake clock each call advances: a 3-s call gets one timed call, a 10-ms one its share of 1 s."""
+    from avemo.runtime import timing
+
+    now = [0]
+    monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: now[0])
+
+    def takes(seconds: float):
+        return lambda: now.__setitem__(0, now[0] + int(seconds * 1e9))
+
+    calls = {"slow": takes(3.0), "fast": takes(0.01)}
+    raw = timing.interleaved_latency(calls, iters=1000, warmup=5, rounds=4, duration=1.0)
+    assert len(raw["slow"]) == 1 and len(raw["fast"]) == 100  # 4 turns of 0.25 s
+    assert now[0] / 1e9 == pytest.approx(3.0 + 3.0 + 5 * 0.01 + 1.0)  # warm-up, one slow call, the fast calls
+    capped = timing.interleaved_latency(calls, iters=10, warmup=1, rounds=4, duration=1.0)
+    assert len(capped["fast"]) == 40
+    counted = timing.interleaved_latency(calls, iters=3, warmup=1, rounds=2)  # no duration: exactly iters
+    assert len(counted["slow"]) == len(counted["fast"]) == 6
+
+
+def test_profile_writes_each_shape_says_what_it_skips_and_keeps_it_on_ctrl_c(colearn_export, tmp_path, monkeypatch):
+    from avemo.runtime import profiler
+
+    out, real, seen = tmp_path / "p", profiler.interleaved_latency, []
+
+    def interrupted_at_the_second_shape(*args, **kwargs):
+        if seen:
+            seen.append(json.loads((out / "profile.json").read_text()))  # already written after the first shape
+            raise KeyboardInterrupt
+        seen.append(None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(profiler, "interleaved_latency", interrupted_at_the_second_shape)
+    args = ["profile", str(colearn_export[0]), "--backend", "ort,trt", "--batch", "1,2", "--seconds", "1",
+            "--duration", "0.2", "--out", str(out)]  # fmt: skip
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 130, done.output
+    assert "not profiled: trt fp32: tensorrt and pycuda" in done.stderr.splitlines()[0]  # said before any timing
+    assert [c["batch"] for c in seen[1]["cases"]] == [1]
+    kept = json.loads((out / "profile.json").read_text())
+    assert kept["interrupted"] and [c["batch"] for c in kept["cases"]] == [1] and kept["settings"]["duration_s"] == 0.2
+    assert "interrupted: the 1 cases measured are in" in done.stderr and "| A+V | 1 | 1 | ort |" in done.stdout

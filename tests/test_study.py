@@ -1,6 +1,7 @@
 """The multi-seed study: aggregation over seeds, the noise rule, the claims' verdicts, the synthetic benchmarks."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -160,6 +161,8 @@ def test_study_trains_seeds_aggregates_judges_and_resumes(tiny_cache, tmp_path):
     args += ["--variants", "audio,conventional", "--epochs", "1", "--min-epochs", "0", "--quiet"]
     result = runner.invoke(main, [*args, "--results-md", str(md)])
     assert result.exit_code == 0, result.output
+    assert "== run 1 of 4: bench: audio, seed 0" in result.output  # overall progress, with an ETA after the first
+    assert re.search(r"== run 4 of 4, about \d+ s left: bench: conventional, seed 1", result.output), result.output
     report = json.loads((out / "bench" / "study.json").read_text())
     groups = {(g["variant"], g["inference"]): g for g in report["groups"]}
     assert set(groups) == {("audio", "a"), ("conventional", "a"), ("conventional", "v"), ("conventional", "av")}

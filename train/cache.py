@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avemo.config import FeatureConfig, from_dict, to_dict
+from avemo.config import PRESETS, FeatureConfig, ModelConfig, from_dict, to_dict
 from avemo.contract import CACHE_META_FILE, LABELS, NUM_LABELS
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes, atomic_write_json, read_versioned_json
@@ -171,9 +171,38 @@ def read_meta(root: Path) -> FeatureConfig:
     return from_dict(FeatureConfig, meta["features"], source=str(path))
 
 
-def _diff(a: FeatureConfig, b: FeatureConfig) -> str:
+# Set by the face detector a cache was made with (runtime.faces.features_for_detector), not by the preset.
+DETECTOR_FIELDS = ("face_detector", "face_detector_sha256", "face_detect_side", "face_margin", "frame_sampler")
+
+
+def _preset_fields(features: FeatureConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(features).items() if k not in DETECTOR_FIELDS}
+
+
+def preset_for_cache(root: Path, preset: str | None = None) -> tuple[str, ModelConfig]:
+    """The model preset a cache was made for, with the cache's own features (its face detector included).
+
+    ``preset`` None takes the cache's; a ``preset`` whose feature sizes differ from the cache's is refused,
+    naming both."""
+    features = read_meta(root)
+    made_for = [name for name, cfg in PRESETS.items() if _preset_fields(cfg.features) == _preset_fields(features)]
+    if preset is None and not made_for:
+        differences = "; ".join(f"{n}: {_diff(features, c.features, DETECTOR_FIELDS)}" for n, c in PRESETS.items())
+        raise AvemoError(f"{root}: its features fit no preset (cache vs {differences})")
+    if preset is None:
+        preset = made_for[0]
+    elif preset not in made_for:
+        theirs = f"the cache was made for --preset {made_for[0]}" if made_for else "the cache fits no preset"
+        raise AvemoError(
+            f"--preset {preset} does not fit {root}: {theirs} "
+            f"({_diff(features, PRESETS[preset].features, DETECTOR_FIELDS)}: cache vs --preset {preset})"
+        )
+    return preset, dataclasses.replace(PRESETS[preset], features=features)
+
+
+def _diff(a: FeatureConfig, b: FeatureConfig, skip: tuple[str, ...] = ()) -> str:
     da, db = dataclasses.asdict(a), dataclasses.asdict(b)
-    return ", ".join(f"{k}: {da[k]} vs {db[k]}" for k in da if da[k] != db[k])
+    return ", ".join(f"{k}: {da[k]} vs {db[k]}" for k in da if da[k] != db[k] and k not in skip)
 
 
 def _check_clip(clip: Clip, features: FeatureConfig, where: str) -> None:

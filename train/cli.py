@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from avemo.config import PRESETS, REGIMES, TRAIN_PRESETS, model_config_for_regime
+from avemo.config import PRESETS, REGIMES, TRAIN_PRESETS, ModelConfig, model_config_for_regime
 from avemo.runtime.cli import face_options
 
 
@@ -117,7 +117,9 @@ def prepare(
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Run directory (resumes if it holds last.pt)."
 )
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper", show_default=True)
+@click.option(
+    "--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Model size (default: the one the cache is for)."
+)
 @click.option(
     "--colearn-mode",
     type=click.Choice(["random", "summed"]),
@@ -155,7 +157,7 @@ def train(
     data: Path,
     regime: str,
     out: Path,
-    preset: str,
+    preset: str | None,
     colearn_mode: str,
     epochs: int | None,
     patience: int | None,
@@ -182,6 +184,7 @@ def train(
       avemo train --data cache/ --regime colearn --out runs/colearn --nproc 4     # DDP, same global batch
       torchrun --nnodes 2 --nproc-per-node 8 ... -m avemo.train --data cache/ --out runs/colearn   # a cluster
     """
+    preset, model_base = _cache_preset(data, preset)  # checked before torchrun starts any process
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(nproc)
         return
@@ -196,7 +199,7 @@ def train(
         seed=seed,
         **{k: v for k, v in overrides.items() if v is not None},
     )
-    model_cfg = model_config_for_regime(PRESETS[preset], regime)
+    model_cfg = model_config_for_regime(model_base, regime)
     run_training(data, out, model_cfg, train_cfg, audio_init, visual_init, workers, progress=not quiet)
 
 
@@ -236,7 +239,7 @@ def evaluate(
     from avemo.train import study
     from avemo.train.evaluate import evaluate_runs
 
-    rows = evaluate_runs(list(runs), data, split)
+    rows = evaluate_runs(list(runs), data, split, progress=True)
     groups = study.aggregate(rows, per_run=not aggregate)
     claims = study.verdicts(study.aggregate(rows))
     table = (study.summary_markdown(groups) + "\n" if aggregate else "") + study.table_markdown(groups)
@@ -257,6 +260,10 @@ def evaluate(
         results_md.parent.mkdir(parents=True, exist_ok=True)
         results_md.write_text(study.results_markdown(sorted(cache_source(c) for c in caches), command, split, body))
         click.echo(f"wrote {results_md}")
+
+
+# Set by `avemo train --nproc N` for the processes it starts: where each writes its error, if any.
+RELAUNCHED_ENV = "AVEMO_TORCHRUN_ERRORS"
 
 
 def _benchmarks(values: tuple[str, ...]) -> dict[str, Path]:
@@ -283,7 +290,12 @@ def _benchmarks(values: tuple[str, ...]) -> dict[str, Path]:
     help="A feature cache, or NAME=CACHE; repeat for several benchmarks.",
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Study directory (resumable).")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper", show_default=True)
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default=None,
+    help="Model size (default: the one the caches are for).",
+)
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1 per training.")
 @click.option(
     "--variants",
@@ -300,7 +312,7 @@ def _benchmarks(values: tuple[str, ...]) -> dict[str, Path]:
 def study(
     data: tuple[str, ...],
     out: Path,
-    preset: str,
+    preset: str | None,
     seeds: int,
     variants: str,
     epochs: int | None,
@@ -336,6 +348,9 @@ def study(
             f"unknown {unknown}; expected some of {', '.join(s.VARIANTS)}", param_hint="--variants"
         )
     benchmarks = _benchmarks(data)
+    for cache in benchmarks.values():  # every cache must fit the one preset (the first one's by default)
+        preset, _ = _cache_preset(cache, preset)
+    assert preset is not None
     overrides = {"max_epochs": epochs, "patience": patience, "min_epochs": min_epochs}
     base = dataclasses.replace(TRAIN_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     results = s.run_study(benchmarks, out, preset, base, list(range(seeds)), names, split, progress=not quiet)
@@ -362,10 +377,28 @@ def study(
         click.echo(f"wrote {results_md}")
 
 
+def _cache_preset(data: Path, preset: str | None) -> tuple[str, ModelConfig]:
+    """The preset ``data`` was made for (an explicit one must agree), said once on stderr when taken from it."""
+    from avemo.train.cache import preset_for_cache
+
+    name, config = preset_for_cache(data, preset)
+    if preset is None and os.environ.get(RELAUNCHED_ENV) is None:
+        click.echo(f"preset {name} (the one {data} was made for; --preset to say it explicitly)", err=True)
+    return name, config
+
+
 def _relaunch_under_torchrun(nproc: int) -> None:
-    """Run this same command in ``nproc`` processes under torchrun (this process only waits)."""
-    import subprocess
+    """Run this same command in ``nproc`` processes under torchrun (this process only waits).
+
+    A process that fails on bad input writes its one-line error to a folder instead of printing it; this
+    process prints each distinct line once, in place of torchrun's ChildFailedError traceback."""
+    import logging
     import sys
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
 
     args = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else sys.argv[1:]
     for i, arg in enumerate(args):  # drop --nproc N / --nproc=N: the children are the processes
@@ -375,7 +408,18 @@ def _relaunch_under_torchrun(nproc: int) -> None:
         if arg.startswith("--nproc="):
             del args[i]
             break
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    code = subprocess.call([*command, "-m", "avemo.train", *args])
-    if code:
-        raise SystemExit(code)
+    launch = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "avemo.train", *args])
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its own report of a failure
+    with tempfile.TemporaryDirectory(prefix="avemo-torchrun-") as errors:
+        os.environ[RELAUNCHED_ENV] = errors
+        try:
+            torchrun(launch)
+        except ChildFailedError as exc:
+            lines = sorted({p.read_text().strip() for p in Path(errors).glob("rank*.txt")})
+            if not lines:  # a crash, not bad input: torchrun's summary names the ranks and exit codes
+                lines = [f"training process failed under torchrun: {exc.format_msg().strip().splitlines()[-1]}"]
+            for line in lines:
+                click.echo(f"Error: {line}", err=True)
+            raise SystemExit(1) from None
+        finally:
+            del os.environ[RELAUNCHED_ENV]

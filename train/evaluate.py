@@ -60,17 +60,35 @@ def evaluate_model(
     return out
 
 
-def evaluate_runs(runs: list[Path], data: Path | None, split_name: str) -> list[dict[str, Any]]:
-    """Evaluate each run's best checkpoint on one split; a row per (run, modality)."""
+def evaluate_runs(runs: list[Path], data: Path | None, split_name: str, progress: bool = False) -> list[dict[str, Any]]:
+    """Evaluate each run's best checkpoint on one split; a row per (run, modality). ``progress``: a bar
+    over runs x modalities on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(runs), desc=f"eval {split_name}", unit="run", disable=not progress, leave=False)
+    try:
+        return _evaluate_runs(runs, data, split_name, bar)
+    finally:
+        bar.close()
+
+
+def _evaluate_runs(runs: list[Path], data: Path | None, split_name: str, bar: Any) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         ckpt = Path(run) / BEST_CHECKPOINT if Path(run).is_dir() else Path(run)
         model, payload = load_model(ckpt)
         cache = Path(data) if data else Path(payload["data"]) if payload.get("data") else None
         if cache is None or not cache.exists():
-            raise AvemoError(f"{ckpt}: training cache {cache or '(not recorded)'} not found; pass --data")
+            raise AvemoError(
+                f"{ckpt}: training cache {cache or '(not recorded)'} not found; pass --data CACHE (a run "
+                "trained by an older avemo recorded it relative to where training ran)"
+            )
         split = CacheSplit(cache, split_name, model.cfg.features)
-        results = evaluate_model(model, split, model.cfg.modalities)
+        results = {}
+        for modality in model.cfg.modalities:
+            bar.set_postfix_str(f"{run} {MODALITY_TITLES[modality]}")
+            results |= evaluate_model(model, split, (modality,))
+        bar.update()
         tcfg = train_config_of(payload, str(ckpt))
         # The best checkpoint's history stops at the best epoch; history.json holds the whole run.
         history_file = ckpt.parent / HISTORY_FILE

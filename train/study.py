@@ -414,6 +414,16 @@ def load_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def _eta(done: int, total: int, started: float) -> str:
+    """', about 12 min left' from the mean time of the runs so far (resumed runs count, so it is rough)."""
+    import time
+
+    if not done:
+        return ""
+    left = (time.monotonic() - started) / done * (total - done)
+    return f", about {left / 60:.0f} min left" if left >= 60 else f", about {left:.0f} s left"
+
+
 def run_study(
     benchmarks: dict[str, Path],
     out: Path,
@@ -428,22 +438,28 @@ def run_study(
     each run's best checkpoint on ``split``, aggregate and judge the claims. Writes, per benchmark,
     ``OUT/NAME/study.json`` and ``study.md``; returns {name: {"groups", "verdicts", "rows"}}."""
     import dataclasses
+    import time
 
-    from avemo.config import PRESETS, model_config_for_regime
+    from avemo.config import model_config_for_regime
+    from avemo.train.cache import preset_for_cache
     from avemo.train.evaluate import evaluate_runs
     from avemo.train.trainer import train
 
     results = {}
+    total, done, started = len(benchmarks) * len(variants) * len(seeds), 0, time.monotonic()
     for name, data in benchmarks.items():
         rows: list[dict[str, Any]] = []
+        model_base = preset_for_cache(data, preset)[1]  # the cache's own features (its face detector)
         for variant in variants:
             regime, mode = VARIANTS[variant]
             for seed in seeds:
                 run = Path(out) / name / variant / f"seed{seed}"
-                print(f"== {name}: {variant}, seed {seed} -> {run}", flush=True)
+                eta = _eta(done, total, started)
+                print(f"== run {done + 1} of {total}{eta}: {name}: {variant}, seed {seed} -> {run}", flush=True)
                 cfg = dataclasses.replace(base, regime=regime, colearn_mode=mode, seed=seed)
-                train(data, run, model_config_for_regime(PRESETS[preset], regime), cfg, progress=progress)
+                train(data, run, model_config_for_regime(model_base, regime), cfg, progress=progress)
                 rows += evaluate_runs([run], data, split)
+                done += 1
         groups = aggregate(rows)
         items = verdicts(groups)
         checks, segments = selection_check(rows), segment_check(rows)

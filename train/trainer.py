@@ -240,7 +240,11 @@ def train(
         else:
             state["bad_epochs"] += 1
         if ctx.main:  # one writer; every rank holds the same weights and history
-            extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "data": str(data)}
+            extra = {
+                "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "data": str(Path(data).resolve()),
+            }
             extra |= {**state, "processes": ctx.world}
             if improved:
                 save_checkpoint(out / BEST_CHECKPOINT, model, train_cfg, valid=results, **extra)

@@ -44,6 +44,7 @@ import numpy as np
 
 from avemo.contract import GRAPH_INPUTS, PROBS
 from avemo.errors import AvemoError
+from avemo.runtime.batch import result_line
 
 MODELS_DIR = "models"  # in each model's version folder
 MEDIA_INPUT = "media"  # UINT8 [-1]: the encoded clip's bytes
@@ -243,7 +244,8 @@ class MediaModel:
                 # decoding stops at the limit too, whatever length the file claims
                 _, feats = self.recognizer.prepare(path, 0.0, self.max_seconds)
                 ms = 1000 * (time.perf_counter() - started)
-                result = self.recognizer.recognize_features(feats, "request", (None, None), ms).to_json()
+                recognition = self.recognizer.recognize_features(feats, "request", (None, None), ms)
+                result = result_line(recognition)  # as `avemo infer` writes it
             except AvemoError as exc:  # name the request, not our scratch file
                 raise AvemoError(str(exc).replace(file.name, "the request's media")) from None
         return result
