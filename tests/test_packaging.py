@@ -77,3 +77,16 @@ def test_the_wheel_installs_with_the_runtime_extra_and_runs_infer_without_torch(
     assert json.loads(lines)["modality"] == "av"
     where = subprocess.run([*cli, "--version"], capture_output=True, text=True, check=False, cwd=tmp_path).stderr
     assert str(venv) in where  # the wheel's avemo, not this checkout's
+
+
+def test_extras_carry_what_the_checks_and_the_gpu_path_need():
+    """onnx in the runtime extra (`avemo verify` runs fp16 graphs in ONNX's reference evaluator); pycuda
+    2025.1.2 or newer in the trt extra (its context fix for CUDA 13)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    extras = _setup()["options.extras_require"]
+    runtime = {Requirement(r).name for r in extras["runtime"].split("\n") if r and not r.startswith("#")}
+    assert "onnx" in runtime
+    (pycuda,) = (Requirement(r) for r in extras["trt"].split("\n") if r.startswith("pycuda"))
+    assert not pycuda.specifier.contains(Version("2025.1.1")) and pycuda.specifier.contains(Version("2025.1.2"))
