@@ -7,6 +7,7 @@ calls with a lock (decoding, features and inference still overlap).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 from collections.abc import Iterator
@@ -112,7 +113,8 @@ class Recognizer:
         except BaseException:
             self.close()
             raise
-        self.faces = FacePipeline(self.features, faces, face_detector, providers, threads) if self._has("v") else None
+        own = dataclasses.replace(self.features, face_detector=self.manifest.face_detector)  # confined to the folder
+        self.faces = FacePipeline(own, faces, face_detector, providers, threads) if self._has("v") else None
 
     def close(self) -> None:
         """Release the graphs (TensorRT engines, contexts and buffers); safe to call twice or from another thread."""
