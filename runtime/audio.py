@@ -59,8 +59,8 @@ class OnlineFbank:
         self.taken = 0  # frames handed out so far
 
     def accept(self, samples: np.ndarray) -> None:
-        # Kaldi's conventions assume 16-bit sample values.
-        self._computer.accept_waveform(self._rate, (np.asarray(samples, np.float32) * 32768.0).tolist())
+        # Kaldi's conventions assume 16-bit sample values. An array, not a list: 4 bytes a sample, not 32+.
+        self._computer.accept_waveform(self._rate, np.asarray(samples, np.float32) * 32768.0)
 
     def finish(self) -> None:
         self._computer.input_finished()

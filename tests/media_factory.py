@@ -113,6 +113,22 @@ def speech_like(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> 
     return np.repeat(mono[None, :], channels, axis=0).astype(np.float32)
 
 
+def write_long_audio(path: Path, seconds: float, rate: int = 16000, bitrate: int = 12000) -> Path:
+    """A long, low-bitrate AAC file (an hour is a few MB), encoded a minute at a time: memory stays flat."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        stream.bit_rate = bitrate
+        minute = speech_like(60.0, rate)  # repeated: generating hours of samples would dominate the run
+        for start in range(0, int(seconds * rate), minute.shape[1]):
+            chunk = minute[:, : min(minute.shape[1], int(seconds * rate) - start)]
+            for i in range(0, chunk.shape[1], 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[:, i : i + 1024]), "fltp", "mono")
+                frame.sample_rate, frame.pts = rate, start + i
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
 def write_media(
     path: Path,
     seconds: float = 3.0,

@@ -204,3 +204,44 @@ def test_export_force_replaces_the_whole_folder_and_cleans_what_kills_left(micro
     export_run(ckpt, out, force=True, log=lambda *_: None)
     assert not (out / "fp16").exists() and sorted(os.listdir(tmp_path)) == ["audio.pt", "models"]
     assert load_manifest(out).modalities == ["a"]
+
+
+@pytest.mark.parametrize(("seconds", "video", "windows"), [(4.0, True, 1), (65.0, False, 3)])
+def test_one_pass_recognition_equals_the_whole_file_decode(colearn_export, tmp_path, seconds, video, windows):
+    """`avemo infer` without --window now decodes window by window (bounded memory): same answers as the
+    whole-file decode it replaced (kept as ``prepare``)."""
+    from avemo.runtime.recognizer import Recognizer
+    from tests.media_factory import write_media
+
+    media = write_media(tmp_path / "clip.mp4", seconds=seconds, video=video)
+    recognizer = Recognizer(colearn_export[0], threads=1)
+    new = recognizer.recognize(media)
+    clip, feats = recognizer.prepare(media)
+    old = recognizer._recognized(str(media), (None, None), clip, feats, 0.0)
+    assert max(abs(new.probs[k] - old.probs[k]) for k in new.probs) < 1e-5
+    assert (new.modality, new.notes, new.frames_sampled, new.frames_with_face) == (
+        old.modality,
+        old.notes,
+        old.frames_sampled,
+        old.frames_with_face,
+    )
+    assert windows == 1 or f"recognised in {windows} windows" in new.notes[-1]
+
+
+def test_one_pass_memory_does_not_grow_with_the_file(colearn_export, tmp_path):
+    """Peak RSS of a fresh process recognising a 10-min file vs a 1-min one (the numbers for 1 h and 2 h:
+    scripts/bench_long_media.py, docs/BENCHMARKS.md). The whole-file decode grew by ~500 MB here."""
+    from tests.media_factory import write_long_audio
+
+    code = (  # VmHWM: this process's own high-water mark (ru_maxrss would count the forking pytest's)
+        "import re, sys; from avemo.runtime.recognizer import Recognizer; "
+        "Recognizer(sys.argv[1], threads=1).recognize(sys.argv[2]); "
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
+    )
+    peaks = []
+    for minutes in (1, 10):
+        media = write_long_audio(tmp_path / f"{minutes}.m4a", 60 * minutes)
+        out = subprocess.run([sys.executable, "-c", code, str(colearn_export[0]), str(media)], capture_output=True)
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        peaks.append(int(out.stdout.split()[-1]) / 1024)
+    assert peaks[1] - peaks[0] < 40, f"peak RSS {peaks[0]:.0f} MB at 1 min, {peaks[1]:.0f} MB at 10 min"
