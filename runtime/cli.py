@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -29,9 +32,23 @@ def face_options(command: click.Command) -> click.Command:
     )(command)
 
 
+def positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A finite number > 0 (or not given): inf and nan are refused too."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value:g}: expected a finite number > 0")
+    return value
+
+
+def cores(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """A thread count from 1 to this machine's cores (or not given: all of them)."""
+    if value is not None and not 1 <= value <= (os.cpu_count() or 1):
+        raise click.BadParameter(f"{value}: expected 1 to {os.cpu_count()} (the cores here)")
+    return value
+
+
 @click.command()
 @click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=int, default=None, callback=cores, help="ONNX Runtime intra-op threads.")
 def verify(models: Path, threads: int | None) -> None:
     """Re-hash every file of an exported model directory and re-run its parity checks.
 
@@ -84,22 +101,27 @@ def verify(models: Path, threads: int | None) -> None:
     help="auto: TensorRT where it imports and engines exist for this GPU, else ONNX Runtime (stderr says which).",
 )
 @click.option("--device", "device_id", type=int, default=0, show_default=True, help="TensorRT: CUDA device index.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option(
+    "--threads", type=int, default=None, callback=cores, help="ONNX Runtime intra-op threads (default: all cores)."
+)
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be on.")
 @face_options
-@click.option("--window", type=float, default=None, help="Timeline: window length in seconds.")
-@click.option("--hop", type=float, default=None, help="Timeline: hop in seconds (default: the window).")
+@click.option("--window", type=float, default=None, callback=positive, help="Timeline: window length in seconds.")
+@click.option(
+    "--hop", type=float, default=None, callback=positive, help="Timeline: hop in seconds (default: the window)."
+)
 @click.option(
     "--timeout",
     type=float,
     default=10.0,
     show_default=True,
+    callback=positive,
     help="Live sources: seconds without data (or to connect) before giving up with an error.",
 )
-@click.option("--max-seconds", type=float, default=None, help="Stop after this much stream time.")
+@click.option("--max-seconds", type=float, default=None, callback=positive, help="Stop after this much stream time.")
 @click.option(
     "--reconnect",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Live sources: open the stream again this many times after it breaks or stalls.",
@@ -166,12 +188,10 @@ def infer(
 
     from avemo.errors import AvemoError
     from avemo.runtime.recognizer import Recognizer
-    from avemo.runtime.stream.live import is_live
+    from avemo.runtime.stream.live import in_ffmpeg, is_live
 
     if plot and not window:
         raise click.BadParameter("--plot draws a timeline: give --window too", param_hint="--plot")
-    if (window is not None and window <= 0) or (hop is not None and hop <= 0):
-        raise click.BadParameter("window and hop must be positive", param_hint="--window/--hop")
     if camera is not None or mic is not None:
         device = "+".join(filter(None, [f"camera:{camera}" if camera is not None else None, mic]))
         media = (*media, device)
@@ -224,6 +244,10 @@ def infer(
         if stop.is_set():
             break
     recognizer.close()  # TensorRT engines before their CUDA context
+    if in_ffmpeg():  # Ctrl-C while FFmpeg opened or read a silent stream: finalising under it would crash
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1 if failed else 0)
     if failed:
         raise SystemExit(1)
 

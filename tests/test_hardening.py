@@ -245,3 +245,56 @@ def test_one_pass_memory_does_not_grow_with_the_file(colearn_export, tmp_path):
         assert out.returncode == 0, out.stderr.decode()[-2000:]
         peaks.append(int(out.stdout.split()[-1]) / 1024)
     assert peaks[1] - peaks[0] < 40, f"peak RSS {peaks[0]:.0f} MB at 1 min, {peaks[1]:.0f} MB at 10 min"
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_connecting_or_stalled_ends_within_a_second(colearn_export, tmp_path, sig):
+    """Before any data (still opening) and during a stall (no data for a while): exit 0 with the summary."""
+    import signal
+    import time
+
+    from tests.media_factory import write_media
+    from tests.test_stream import free_port, receive, send
+
+    port = free_port()
+    receiver = receive(colearn_export[0], f"udp://127.0.0.1:{port}", "--window", "2", "--timeout", "60")
+    receiver.send_signal(getattr(signal, sig))
+    sent = time.monotonic()
+    _, err = receiver.communicate(timeout=30)
+    assert receiver.returncode == 0 and time.monotonic() - sent < 2.0, err
+    summary = json.loads(err.strip().splitlines()[-1])["summary"]
+    assert summary["ended"] == "interrupted" and summary["windows"] == 0
+
+    port = free_port()
+    receiver = receive(colearn_export[0], f"udp://127.0.0.1:{port}", "--window", "1", "--timeout", "60")
+    ts = write_media(tmp_path / "live.ts", seconds=3.0, size=(160, 120))
+    send(ts, f"udp://127.0.0.1:{port}?pkt_size=1316").wait(timeout=30)
+    assert receiver.stdout.readline()  # a window came out; now the stream is silent
+    time.sleep(1.5)
+    receiver.send_signal(getattr(signal, sig))
+    sent = time.monotonic()
+    _, err = receiver.communicate(timeout=30)
+    assert receiver.returncode == 0 and time.monotonic() - sent < 2.0, err
+    assert json.loads(err.strip().splitlines()[-1])["summary"]["ended"] == "interrupted"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--timeout", "-1"],
+        ["--timeout", "0"],
+        ["--timeout", "inf"],
+        ["--reconnect", "-1"],
+        ["--window", "inf"],
+        ["--window", "nan"],
+        ["--hop", "-1"],
+        ["--threads", "0"],
+        ["--threads", "100000"],
+        ["--max-seconds", "nan"],
+    ],
+)
+def test_infer_options_are_validated(colearn_export, args):
+    base = ["infer", "udp://127.0.0.1:9", "--models", str(colearn_export[0]), "--window", "2"]  # the last wins
+    result = CliRunner().invoke(main, [*base, *args])
+    assert result.exit_code == 2 and f"Invalid value for '{args[-2]}'" in result.output, result.output
+    assert "Traceback" not in result.output
