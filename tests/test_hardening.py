@@ -298,3 +298,32 @@ def test_infer_options_are_validated(colearn_export, args):
     result = CliRunner().invoke(main, [*base, *args])
     assert result.exit_code == 2 and f"Invalid value for '{args[-2]}'" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def _float_wav(path: Path, samples) -> Path:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_f32le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.asarray(samples, np.float32)[None, :], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_a_float_wav_with_nan_is_an_error_line_and_the_batch_goes_on(colearn_export, tmp_path):
+    import numpy as np
+
+    tone = (0.3 * np.sin(np.arange(32000) / 10)).astype(np.float32)
+    good = _float_wav(tmp_path / "good.wav", tone)
+    bad_tone = tone.copy()
+    bad_tone[16000:16010] = np.nan
+    bad_tone[20000] = np.inf
+    bad = _float_wav(tmp_path / "bad.wav", bad_tone)
+    result = CliRunner().invoke(main, ["infer", str(good), str(bad), str(good), "--models", str(colearn_export[0])])
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert [line.get("modality") for line in lines] == ["a", None, "a"]
+    assert lines[1]["source"] == str(bad) and "non-finite samples (NaN or Inf)" in lines[1]["error"]
