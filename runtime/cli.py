@@ -182,7 +182,6 @@ def infer(
       avemo infer "lavfi:testsrc=rate=30[out0];sine=f=220[out1]" --models models/ --window 2 --max-seconds 10
       avemo infer --camera 0 --mic alsa:default --models models/ --window 5 --hop 1
     """
-    import json
     import signal
     import threading
 
@@ -214,7 +213,7 @@ def infer(
         summary = StreamSummary(name)
         try:
             if window is None:
-                click.echo(json.dumps(recognizer.recognize(source).to_json()))
+                click.echo(json_line(recognizer.recognize(source).to_json()))
             else:  # one pass: each window's line as soon as it is complete
                 if is_live(name):
                     click.echo(f"{name}: reading (windows of {window:g} s; Ctrl-C stops)", err=True)
@@ -230,14 +229,14 @@ def infer(
                     summary.add(result)
                     if plot:
                         results.append(result)
-                    click.echo(json.dumps(result.to_json()), nl=True)
+                    click.echo(json_line(result.to_json()), nl=True)
         except AvemoError as exc:  # the lines already written stand
             failed += 1
             summary.error = str(exc)
-            click.echo(json.dumps({"source": name, "error": str(exc)}))
+            click.echo(json_line({"source": name, "error": str(exc)}))
         if window is not None:
             summary.stopped = stop.is_set()
-            click.echo(json.dumps({"summary": summary.to_json()}), err=True)
+            click.echo(json_line({"summary": summary.to_json()}), err=True)
         if plot and results:
             target = plot if len(media) == 1 else plot.with_name(f"{plot.stem}-{Path(name).stem}{plot.suffix}")
             plot_timeline(results, target, title=Path(name).name)
@@ -250,6 +249,20 @@ def infer(
         os._exit(1 if failed else 0)
     if failed:
         raise SystemExit(1)
+
+
+def json_line(obj: object) -> str:
+    """JSON of ``obj`` with file names that are not UTF-8 shown as \\xNN escapes, not lone surrogates
+    (which strict JSON readers refuse)."""
+
+    def clean(value: object) -> object:
+        if isinstance(value, str):
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    return json.dumps(clean(obj))
 
 
 class StreamSummary:
