@@ -247,7 +247,9 @@ def _clips_from_file(path: Path, split: CacheSplit) -> list[int]:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AvemoError(f"{path}: unreadable clip list ({exc})") from None
-    ids = raw["clips"] if isinstance(raw, dict) else raw
+    ids = raw.get("clips") if isinstance(raw, dict) else raw
+    if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+        raise AvemoError(f"{path}: not a clip list (a JSON list of clip ids, or a calibration.json)")
     where = {clip_id: i for i, clip_id in enumerate(split.ids)}
     missing = [c for c in ids if c not in where]
     if missing:

@@ -345,3 +345,17 @@ def test_bad_media_names_are_error_lines_and_json_stays_valid_unicode(colearn_ex
     assert lines[2]["modality"] == "a" and lines[2]["source"].endswith("caf\\xe9.wav")
     for line in lines:
         json.dumps(line, ensure_ascii=False).encode("utf-8")  # a lone surrogate would not encode
+
+
+def test_calibrate_bad_clip_lists_and_keep_patterns_are_one_line(models, tiny_cache, tmp_path):
+    clips = tmp_path / "clips.json"
+    for text in ('{"clips": 3}', "3", '[{"id": 1}]', '{"other": []}'):
+        clips.write_text(text)
+        result = CliRunner().invoke(main, ["calibrate", str(models), "--data", str(tiny_cache), "--clips", str(clips)])
+        assert result.exit_code == 1 and "not a clip list" in result.output, result.output
+        assert "Traceback" not in result.output
+    result = CliRunner().invoke(
+        main, ["calibrate", str(models), "--data", str(tiny_cache), "--samples", "8", "--keep", "("]
+    )
+    assert result.exit_code == 1 and "--keep '(' is not a regular expression" in result.output, result.output
+    assert sorted(os.listdir(tmp_path)) == ["clips.json", "models"]  # nothing staged
