@@ -87,12 +87,17 @@ AT_FDCWD = -100
 def new_tree(target: Path) -> Path:
     """An empty folder beside ``target`` (same file system) to build its replacement in; what killed runs
     left beside it is cleaned (or, after a kill mid-swap without an exchange, the old tree restored) first."""
-    target = Path(target)
+    target = _real(target)
     recover_tree(target)
     path = target.parent / f".{target.name}{NEW_TREE}{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def _real(target: Path) -> Path:
+    """A folder reached through a symlink is replaced where it is (the link stays, on its file system)."""
+    return Path(target).resolve() if Path(target).is_symlink() else Path(target)
 
 
 def recover_tree(target: Path) -> None:
@@ -132,7 +137,7 @@ def replace_tree(new: Path, target: Path) -> None:
     """Put the complete tree ``new`` at ``target``: at every instant ``target`` is the old tree or the new one,
     whole. One atomic exchange of the two names where the kernel and file system offer it, else two renames
     (a kill between them is repaired by the next ``new_tree``); the old tree is removed after."""
-    new, target = Path(new), Path(target)
+    new, target = Path(new), _real(target)
     if not target.exists():
         os.rename(new, target)
         return

@@ -204,6 +204,9 @@ def test_export_force_replaces_the_whole_folder_and_cleans_what_kills_left(micro
     export_run(ckpt, out, force=True, log=lambda *_: None)
     assert not (out / "fp16").exists() and sorted(os.listdir(tmp_path)) == ["audio.pt", "models"]
     assert load_manifest(out).modalities == ["a"]
+    (tmp_path / "link").symlink_to(out)  # a folder reached through a link is replaced where it is
+    export_run(ckpt, tmp_path / "link", log=lambda *_: None)
+    assert (tmp_path / "link").is_symlink() and sorted(os.listdir(tmp_path)) == ["audio.pt", "link", "models"]
 
 
 @pytest.mark.parametrize(("seconds", "video", "windows"), [(4.0, True, 1), (65.0, False, 3)])
