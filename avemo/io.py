@@ -1,10 +1,15 @@
-"""Small file helpers shared by every part: atomic writes and versioned JSON files."""
+"""Small file helpers shared by every part: atomic writes (of files and of whole folders) and versioned JSON."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from avemo.errors import AvemoError
+
+MAX_JSON_BYTES = 64 << 20  # manifests and caches' metadata are kilobytes; more is not ours
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -44,11 +51,15 @@ def read_versioned_json(path: Path, fmt: str, max_version: int, what: str, missi
     if not path.is_file():
         raise AvemoError(missing)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AvemoError(f"{path}: unreadable {what} ({exc})") from None
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise AvemoError(f"{path}: {path.stat().st_size} bytes is too large for a {what}")
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8; RecursionError: nesting
+        raise AvemoError(f"{path}: unreadable {what} ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise AvemoError(f"{path}: not an avemo {what}")
+    if not isinstance(data.get("version", 0), int):
+        raise AvemoError(f"{path}: {what} version {data['version']!r} is not an integer")
     if data.get("version", 0) > max_version:
         raise AvemoError(f"{path}: {what} version {data['version']} is newer than this avemo ({max_version})")
     return data
@@ -62,16 +73,99 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def move_into_place(staging: Path, out: Path) -> dict[str, str]:
-    """Rename every staged file into ``out``; returns their sha256 by relative path."""
-    files: dict[str, str] = {}
-    for path in sorted(p for p in Path(staging).rglob("*") if p.is_file()):
-        rel = path.relative_to(staging)
-        target = Path(out) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-        files[str(rel)] = sha256_file(target)
-    return files
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path (the manifest's ``files``)."""
+    root = Path(root)
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+NEW_TREE, OLD_TREE = ".avemo-new-", ".avemo-old-"  # beside the folder they replace: .<name>.avemo-new-<pid>
+RENAME_EXCHANGE = 2  # renameat2(2) flag (Linux 3.15+)
+AT_FDCWD = -100
+
+
+def new_tree(target: Path) -> Path:
+    """An empty folder beside ``target`` (same file system) to build its replacement in; what killed runs
+    left beside it is cleaned (or, after a kill mid-swap without an exchange, the old tree restored) first."""
+    target = _real(target)
+    recover_tree(target)
+    path = target.parent / f".{target.name}{NEW_TREE}{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _real(target: Path) -> Path:
+    """A folder reached through a symlink is replaced where it is (the link stays, on its file system)."""
+    return Path(target).resolve() if Path(target).is_symlink() else Path(target)
+
+
+def recover_tree(target: Path) -> None:
+    """Remove the trees that killed runs left beside ``target``; restore the old one if ``target`` is gone."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for kind in (OLD_TREE, NEW_TREE):
+        for path in sorted(target.parent.glob(f".{glob.escape(target.name)}{kind}*")):
+            pid = path.name.rpartition("-")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue  # another run's, still working
+            if kind == OLD_TREE and not target.exists():
+                os.rename(path, target)  # killed between the two renames of the fallback swap
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user
+    return True
+
+
+def install_tree(new: Path, target: Path, manifest: str, data: object) -> None:
+    """Write the ``manifest`` file ``data`` into the tree ``new`` (last: a tree without one is never swapped
+    in), then put the tree at ``target`` (``replace_tree``)."""
+    atomic_write_json(Path(new) / manifest, jsonable(data))
+    replace_tree(new, target)
+
+
+def replace_tree(new: Path, target: Path) -> None:
+    """Put the complete tree ``new`` at ``target``: at every instant ``target`` is the old tree or the new one,
+    whole. One atomic exchange of the two names where the kernel and file system offer it, else two renames
+    (a kill between them is repaired by the next ``new_tree``); the old tree is removed after."""
+    new, target = Path(new), _real(target)
+    if not target.exists():
+        os.rename(new, target)
+        return
+    try:
+        exchange(new, target)
+        old = new
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise
+        old = target.parent / f".{target.name}{OLD_TREE}{os.getpid()}"
+        os.rename(target, old)
+        os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); OSError(ENOSYS) where unsupported."""
+    call = getattr(_libc(), "renameat2", None)
+    if call is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if call(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a))
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def jsonable(obj: Any) -> Any:

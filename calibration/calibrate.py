@@ -51,7 +51,7 @@ from avemo.contract import (
 from avemo.errors import AvemoError
 from avemo.export.fp16 import FP32_OPS
 from avemo.export.weights import share_weights
-from avemo.io import atomic_write_bytes, atomic_write_json, jsonable, move_into_place
+from avemo.io import atomic_write_bytes, atomic_write_json, install_tree, jsonable, new_tree, tree_hashes
 from avemo.machine import package_version
 from avemo.runtime.manifest import load_manifest
 from avemo.runtime.ort_backend import OrtBackend
@@ -105,8 +105,7 @@ def calibrate(
     )
 
     started = time.perf_counter()
-    staging = models / ".calibrate-staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = new_tree(models)  # the whole model folder with the new int8 sets, swapped in once complete
     try:
         candidates = {"int8": "modelopt"} if cpu_int8 == "never" else {"int8": "modelopt", "int8-cpu": "ort"}
         scale_record: dict[str, Any] = {}
@@ -162,16 +161,38 @@ def calibrate(
         )
         atomic_write_json(int8_dir / f"{REPORT_FILE}.json", full_report)
         atomic_write_bytes(int8_dir / f"{REPORT_FILE}.md", report_markdown(report, latency).encode())
-
-        for d in INT8_DIRS:
-            shutil.rmtree(models / d, ignore_errors=True)  # an older calibration goes as a whole
-        files = move_into_place(staging, models)
+        files = tree_hashes(staging)
+        # The rest of the model comes along unchanged (an older calibration goes as a whole).
+        shutil.copytree(models, staging, symlinks=True, dirs_exist_ok=True, ignore=_top_level(models, INT8_DIRS))
+        data_out = _with_int8(manifest.data, files, candidates, method, kept, report, decision_split, trt_parity)
+        data_out.setdefault("parity", {}).update(parity)
+        data_out["calibration"] = {"seconds": time.perf_counter() - started, "clips": len(clips), "shipped": shipped}
+        install_tree(staging, models, MANIFEST_FILE, data_out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return full_report
 
-    data_out = dict(manifest.data)
+
+def _top_level(root: Path, names: tuple[str, ...]) -> Any:
+    """A copytree ``ignore`` that skips ``names`` (and the manifest) in ``root`` itself only."""
+    return lambda folder, _: {*names, MANIFEST_FILE} if Path(folder) == root else set()
+
+
+def _with_int8(
+    data: dict[str, Any],
+    files: dict[str, str],
+    candidates: dict[str, str],
+    method: str,
+    kept: dict[str, list[str]],
+    report: dict[str, Any],
+    decision_split: str,
+    trt_parity: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest ``data`` with its int8 sets replaced by the shipped ones (``files``: their hashes)."""
+    shipped = [p for p in candidates if any(f.split("/")[0] == PRECISION_DIRS[p] for f in files)]
+    data_out = json.loads(json.dumps(data))  # a deep copy: the loaded manifest stays as it was
     data_out["files"] = {k: v for k, v in data_out["files"].items() if k.split("/")[0] not in INT8_DIRS} | files
-    for p in ("int8", "int8-cpu"):
+    for p in INT8_DIRS:
         data_out["precisions"].pop(p, None)
     for p in shipped:
         data_out["precisions"][p] = {
@@ -192,10 +213,7 @@ def calibrate(
                 "fp32_ops": list(FP32_OPS),
                 "parity": trt_parity[p],  # in ONNX's fp16-faithful reference evaluator
             }
-    data_out.setdefault("parity", {}).update(parity)
-    data_out["calibration"] = {"seconds": time.perf_counter() - started, "clips": len(clips), "shipped": shipped}
-    atomic_write_json(models / MANIFEST_FILE, jsonable(data_out))
-    return full_report
+    return data_out
 
 
 def _streams(modalities: list[str]) -> str:
@@ -229,7 +247,9 @@ def _clips_from_file(path: Path, split: CacheSplit) -> list[int]:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AvemoError(f"{path}: unreadable clip list ({exc})") from None
-    ids = raw["clips"] if isinstance(raw, dict) else raw
+    ids = raw.get("clips") if isinstance(raw, dict) else raw
+    if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+        raise AvemoError(f"{path}: not a clip list (a JSON list of clip ids, or a calibration.json)")
     where = {clip_id: i for i, clip_id in enumerate(split.ids)}
     missing = [c for c in ids if c not in where]
     if missing:

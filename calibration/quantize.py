@@ -58,7 +58,10 @@ def keep_nodes(model: onnx.ModelProto, defaults: bool = True, patterns: tuple[st
         if fcs:
             keep[fcs[-1].name] = f"last fully connected layer before {PROBS}"
     for pattern in patterns:
-        regex = re.compile(pattern)
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise AvemoError(f"--keep {pattern!r} is not a regular expression ({exc})") from None
         hits = [n.name for n in nodes if regex.search(n.name)]
         if not hits:
             raise AvemoError(f"--keep {pattern!r} matches no node of the graph")

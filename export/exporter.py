@@ -31,7 +31,7 @@ from avemo.export.fp16 import FP32_OPS, to_fp16
 from avemo.export.graphs import export_graph
 from avemo.export.weights import share_weights
 from avemo.export.wrappers import wrap
-from avemo.io import atomic_write_json, jsonable, move_into_place, sha256_file
+from avemo.io import install_tree, new_tree, sha256_file, tree_hashes
 from avemo.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
 from avemo.runtime.parity import (
     TOLERANCE,
@@ -53,16 +53,20 @@ def resolve_checkpoint(run: Path) -> Path:
 
 
 def _check_out_dir(out: Path, checkpoint_sha: str, force: bool) -> None:
-    """Refuse to mix two models' files in one directory unless --force."""
-    if not out.exists() or force:
+    """The export replaces ``out`` as a whole: refuse another model's folder, or other files, unless --force."""
+    if out.exists() and not out.is_dir():
+        raise AvemoError(f"{out}: is not a directory")
+    if not out.exists() or force or not any(out.iterdir()):
         return
     manifest = out / MANIFEST_FILE
-    if manifest.exists():
+    if not manifest.exists():
+        raise AvemoError(f"{out}: holds files without a {MANIFEST_FILE}; or --force to replace it whole")
+    try:
         source = json.loads(manifest.read_text()).get("source", {}).get("checkpoint_sha256")
-        if source != checkpoint_sha:
-            raise AvemoError(f"{out}: holds another model's export ({MANIFEST_FILE}); use --force to replace it")
-    elif any(out.glob("*.onnx")) or (out / WEIGHTS_FILE).exists():
-        raise AvemoError(f"{out}: holds ONNX files without a {MANIFEST_FILE}; use --force to replace them")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    if source != checkpoint_sha:
+        raise AvemoError(f"{out}: holds another model's export ({MANIFEST_FILE}); use --force to replace it")
 
 
 def export_run(
@@ -105,17 +109,37 @@ def export_run(
         export_seconds[modality] = time.perf_counter() - t0
         log(f"exported {graph_file(modality)} in {export_seconds[modality]:.1f} s")
 
-    staging = out / ".export-staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = new_tree(out)  # the whole new model beside the old one, swapped in once complete
     try:
         parity, sizes = _write_precisions(staging, protos, precisions, samples, references, log)
         save_references(staging / PARITY_FILE, references)
-        files = move_into_place(staging, out)
+        manifest = _manifest(cfg, payload, ckpt, ckpt_sha, tree_hashes(staging), sizes, parity, precisions)
+        manifest["export"] = {
+            "opset": opset,
+            "simplified": simplify,
+            "graph_seconds": export_seconds,
+            "total_seconds": time.perf_counter() - started,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+        }
+        install_tree(staging, out, MANIFEST_FILE, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing half-written behind
+    return manifest
 
+
+def _manifest(
+    cfg: Any,
+    payload: dict[str, Any],
+    ckpt: Path,
+    ckpt_sha: str,
+    files: dict[str, str],
+    sizes: dict[str, Any],
+    parity: dict[str, Any],
+    precisions: tuple[str, ...],
+) -> dict[str, Any]:
     f = cfg.features
-    manifest = {
+    return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "avemo_version": __version__,
@@ -145,17 +169,7 @@ def export_run(
         "parity": parity,
         "metrics": {"valid": payload.get("valid"), "best_epoch": payload.get("best_epoch")},
         "source": {"checkpoint": str(ckpt), "checkpoint_sha256": ckpt_sha},
-        "export": {
-            "opset": opset,
-            "simplified": simplify,
-            "graph_seconds": export_seconds,
-            "total_seconds": time.perf_counter() - started,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-        },
     }
-    atomic_write_json(out / MANIFEST_FILE, jsonable(manifest))
-    return manifest
 
 
 def _write_precisions(

@@ -12,6 +12,7 @@ import numpy as np
 
 from avemo.config import FeatureConfig
 from avemo.deps import require
+from avemo.errors import AvemoError
 
 
 @functools.lru_cache(maxsize=8)
@@ -59,8 +60,11 @@ class OnlineFbank:
         self.taken = 0  # frames handed out so far
 
     def accept(self, samples: np.ndarray) -> None:
-        # Kaldi's conventions assume 16-bit sample values.
-        self._computer.accept_waveform(self._rate, (np.asarray(samples, np.float32) * 32768.0).tolist())
+        samples = np.asarray(samples, np.float32)
+        if not np.isfinite(samples).all():  # a float wav can hold them; Kaldi would fail on "mel energy is nan"
+            raise AvemoError("the audio has non-finite samples (NaN or Inf): not recognised")
+        # Kaldi's conventions assume 16-bit sample values. An array, not a list: 4 bytes a sample, not 32+.
+        self._computer.accept_waveform(self._rate, samples * 32768.0)
 
     def finish(self) -> None:
         self._computer.input_finished()

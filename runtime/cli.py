@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -28,9 +32,23 @@ def face_options(command: click.Command) -> click.Command:
     )(command)
 
 
+def positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A finite number > 0 (or not given): inf and nan are refused too."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value:g}: expected a finite number > 0")
+    return value
+
+
+def cores(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """A thread count from 1 to this machine's cores (or not given: all of them)."""
+    if value is not None and not 1 <= value <= (os.cpu_count() or 1):
+        raise click.BadParameter(f"{value}: expected 1 to {os.cpu_count()} (the cores here)")
+    return value
+
+
 @click.command()
 @click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=int, default=None, callback=cores, help="ONNX Runtime intra-op threads.")
 def verify(models: Path, threads: int | None) -> None:
     """Re-hash every file of an exported model directory and re-run its parity checks.
 
@@ -98,7 +116,9 @@ def verify(models: Path, threads: int | None) -> None:
     help="ONNX Runtime execution provider (cuda, tensorrt: onnxruntime-gpu's), for the graphs and the face detector.",
 )
 @click.option("--device", "device_id", type=int, default=0, show_default=True, help="TensorRT: CUDA device index.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option(
+    "--threads", type=int, default=None, callback=cores, help="ONNX Runtime intra-op threads (default: all cores)."
+)
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be on.")
 @click.option(
     "--out",
@@ -111,19 +131,22 @@ def verify(models: Path, threads: int | None) -> None:
     "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Files recognised in parallel."
 )
 @face_options
-@click.option("--window", type=float, default=None, help="Timeline: window length in seconds.")
-@click.option("--hop", type=float, default=None, help="Timeline: hop in seconds (default: the window).")
+@click.option("--window", type=float, default=None, callback=positive, help="Timeline: window length in seconds.")
+@click.option(
+    "--hop", type=float, default=None, callback=positive, help="Timeline: hop in seconds (default: the window)."
+)
 @click.option(
     "--timeout",
     type=float,
     default=10.0,
     show_default=True,
+    callback=positive,
     help="Live sources: seconds without data (or to connect) before giving up with an error.",
 )
-@click.option("--max-seconds", type=float, default=None, help="Stop after this much stream time.")
+@click.option("--max-seconds", type=float, default=None, callback=positive, help="Stop after this much stream time.")
 @click.option(
     "--reconnect",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Live sources: open the stream again this many times after it breaks or stalls.",
@@ -199,7 +222,6 @@ def infer(
       avemo infer "lavfi:testsrc=rate=30[out0];sine=f=220[out1]" --models models/ --window 2 --max-seconds 10
       avemo infer --camera 0 --mic alsa:default --models models/ --window 5 --hop 1
     """
-    import json
     import signal
     import threading
 
@@ -207,7 +229,7 @@ def infer(
     from avemo.runtime.batch import ResultsFile, expand_media, recognize_files, result_line
     from avemo.runtime.ort_backend import providers_for
     from avemo.runtime.recognizer import Recognizer
-    from avemo.runtime.stream.live import is_live
+    from avemo.runtime.stream.live import in_ffmpeg, is_live
 
     if plot:  # before any work: the runtime install has no matplotlib
         from avemo.deps import require
@@ -215,8 +237,6 @@ def infer(
         require("matplotlib", "pip install matplotlib")
     if plot and not window:
         raise click.BadParameter("--plot draws a timeline: give --window too", param_hint="--plot")
-    if (window is not None and window <= 0) or (hop is not None and hop <= 0):
-        raise click.BadParameter("window and hop must be positive", param_hint="--window/--hop")
     if out and window:
         raise click.BadParameter("--out resumes whole files; with --window redirect stdout", param_hint="--out")
     if ort_provider != "cpu" and backend == "trt":
@@ -246,7 +266,7 @@ def infer(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if window is None:
-        emit = results.write if results is not None else lambda line: click.echo(json.dumps(line))
+        emit = results.write if results is not None else lambda line: click.echo(json_line(line))
         try:
             failed = recognize_files(recognizer, sources, emit, workers, stop)
         finally:
@@ -280,21 +300,39 @@ def infer(
                 summary.add(result)
                 if plot:
                     results_kept.append(result)
-                click.echo(json.dumps(result_line(result)), nl=True)
+                click.echo(json_line(result_line(result)), nl=True)
         except AvemoError as exc:  # the lines already written stand
             failed += 1
             summary.error = str(exc)
-            click.echo(json.dumps({"source": name, "error": str(exc)}))
+            click.echo(json_line({"source": name, "error": str(exc)}))
         summary.stopped = stop.is_set()
-        click.echo(json.dumps({"summary": summary.to_json()}), err=True)
+        click.echo(json_line({"summary": summary.to_json()}), err=True)
         if plot and results_kept:
             target = plot if len(sources) == 1 else plot.with_name(f"{plot.stem}-{Path(name).stem}{plot.suffix}")
             plot_timeline(results_kept, target, title=Path(name).name)
         if stop.is_set():
             break
     recognizer.close()  # TensorRT engines before their CUDA context
+    if in_ffmpeg():  # Ctrl-C while FFmpeg opened or read a silent stream: finalising under it would crash
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1 if failed else 0)
     if failed:
         raise SystemExit(1)
+
+
+def json_line(obj: object) -> str:
+    """JSON of ``obj`` with file names that are not UTF-8 shown as \\xNN escapes, not lone surrogates
+    (which strict JSON readers refuse)."""
+
+    def clean(value: object) -> object:
+        if isinstance(value, str):
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    return json.dumps(clean(obj))
 
 
 class StreamSummary:

@@ -1,7 +1,9 @@
 """manifest.json: what the runtime knows about a model directory, and the hash check it relies on.
 
 The runtime reads only the manifest and the graphs; a file whose sha256 does
-not match the manifest is refused with a message naming it.
+not match the manifest is refused with a message naming it. The manifest is
+checked first (``manifest_checks``): its paths stay inside the folder, its sizes
+are bounded.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from avemo.config import FeatureConfig, ModelConfig, from_dict
-from avemo.contract import MANIFEST_FILE, PRECISION_DIRS, graph_file
+from avemo.contract import FACE_DETECTORS, MANIFEST_FILE, PRECISION_DIRS, graph_file
 from avemo.errors import AvemoError
 from avemo.io import read_versioned_json, sha256_file
+from avemo.runtime.manifest_checks import check_manifest
 
 MANIFEST_FORMAT = "avemo-models"
 MANIFEST_VERSION = 1
 
 
 class Manifest:
-    """A parsed, hash-checked manifest.json."""
+    """A parsed, bounds-checked (and by ``load_manifest``, hash-checked) manifest.json."""
 
     def __init__(self, root: Path, data: dict[str, Any]) -> None:
+        check_manifest(root, data)
         self.root = Path(root)
         self.data = data
         self.model_config: ModelConfig = from_dict(ModelConfig, data["model_config"], str(root / MANIFEST_FILE))
@@ -29,6 +33,12 @@ class Manifest:
     @property
     def features(self) -> FeatureConfig:
         return self.model_config.features
+
+    @property
+    def face_detector(self) -> str:
+        """The model's face detector: a packaged name, or the path of its file inside the model folder."""
+        name = self.features.face_detector
+        return name if name in FACE_DETECTORS else str(self.root / name)
 
     @property
     def modalities(self) -> list[str]:
@@ -85,7 +95,11 @@ class Manifest:
             path = self.root / rel
             if not path.is_file():
                 raise AvemoError(f"{path}: listed in {MANIFEST_FILE} but missing")
-            if sha256_file(path) != expected:
+            try:
+                digest = sha256_file(path)
+            except OSError as exc:
+                raise AvemoError(f"{path}: unreadable ({exc.strerror})") from None
+            if digest != expected:
                 raise AvemoError(
                     f"{path}: sha256 does not match {MANIFEST_FILE} (changed since export); re-export or restore it"
                 )

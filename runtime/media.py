@@ -7,6 +7,8 @@ segments are cut from full-length videos without re-encoding.
 from __future__ import annotations
 
 import bisect
+import errno
+import stat
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,11 +31,15 @@ def open_media(path: Path) -> Any:
     """The PyAV container of a media file; a missing or unreadable file is an AvemoError naming it."""
     av = _av()
     path = Path(path)
-    if not path.is_file():
-        raise AvemoError(f"{path}: file not found")
+    try:
+        kind = stat.S_IFMT(path.stat().st_mode)
+    except OSError as exc:  # ENOENT, ENAMETOOLONG (a name over 255 bytes), EACCES on a parent...
+        raise AvemoError(f"{path}: {'file not found' if exc.errno == errno.ENOENT else exc.strerror}") from None
+    if kind != stat.S_IFREG:
+        raise AvemoError(f"{path}: {'is a directory' if kind == stat.S_IFDIR else 'not a regular file'}, not media")
     try:
         return av.open(str(path))
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError) as exc:
         raise AvemoError(f"{path}: cannot open media ({exc})") from None
 
 

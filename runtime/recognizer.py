@@ -7,7 +7,9 @@ calls with a lock (decoding, features and inference still overlap).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -115,7 +117,8 @@ class Recognizer:
         except BaseException:
             self.close()
             raise
-        self.faces = FacePipeline(self.features, faces, face_detector, providers, threads) if self._has("v") else None
+        own = dataclasses.replace(self.features, face_detector=self.manifest.face_detector)  # confined to the folder
+        self.faces = FacePipeline(own, faces, face_detector, providers, threads) if self._has("v") else None
 
     def close(self) -> None:
         """Release the graphs (TensorRT engines, contexts and buffers); safe to call twice or from another thread."""
@@ -182,11 +185,41 @@ class Recognizer:
         return [r for r in results if r is not None]
 
     def recognize(self, media: Path, start: float = 0.0, end: float | None = None) -> Recognition:
-        """One media file (or a segment of it) -> Recognition, with decode/feature and inference timings."""
+        """One media file (or a segment of it) -> Recognition, with decode/feature and inference timings.
+
+        A whole file is decoded in one pass and recognised window by window (``clip_seconds`` each) as the
+        windows complete, their probabilities averaged by length: memory stays bounded for any length. A
+        segment ``[start, end)`` is decoded at once (callers keep it short)."""
+        if not start and end is None:
+            return self._recognize_file(Path(media))
         t0 = time.perf_counter()
         clip, feats = self.prepare(media, start, end)
-        span = (start, end) if (start or end is not None) else (None, None)
-        return self._recognized(str(media), span, clip, feats, 1000 * (time.perf_counter() - t0))
+        return self._recognized(str(media), (start, end), clip, feats, 1000 * (time.perf_counter() - t0))
+
+    def _recognize_file(self, media: Path) -> Recognition:
+        from avemo.runtime.stream.sources import file_source
+        from avemo.runtime.stream.windows import WindowCutter
+
+        t0 = time.perf_counter()
+        info, events = file_source(media, self.features.sample_rate, video=self.needs_video)
+        limit = self.clip_seconds
+        cutter = WindowCutter(self.features, self.faces, info, itertools.count(0.0, limit), limit)
+        parts: list[tuple[Recognition, float, bool, bool]] = []
+        windows = itertools.chain(itertools.chain.from_iterable(cutter.feed(e) for e in events), cutter.close())
+        for _, _, feats in windows:  # lazily: each event is decoded, fed and dropped before the next
+            if self.needs_video and not info.has_video:
+                feats.notes.append("no video frames")  # as a whole-file decode says
+            clip = self._clip_input(feats)
+            if parts and not (len(clip.audio) or len(clip.faces)):
+                continue  # an empty stretch after the first window (a gap, a few ms of tail): nothing to weigh
+            result = self._recognized(str(media), (None, None), clip, feats, 0.0)
+            parts.append((result, self._seconds(clip, feats.face_times), len(clip.audio) > 0, len(clip.faces) > 0))
+        if not parts:
+            raise AvemoError(f"{media}: no audio or video decoded")
+        result = parts[0][0] if len(parts) == 1 else self._combined(parts)
+        inference = sum(r.timings_ms["inference"] for r, *_ in parts)
+        result.timings_ms = {"features": 1000 * (time.perf_counter() - t0) - inference, "inference": inference}
+        return result
 
     def stream(
         self, source: Path | str, window: float, hop: float | None = None, **options: Any
@@ -238,8 +271,8 @@ class Recognizer:
         the face crops whose times fall in each), with their lengths in seconds; a shorter clip as itself.
         Both backends cut alike, so TensorRT and ONNX Runtime take the same clips and give the same answers."""
         f = self.features
-        times = face_times if len(face_times) == len(clip.faces) else [i / f.fps for i in range(len(clip.faces))]
-        seconds = max(len(clip.audio) / f.frames_per_second, (times[-1] + 1 / f.fps) if times else 0.0)
+        times = self._face_times(clip, face_times)
+        seconds = self._seconds(clip, face_times)
         limit = self.clip_seconds
         if seconds <= limit + 1e-9:
             return [(clip, seconds)]
@@ -252,20 +285,51 @@ class Recognizer:
                 pieces.append((ClipInput(audio, faces), hi - lo))
         return pieces
 
+    def _face_times(self, clip: ClipInput, face_times: list[float]) -> list[float]:
+        fps = self.features.fps
+        return face_times if len(face_times) == len(clip.faces) else [i / fps for i in range(len(clip.faces))]
+
+    def _seconds(self, clip: ClipInput, face_times: list[float]) -> float:
+        """A clip's length: its audio's, or up to its last face crop's tick."""
+        times = self._face_times(clip, face_times)
+        f = self.features
+        return max(len(clip.audio) / f.frames_per_second, (times[-1] + 1 / f.fps) if times else 0.0)
+
     def _averaged(self, clip: ClipInput, pieces: list[tuple[ClipInput, float]]) -> Recognition:
         """One result for a long clip: its windows' probabilities averaged, weighted by their lengths."""
         results = self.infer([piece for piece, _ in pieces])
-        weights = np.array([seconds for _, seconds in pieces])
-        probs = np.average([[r.probs[k] for k in LABELS] for r in results], axis=0, weights=weights)
-        modality = self.choose(len(clip.audio) > 0, len(clip.faces) > 0)
-        inference = sum(r.timings_ms["inference"] for r in results)
-        result = self._result(modality, probs, {"inference": inference, "batch": len(pieces)})
-        used = sorted({MODALITY_TITLES[r.modality] for r in results})
-        result.notes.insert(
+        parts = [
+            (r, seconds, len(piece.audio) > 0, len(piece.faces) > 0)
+            for r, (piece, seconds) in zip(results, pieces, strict=True)
+        ]
+        return self._averaged_results(parts, len(clip.audio) > 0, len(clip.faces) > 0)
+
+    def _averaged_results(
+        self, parts: list[tuple[Recognition, float, bool, bool]], has_audio: bool, has_faces: bool
+    ) -> Recognition:
+        """(result, seconds) of consecutive windows -> one result: probabilities averaged by length, and a note."""
+        weights = np.array([seconds for _, seconds, *_ in parts])
+        probs = np.average([[r.probs[k] for k in LABELS] for r, *_ in parts], axis=0, weights=weights)
+        inference = sum(r.timings_ms["inference"] for r, *_ in parts)
+        result = self._result(self.choose(has_audio, has_faces), probs, {"inference": inference, "batch": len(parts)})
+        used = sorted({MODALITY_TITLES[r.modality] for r, *_ in parts})
+        result.notes.insert(  # first, before the model's own notes (_result)
             0,
             f"{weights.sum():.1f} s is longer than the {self.clip_seconds:g} s the model takes at once: recognised "
-            f"in {len(pieces)} windows ({'/'.join(used)}), probabilities averaged by length",
+            f"in {len(parts)} windows ({'/'.join(used)}), probabilities averaged by length",
         )
+        return result
+
+    def _combined(self, parts: list[tuple[Recognition, float, bool, bool]]) -> Recognition:
+        """The windows of a file, recognised one by one, as one Recognition (what ``_recognized`` gives)."""
+        result = self._averaged_results(parts, any(p[2] for p in parts), any(p[3] for p in parts))
+        results = [r for r, *_ in parts]
+        notes = [n for r in results for n in r.notes if not n.endswith("averaged by length")]
+        result.notes = [*dict.fromkeys(notes), result.notes[0]]
+        result.source = results[0].source
+        result.frames_sampled = sum(r.frames_sampled or 0 for r in results)
+        result.frames_with_face = sum(r.frames_with_face or 0 for r in results)
+        result.face = max(results, key=lambda r: r.frames_with_face or 0).face  # the window that saw it most
         return result
 
     def _check(self, clip: ClipInput, index: int) -> None:

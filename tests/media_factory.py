@@ -23,6 +23,22 @@ from avemo.runtime.sample import (  # noqa: F401 (re-exported for the tests and 
 )
 
 
+def write_long_audio(path: Path, seconds: float, rate: int = 16000, bitrate: int = 12000) -> Path:
+    """A long, low-bitrate AAC file (an hour is a few MB), encoded a minute at a time: memory stays flat."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        stream.bit_rate = bitrate
+        minute = speech_like(60.0, rate)  # repeated: generating hours of samples would dominate the run
+        for start in range(0, int(seconds * rate), minute.shape[1]):
+            chunk = minute[:, : min(minute.shape[1], int(seconds * rate) - start)]
+            for i in range(0, chunk.shape[1], 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[:, i : i + 1024]), "fltp", "mono")
+                frame.sample_rate, frame.pts = rate, start + i
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
 def write_mosei_tree(root: Path, videos: dict[str, dict], folds: dict[str, list[str]]) -> tuple[Path, Path]:
     """A few-clip MOSEI tree: labels .csd in the SDK layout, full-length mp4s, and a folds JSON.
 

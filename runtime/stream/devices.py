@@ -40,9 +40,11 @@ class BgrImage:
 class CameraSource:
     """Reads a camera in a thread; ``events()`` yields its frames timed from ``origin`` (time.monotonic())."""
 
-    def __init__(self, spec: str, timeout: float, origin: float | None = None) -> None:
+    def __init__(
+        self, spec: str, timeout: float, origin: float | None = None, stop: threading.Event | None = None
+    ) -> None:
         cv2 = require("cv2", "pip install 'avemo[runtime]'")
-        self.spec, self.timeout = spec, timeout
+        self.spec, self.timeout, self.interrupt = spec, timeout, stop
         self.origin = time.monotonic() if origin is None else origin
         pipeline = "!" in spec
         target: Any = int(spec) if spec.isdigit() else spec
@@ -68,7 +70,7 @@ class CameraSource:
         self._queue.put(END)
 
     def events(self) -> Iterator[Event]:
-        return queued(self._queue, self.timeout, self.info.name)
+        return queued(self._queue, self.timeout, self.info.name, stop=self.interrupt)
 
     def close(self) -> None:
         if stop_reader(self._stop, self._queue, self._thread, self.timeout):
@@ -79,8 +81,8 @@ class MergedSource:
     """Two live sources read together (a camera and a microphone), each in its own thread, both on
     the capture clock: the audio's stream time is moved to when its first chunk arrived."""
 
-    def __init__(self, video: Any, audio: Any, timeout: float) -> None:
-        self.video, self.audio, self.timeout = video, audio, timeout
+    def __init__(self, video: Any, audio: Any, timeout: float, stop: threading.Event | None = None) -> None:
+        self.video, self.audio, self.timeout, self.interrupt = video, audio, timeout, stop
         self.info = SourceInfo(f"{video.info.name}+{audio.info.name}", True, True, None)
         self.origin = getattr(video, "origin", time.monotonic())
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -110,7 +112,7 @@ class MergedSource:
 
     def events(self) -> Iterator[Event]:
         # Until both devices have ended: the other one's windows go on after one stops.
-        return queued(self._queue, self.timeout, self.info.name, ends=2)
+        return queued(self._queue, self.timeout, self.info.name, ends=2, stop=self.interrupt)
 
     def close(self) -> None:
         self.video.close()

@@ -29,14 +29,38 @@ QUEUE_PACKETS = 20000  # at most a minute or two of 720p packets waiting (compre
 END = object()  # what a reader thread puts on its queue when its source ends
 
 
-def queued(items: queue.Queue[Any], timeout: float, name: str, ends: int = 1) -> Iterator[Any]:
-    """What reader threads put on ``items``, until ``ends`` of them have put END. Nothing for ``timeout``
-    seconds is a stalled source; an exception a reader put is raised here, naming ``name``."""
+POLL = 0.2  # seconds between looks at the stop event while waiting (Ctrl-C ends a wait within this)
+
+
+OPENER, READER = "avemo-open", "avemo-reader"  # names of the threads that open and read live sources
+
+
+def in_ffmpeg() -> bool:
+    """Whether a thread that Ctrl-C left behind is still inside FFmpeg (opening or reading a silent source:
+    it cannot be interrupted); the interpreter must not be finalised under it."""
+    return any(t.name.startswith((OPENER, READER)) and t.is_alive() for t in threading.enumerate())
+
+
+class Stopped(Exception):
+    """The stop event was set while a source was still opening."""
+
+
+def queued(
+    items: queue.Queue[Any], timeout: float, name: str, ends: int = 1, stop: threading.Event | None = None
+) -> Iterator[Any]:
+    """What reader threads put on ``items``, until ``ends`` of them have put END or ``stop`` is set. Nothing
+    for ``timeout`` seconds is a stalled source; an exception a reader put is raised here, naming ``name``."""
     while ends:
-        try:
-            item = items.get(timeout=timeout)
-        except queue.Empty:
-            raise AvemoError(f"{name}: no data for {timeout:g} s (stalled stream)") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                item = items.get(timeout=max(0.0, min(POLL, deadline - time.monotonic())))
+                break
+            except queue.Empty:
+                if stop is not None and stop.is_set():
+                    return
+                if time.monotonic() >= deadline:
+                    raise AvemoError(f"{name}: no data for {timeout:g} s (stalled stream)") from None
         if item is END:
             ends -= 1
         elif isinstance(item, AvemoError):
@@ -56,6 +80,35 @@ def stop_reader(stop: threading.Event, items: queue.Queue[Any], thread: threadin
     return not thread.is_alive()
 
 
+def interruptible(opening: Any, stop: threading.Event | None) -> Any:
+    """``opening()`` (a blocking open) in a thread, so that ``stop`` (set by a signal handler, which runs only
+    between bytecodes of this thread) ends the wait within ``POLL`` s with ``Stopped``. An open that completes
+    after that is closed by its thread."""
+    if stop is None:
+        return opening()
+    box: dict[str, Any] = {}
+    abandoned = threading.Event()
+
+    def run() -> None:
+        try:
+            box["result"] = opening()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+        if abandoned.is_set() and "result" in box:
+            box["result"].close()
+
+    thread = threading.Thread(target=run, name=OPENER, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(POLL)
+        if stop.is_set() and thread.is_alive():
+            abandoned.set()
+            raise Stopped
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def is_live(spec: str) -> bool:
     """A network URL, ``FORMAT:INPUT``, ``camera:SPEC`` or ``camera:SPEC+FORMAT:INPUT``; else a file path."""
     if "://" in spec:
@@ -63,29 +116,40 @@ def is_live(spec: str) -> bool:
     return ":" in spec and spec.split(":", 1)[0] in (*INPUT_FORMATS, "camera")
 
 
-def open_live(spec: str, sample_rate: int, video: bool = True, timeout: float = 10.0) -> Any:
-    """The reader for a live ``spec`` (see ``is_live``): it has ``info``, ``events()``, ``newest_time``, ``close()``."""
+def open_live(
+    spec: str, sample_rate: int, video: bool = True, timeout: float = 10.0, stop: threading.Event | None = None
+) -> Any:
+    """The reader for a live ``spec`` (see ``is_live``): it has ``info``, ``events()``, ``newest_time``, ``close()``.
+    ``stop`` set (Ctrl-C): its events end within ``POLL`` seconds; set while it opens, ``Stopped`` is raised."""
     from avemo.runtime.stream.devices import CameraSource, MergedSource
 
     if spec.startswith("camera:"):
         camera_spec, _, audio_spec = spec[len("camera:") :].partition("+")
-        camera = CameraSource(camera_spec, timeout)
+        camera = CameraSource(camera_spec, timeout, stop=stop)
         if not audio_spec:
             return camera
         try:
-            return MergedSource(camera, LiveSource(audio_spec, sample_rate, video=False, timeout=timeout), timeout)
-        except AvemoError:
+            audio = LiveSource(audio_spec, sample_rate, video=False, timeout=timeout, stop=stop)
+            return MergedSource(camera, audio, timeout, stop)
+        except (AvemoError, Stopped):
             camera.close()
             raise
-    return LiveSource(spec, sample_rate, video, timeout)
+    return LiveSource(spec, sample_rate, video, timeout, stop)
 
 
 class LiveSource:
     """Opens ``spec`` and starts reading it; ``events()`` yields decoded events with stream times from 0."""
 
-    def __init__(self, spec: str, sample_rate: int, video: bool = True, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        spec: str,
+        sample_rate: int,
+        video: bool = True,
+        timeout: float = 10.0,
+        stop: threading.Event | None = None,
+    ) -> None:
         av = require("av", "pip install 'avemo[runtime]'")
-        self.spec, self.sample_rate, self.timeout = spec, sample_rate, timeout
+        self.spec, self.sample_rate, self.timeout, self.interrupt = spec, sample_rate, timeout, stop
         fmt, url = (None, spec) if "://" in spec else spec.split(":", 1)
         # Probe one second of a network stream, not FFmpeg's default five: the timeout covers the probe too.
         options = {"analyzeduration": "1000000", "probesize": "1000000"} if "://" in spec else {}
@@ -95,7 +159,7 @@ class LiveSource:
             options["fifo_size"] = "1000000"  # FFmpeg's own receive buffer, in 188-byte packets
             options["overrun_nonfatal"] = "1"
         try:
-            self._container = av.open(url, format=fmt, options=options, timeout=timeout)
+            self._container = interruptible(lambda: av.open(url, format=fmt, options=options, timeout=timeout), stop)
         except (av.error.FFmpegError, OSError) as exc:
             raise AvemoError(f"{spec}: cannot open the stream ({exc})") from None
         self._streams = select_streams(self._container, video)
@@ -108,7 +172,7 @@ class LiveSource:
         self._origin: float | None = None
         self._queue: queue.Queue[Any] = queue.Queue(QUEUE_PACKETS)
         self._stop = threading.Event()
-        self._reader = threading.Thread(target=self._read, name=f"avemo-reader {spec}", daemon=True)
+        self._reader = threading.Thread(target=self._read, name=f"{READER} {spec}", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
@@ -133,7 +197,7 @@ class LiveSource:
         self._queue.put(END)
 
     def events(self) -> Iterator[Event]:
-        packets = queued(self._queue, self.timeout, self.spec)
+        packets = queued(self._queue, self.timeout, self.spec, stop=self.interrupt)
         first = next(packets, None)
         if first is None:
             return
@@ -143,5 +207,7 @@ class LiveSource:
         )
 
     def close(self) -> None:
-        if stop_reader(self._stop, self._queue, self._reader, self.timeout):
+        # Ctrl-C: a reader blocked on a silent source is not waited for (its read may last the whole timeout).
+        wait = POLL if self.interrupt is not None and self.interrupt.is_set() else self.timeout
+        if stop_reader(self._stop, self._queue, self._reader, wait):
             self._container.close()  # not while the reader is still inside FFmpeg: closing under it would crash

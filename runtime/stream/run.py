@@ -14,7 +14,7 @@ import numpy as np
 
 from avemo.errors import AvemoError
 from avemo.runtime.extract import MediaFeatures
-from avemo.runtime.stream.live import is_live, open_live
+from avemo.runtime.stream.live import Stopped, is_live, open_live
 from avemo.runtime.stream.sources import file_source
 from avemo.runtime.stream.windows import WindowCutter
 
@@ -64,12 +64,15 @@ def stream_windows(
     for attempt in range(reconnect + 1):
         try:
             reader = open_live(
-                str(source), recognizer.features.sample_rate, video=recognizer.needs_video, timeout=timeout
+                str(source), recognizer.features.sample_rate, video=recognizer.needs_video, timeout=timeout, stop=stop
             )
+        except Stopped:  # Ctrl-C while connecting: no windows, no error
+            return
         except AvemoError:
             if attempt == reconnect:
                 raise
-            time.sleep(1.0)
+            if (stop or threading.Event()).wait(1.0):
+                return
             continue
         first = -(-offset // step) * step  # windows go on from the next hop after the break
         starts = (first + k * step for k in itertools.count())

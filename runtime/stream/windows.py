@@ -86,8 +86,8 @@ class WindowCutter:
         if whole_only:
             self._open = deque(w for w in self._open if w.end <= reached + 1e-6)
             self._next_start = None
-        else:
-            self._open_until(np.inf)
+        else:  # windows that start before the data's end (starts may go on for ever: a file's one pass)
+            self._open_until(max(self._audio_time, self._video_time))
         yield from self._complete(final=True)
 
     @property
