@@ -108,7 +108,7 @@ def recover_tree(target: Path) -> None:
     for kind in (OLD_TREE, NEW_TREE):
         for path in sorted(target.parent.glob(f".{glob.escape(target.name)}{kind}*")):
             pid = path.name.rpartition("-")[2]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and alive(int(pid)):
                 continue  # another run's, still working
             if kind == OLD_TREE and not target.exists():
                 os.rename(path, target)  # killed between the two renames of the fallback swap
@@ -116,7 +116,8 @@ def recover_tree(target: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -150,7 +150,7 @@ def test_a_manifest_path_leaving_the_model_folder_is_refused(models, tmp_path, h
 KILL_AFTER_RENAMES = """
 import os, signal, sys
 from pathlib import Path
-import avemo.runtime.serving.files as files
+import avemo.io
 from avemo.runtime.serving.repository import export_triton
 
 limit, count = int(sys.argv[3]), 0
@@ -164,7 +164,7 @@ def counted(rename):
             os.kill(os.getpid(), signal.SIGKILL)
     return wrapper
 
-os.rename, os.replace, files.exchange = counted(os.rename), counted(os.replace), counted(files.exchange)
+os.rename, os.replace, avemo.io.exchange = counted(os.rename), counted(os.replace), counted(avemo.io.exchange)
 export_triton(Path(sys.argv[1]), Path(sys.argv[2]), precision="fp16", force=True)
 """
 

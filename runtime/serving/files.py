@@ -6,15 +6,13 @@
   never hard-linked: ONNX refuses external data with more than one link ("hardlink attack"), so a
   hard link would make the model folder itself unloadable by ONNX tools.
 - The new models are written into a staging folder beside the repository, then each model folder is
-  swapped in with one atomic exchange of two paths (Linux ``renameat2(RENAME_EXCHANGE)``), so at
-  every instant each model folder is the old one or the new one, complete. The old ones are deleted
-  after. Leftover staging folders of killed runs are removed by the next run.
+  swapped in by ``avemo.io.replace_tree`` (one atomic exchange of two paths, Linux ``renameat2``,
+  where the file system offers it), so at every instant each model folder is the old one or the new
+  one, complete; the old ones are deleted after. Staging folders of killed runs go with the next run.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import fcntl
 import os
 import shutil
@@ -23,10 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from avemo.errors import AvemoError
+from avemo.io import alive, replace_tree
 
 FICLONE = 0x40049409  # <linux/fs.h>: share the source's blocks (copy-on-write)
-AT_FDCWD = -100
-RENAME_EXCHANGE = 2  # <linux/fs.h>
 STAGING = ".avemo-staging-"
 
 
@@ -57,41 +54,14 @@ def place(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def exchange(a: Path, b: Path) -> None:
-    """Swap two paths in one step (renameat2 RENAME_EXCHANGE); where the kernel or file system cannot,
-    three renames (then ``b`` is missing for an instant)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is not None:
-        if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(code, os.strerror(code), str(b))
-    aside = a.with_name(a.name + ".old")
-    os.rename(b, aside)
-    os.rename(a, b)
-    os.rename(aside, a)
-
-
 def staging_for(out: Path) -> Path:
     """A new, empty staging folder beside ``out``, after removing those of runs no longer alive."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}{STAGING}*"):
         pid = stale.name.removeprefix(f".{out.name}{STAGING}").split("-")[0]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and pid != str(os.getpid()) and alive(int(pid))):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING}{os.getpid()}-", dir=out.parent))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's
-        return True
-    return pid != os.getpid()
 
 
 def swap_in(staging: Path, out: Path, names: Iterable[str]) -> None:
@@ -103,10 +73,7 @@ def swap_in(staging: Path, out: Path, names: Iterable[str]) -> None:
     names = list(names)
     for name in names:
         if (staging / name).exists():
-            if (out / name).exists():
-                exchange(staging / name, out / name)
-            else:
-                os.rename(staging / name, out / name)
+            replace_tree(staging / name, out / name)  # one atomic exchange where the file system offers it
         elif (out / name).exists():  # a model the new repository does not have (avemo_media)
             os.rename(out / name, staging / name)
     shutil.rmtree(staging)
