@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from avemo.config import FeatureConfig
 from avemo.contract import FACE_MODES, MODALITIES, ORT_PROVIDERS, PARITY_FILE, PRECISION_DIRS, graph_file
 
 
@@ -32,10 +33,21 @@ def face_options(command: click.Command) -> click.Command:
     )(command)
 
 
+FRAME_SHIFT_S = FeatureConfig.frame_shift_ms / 1000  # the audio frame shift: the finest step a window moves by
+
+
 def positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """A finite number > 0 (or not given): inf and nan are refused too."""
     if value is not None and not (math.isfinite(value) and value > 0):
         raise click.BadParameter(f"{value:g}: expected a finite number > 0")
+    return value
+
+
+def hop_step(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A window hop: ``positive`` and at least one audio frame (a window per frame at most)."""
+    value = positive(ctx, param, value)
+    if value is not None and value < FRAME_SHIFT_S:
+        raise click.BadParameter(f"{value:g} s is below one audio frame ({FRAME_SHIFT_S:g} s)")
     return value
 
 
@@ -133,7 +145,7 @@ def verify(models: Path, threads: int | None) -> None:
 @face_options
 @click.option("--window", type=float, default=None, callback=positive, help="Timeline: window length in seconds.")
 @click.option(
-    "--hop", type=float, default=None, callback=positive, help="Timeline: hop in seconds (default: the window)."
+    "--hop", type=float, default=None, callback=hop_step, help="Timeline: hop in seconds (default: the window)."
 )
 @click.option(
     "--timeout",
@@ -550,11 +562,17 @@ def profile(
         log=lambda line: click.echo(line, err=True),
     )  # fmt: skip
     write_outputs(result, out)  # the timings are kept even if a probe below fails
+    if not result.get("interrupted"):
+        try:
+            add_extras(result, rss=not no_rss, flops=not no_flops, media=media)
+        except KeyboardInterrupt:  # Ctrl-C during the probes: the timings stand, the probes are said missing
+            result["interrupted"] = True
+            result.setdefault("notes", []).append("interrupted during the memory/FLOP/pipeline probes: not all ran")
     if result.get("interrupted"):
+        write_outputs(result, out)
         click.echo(markdown(result))
         click.echo(f"interrupted: the {len(result['cases'])} cases measured are in {out}/profile.*", err=True)
         raise SystemExit(130)
-    add_extras(result, rss=not no_rss, flops=not no_flops, media=media)
     paths = write_outputs(result, out)
     click.echo(markdown(result))
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

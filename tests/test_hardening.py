@@ -291,6 +291,7 @@ def test_a_signal_while_connecting_or_stalled_ends_within_a_second(colearn_expor
         ["--window", "inf"],
         ["--window", "nan"],
         ["--hop", "-1"],
+        ["--window", "2", "--hop", "1e-7"],  # a window per 100 ns: 20 M windows on a 2-s clip, no end in sight
         ["--threads", "0"],
         ["--threads", "100000"],
         ["--max-seconds", "nan"],

@@ -229,3 +229,22 @@ def test_profile_writes_each_shape_says_what_it_skips_and_keeps_it_on_ctrl_c(col
     kept = json.loads((out / "profile.json").read_text())
     assert kept["interrupted"] and [c["batch"] for c in kept["cases"]] == [1] and kept["settings"]["duration_s"] == 0.2
     assert "interrupted: the 1 cases measured are in" in done.stderr and "| A+V | 1 | 1 | ort |" in done.stdout
+
+
+def test_ctrl_c_during_the_probes_keeps_the_timings_and_says_what_is_missing(colearn_export, tmp_path, monkeypatch):
+    """After the timing, Ctrl-C in the memory/FLOP/pipeline probes: exit 130 and the cases kept, not click's
+    'Aborted!' with exit 1 (found by a user's run)."""
+    from avemo.runtime import profiler
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(profiler, "add_extras", interrupted)
+    out = tmp_path / "p"
+    args = ["profile", str(colearn_export[0]), "--backend", "ort", "--batch", "1", "--seconds", "1",
+            "--duration", "0.1", "--out", str(out)]  # fmt: skip
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 130, done.output
+    kept = json.loads((out / "profile.json").read_text())
+    assert kept["interrupted"] and len(kept["cases"]) == 1
+    assert any("interrupted during the memory/FLOP/pipeline probes" in n for n in kept["notes"])
