@@ -27,6 +27,7 @@ import numpy as np
 @click.option("--method", default="entropy", show_default=True)
 def main(models: Path, data: Path, samples: str, seeds: str, max_drop: float, method: str) -> None:
     from avemo.calibration.calibrate import calibrate
+    from avemo.errors import AvemoError
 
     rows = []
     for n in (int(s) for s in samples.split(",")):
@@ -36,7 +37,11 @@ def main(models: Path, data: Path, samples: str, seeds: str, max_drop: float, me
                 shutil.copytree(models, copy, ignore=shutil.ignore_patterns("int8", "int8-cpu"))
                 started = time.perf_counter()
                 settings = {"cpu_int8": "never", "latency_rounds": 1, "accept_miss": True, "log": lambda *_: None}
-                report = calibrate(copy, data, samples=n, method=method, seed=seed, max_drop=max_drop, **settings)
+                try:
+                    report = calibrate(copy, data, samples=n, method=method, seed=seed, max_drop=max_drop, **settings)
+                except AvemoError as exc:  # one draw failing (e.g. parity) is a result, not the end of the table
+                    click.echo(f"samples {n} seed {seed}: {exc}", err=True)
+                    continue
             s = report["search"]
             test = report["accuracy"].get("test", {}).get(s["graph"], {}).get("int8", {}).get("mF1_drop")
             rows.append((n, seed, s["before"]["drop"], s["after"]["drop"], test, len(s["kept"]),
