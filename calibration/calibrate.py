@@ -10,18 +10,21 @@ Everything is checked before any work and staged, so a failure changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from tqdm import tqdm
 
-from avemo.calibration.data import select_clips
+from avemo.calibration.data import batches, select_clips, usable
 from avemo.calibration.quantize import (
     CPU_METHOD,
     UNQUANTIZED_OPS,
@@ -39,6 +42,7 @@ from avemo.calibration.report import (
     report_markdown,
     target_graph,
 )
+from avemo.calibration.search import Trial, budget_error, layer_keys, quantized_layers, search
 from avemo.contract import (
     MANIFEST_FILE,
     MODALITY_TITLES,
@@ -56,12 +60,16 @@ from avemo.machine import package_version
 from avemo.runtime.manifest import load_manifest
 from avemo.runtime.ort_backend import OrtBackend
 from avemo.runtime.parity import TOLERANCE, check_parity, load_references, parity_samples, sample_inputs
+from avemo.runtime.profiler import node_flops
 from avemo.runtime.timing import interleaved_latency, summarize
 from avemo.train.cache import CacheSplit
+from avemo.train.metrics import emotion_f1
 
 CALIBRATION_FILE = "calibration.json"
 REPORT_FILE = "accuracy"  # .md and .json
 INT8_DIRS = (PRECISION_DIRS["int8"], PRECISION_DIRS["int8-cpu"])
+SEARCH_DIR = ".search"  # inside the staging folder: one quantized set per search round
+FLOPS_SECONDS = 10.0  # clip length the FLOPs shares are counted at (as the latency clip)
 
 
 def calibrate(
@@ -80,8 +88,15 @@ def calibrate(
     latency_seconds: float = 10.0,
     latency_rounds: int = 5,
     log: Any = print,
+    max_drop: float | None = None,
+    accept_miss: bool = False,
 ) -> dict[str, Any]:
-    """Calibrate, check and add INT8 graphs to ``models``; returns the accuracy report."""
+    """Calibrate, check and add INT8 graphs to ``models``; returns the accuracy report.
+
+    With ``max_drop`` the fewest most sensitive layers stay unquantized until the A+V mF1 drop on the
+    decision split meets it (``search.py``); a budget met only with under half the layers int8 raises
+    unless ``accept_miss``.
+    """
     models = Path(models)
     # Every check before any work: hashes, cache features, splits, labels, patterns.
     manifest = load_manifest(models, verify=False)
@@ -96,9 +111,10 @@ def calibrate(
         else select_clips(calib_split, samples, seed, need=_streams(manifest.modalities))
     )
     fp32_graphs = {m: manifest.graph_path(m, "fp32") for m in manifest.modalities}
-    kept = {
-        m: keep_nodes(onnx.load(str(p), load_external_data=False), default_keep, keep) for m, p in fp32_graphs.items()
-    }
+    rule = default_keep and max_drop is None  # with a budget, measured sensitivity decides instead of the rule
+    kept = {m: keep_nodes(onnx.load(str(p), load_external_data=False), rule, keep) for m, p in fp32_graphs.items()}
+    decision_split = "valid" if "valid" in report_splits else report_splits[0]
+    limit = MAX_MF1_DROP if max_drop is None else max_drop
     log(
         f"calibrating {', '.join(m.upper() for m in manifest.modalities)} on {len(clips)} {split} clips "
         f"({method}); kept in fp32: {sum(len(k) for k in kept.values())} nodes + {', '.join(UNQUANTIZED_OPS)}"
@@ -109,20 +125,31 @@ def calibrate(
     try:
         candidates = {"int8": "modelopt"} if cpu_int8 == "never" else {"int8": "modelopt", "int8-cpu": "ort"}
         scale_record: dict[str, Any] = {}
+        search = None
+        if max_drop is not None:
+            int8_job = QuantJob(fp32_graphs, {}, Path(data), split, tuple(clips), method, "modelopt", _fp16_dir("int8"))
+            search, scale_record["int8"] = _search_int8(
+                int8_job, kept, eval_splits[decision_split], manifest, staging, max_drop, threads, log
+            )
+            if not search["met"] and not accept_miss:
+                raise budget_error(search)
         for precision, tool in tqdm(candidates.items(), desc="quantize", unit="set"):
+            if precision in scale_record:
+                continue  # the search's last set
             kept_names = {m: tuple(k) for m, k in kept.items()}
-            fp16_dir = None
-            if tool == "modelopt":  # also the graphs TensorRT builds from, in their folder inside this one
-                fp16_dir = str(Path(TENSORRT_DIRS[precision]).relative_to(PRECISION_DIRS[precision]))
+            fp16_dir = _fp16_dir(precision) if tool == "modelopt" else None
             job = QuantJob(fp32_graphs, kept_names, Path(data), split, tuple(clips), method, tool, fp16_dir)
             scale_record[precision] = _quantize_set(job, staging / PRECISION_DIRS[precision])
 
         graph_dirs = {"fp32": models, **({"fp16": models / "fp16"} if "fp16" in manifest.precisions else {})}
         graph_dirs.update({p: staging / PRECISION_DIRS[p] for p in candidates})
         report = accuracy_report(graph_dirs, eval_splits, manifest.modalities, threads)
-        latency = _cpu_latency(manifest, graph_dirs, candidates, latency_seconds, latency_rounds, threads)
-        decision_split = "valid" if "valid" in report else next(iter(report))
-        ship = _decide(report, latency, decision_split, cpu_int8, log)
+        first_set = search.pop("first_folder") if search else None
+        if search and search["kept"]:  # what keeping them costs in time, beside the fully int8 set
+            graph_dirs["int8 (all layers)"] = first_set
+        latency = _cpu_latency(manifest, graph_dirs, [n for n in graph_dirs if n.startswith("int8")],
+                               latency_seconds, latency_rounds, threads)  # fmt: skip
+        ship = _decide(report, latency, decision_split, cpu_int8, limit, log)
         if "int8-cpu" in candidates and not ship:
             shutil.rmtree(staging / PRECISION_DIRS["int8-cpu"])
         shipped = [p for p in candidates if p == "int8" or ship]
@@ -137,7 +164,7 @@ def calibrate(
             if candidates[p] == "modelopt"
         }
         for p in shipped:
-            _miss = "" if meets_target(report, p, decision_split) else " (misses the accuracy target)"
+            _miss = "" if meets_target(report, p, decision_split, limit) else " (misses the accuracy target)"
             log(f"{p}: {_drop(report, p, decision_split)} on {decision_split}{_miss}")
 
         record = {
@@ -157,14 +184,16 @@ def calibrate(
         int8_dir = staging / PRECISION_DIRS["int8"]
         atomic_write_json(int8_dir / CALIBRATION_FILE, jsonable(record))
         full_report = jsonable(
-            {"target_mF1_drop": MAX_MF1_DROP, "decision_split": decision_split, "accuracy": report, "latency": latency}
+            {"target_mF1_drop": limit, "decision_split": decision_split, "accuracy": report, "latency": latency}
+            | ({"search": search} if search else {})
         )
         atomic_write_json(int8_dir / f"{REPORT_FILE}.json", full_report)
-        atomic_write_bytes(int8_dir / f"{REPORT_FILE}.md", report_markdown(report, latency).encode())
+        atomic_write_bytes(int8_dir / f"{REPORT_FILE}.md", report_markdown(report, latency, search, limit).encode())
+        shutil.rmtree(staging / SEARCH_DIR, ignore_errors=True)  # the search's rounds are not shipped
         files = tree_hashes(staging)
         # The rest of the model comes along unchanged (an older calibration goes as a whole).
         shutil.copytree(models, staging, symlinks=True, dirs_exist_ok=True, ignore=_top_level(models, INT8_DIRS))
-        data_out = _with_int8(manifest.data, files, candidates, method, kept, report, decision_split, trt_parity)
+        data_out = _with_int8(manifest.data, files, candidates, method, kept, report, decision_split, limit, trt_parity)
         data_out.setdefault("parity", {}).update(parity)
         data_out["calibration"] = {"seconds": time.perf_counter() - started, "clips": len(clips), "shipped": shipped}
         install_tree(staging, models, MANIFEST_FILE, data_out)
@@ -186,9 +215,11 @@ def _with_int8(
     kept: dict[str, list[str]],
     report: dict[str, Any],
     decision_split: str,
+    limit: float,
     trt_parity: dict[str, Any],
 ) -> dict[str, Any]:
-    """The manifest ``data`` with its int8 sets replaced by the shipped ones (``files``: their hashes)."""
+    """The manifest ``data`` with its int8 sets replaced by the shipped ones (``files``: their hashes);
+    ``limit``: the mF1 drop they are judged against."""
     shipped = [p for p in candidates if any(f.split("/")[0] == PRECISION_DIRS[p] for f in files)]
     data_out = json.loads(json.dumps(data))  # a deep copy: the loaded manifest stays as it was
     data_out["files"] = {k: v for k, v in data_out["files"].items() if k.split("/")[0] not in INT8_DIRS} | files
@@ -204,7 +235,7 @@ def _with_int8(
             "unquantized_ops": list(UNQUANTIZED_OPS),
             "calibration": f"{PRECISION_DIRS['int8']}/{CALIBRATION_FILE}",
             "report": f"{PRECISION_DIRS['int8']}/{REPORT_FILE}.md",
-            "meets_accuracy_target": meets_target(report, p, decision_split),
+            "meets_accuracy_target": meets_target(report, p, decision_split, limit),
         }
         if p in trt_parity:
             data_out["precisions"][p]["tensorrt_graphs"] = {
@@ -239,6 +270,105 @@ def _quantize_set(job: QuantJob, out: Path) -> dict[str, Any]:
             onnx.save(graph, target / graph_file(modality))
             onnx.checker.check_model(str(target / graph_file(modality)))
     return {modality: scales(graph, out) for modality, graph in sets[""].items()}
+
+
+def _fp16_dir(precision: str) -> str:
+    """Where TensorRT's copy of a ModelOpt set goes, inside that set's folder."""
+    return str(Path(TENSORRT_DIRS[precision]).relative_to(PRECISION_DIRS[precision]))
+
+
+def _search_int8(
+    job: QuantJob,
+    kept: dict[str, dict[str, str]],
+    split: CacheSplit,
+    manifest: Any,
+    staging: Path,
+    max_drop: float,
+    threads: int | None,
+    log: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the sensitivity search (``search.py``) with ModelOpt and the decision split; the chosen set is left in
+    ``staging/int8`` and its layers are added to ``kept``. Returns the search record and that set's scales."""
+    target = "av" if "av" in manifest.modalities else manifest.modalities[0]
+    by_key = {
+        m: {key: node for node, key in layer_keys(onnx.load(str(p), load_external_data=False)).items()}
+        for m, p in job.sources.items()
+    }
+    rounds = staging / SEARCH_DIR
+    scales: dict[Path, dict[str, Any]] = {}
+
+    def quantize(extra: set[str]) -> Path:
+        nodes = {m: tuple(sorted({*kept[m], *(by_key[m][k] for k in extra if k in by_key[m])})) for m in job.sources}
+        out = rounds / str(len(scales))
+        scales[out] = _quantize_set(dataclasses.replace(job, keep=nodes), out)
+        return out
+
+    inputs = _DecisionInputs(split, target)
+
+    def predict(path: Path) -> np.ndarray:
+        backend = OrtBackend(path, threads=threads)
+        return np.concatenate([backend.infer(batch) for batch in inputs])
+
+    def mf1(probs: np.ndarray) -> float:
+        return 100 * emotion_f1(labels, probs)["average"]["mF1"]
+
+    reference = predict(job.sources[target])
+    labels = split.labels[inputs.order]
+
+    def judge(path: Path) -> Trial:
+        probs = predict(path)
+        return Trial(mf1(reference) - mf1(probs), float(np.abs(probs - reference).mean()))
+
+    record = search(quantize, judge, graph_file(target), max_drop, log)
+    folder = record.pop("folder")
+    shutil.copytree(folder, staging / PRECISION_DIRS["int8"])
+    record["first_folder"] = rounds / "0"
+    for row in record["kept"]:
+        for m in job.sources:
+            if row["layer"] in by_key[m]:
+                kept[m][by_key[m][row["layer"]]] = f"search: {row['error_gain']:.4f} error gain when unquantized"
+    flops = node_flops(job.sources[target], sample_inputs(manifest.features, target, 1, FLOPS_SECONDS, seed=0))
+    final = set(quantized_layers(onnx.load(str(folder / graph_file(target)), load_external_data=False)))
+    total = sum(flops.values()) or 1.0
+    for row in record["kept"]:
+        row["flops_share"] = flops.get(row["node"], 0.0) / total
+    record |= {
+        "split": split.split,
+        "graph": target,
+        "flops_seconds": FLOPS_SECONDS,
+        "unquantized_flops_share": sum(f for n, f in flops.items() if n not in final) / total,
+    }
+    log(
+        f"search: {record['before']['drop']:+.2f} -> {record['after']['drop']:+.2f} points with "
+        f"{len(record['kept'])} layers kept; {record['quantized_layers']}/{record['layers']} layers int8"
+    )
+    return record, scales[folder]
+
+
+class _DecisionInputs:
+    """The decision split's batches for the search's many judgements: decoded once while they fit in memory."""
+
+    LIMIT = 1 << 30  # bytes; above it (a MOSEI-sized split) batches are decoded again for every judgement
+
+    def __init__(self, split: CacheSplit, modality: str, batch_size: int = 16) -> None:
+        self.split, self.modality, self.batch_size = split, modality, batch_size
+        self.order: list[int] = []  # clip indices in batch order, known after the first pass
+        self._kept: list[dict[str, np.ndarray]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[dict[str, np.ndarray]] | None = []
+        self.order = []
+        for chunk, batch in batches(self.split, usable(self.split, self.modality), self.modality, self.batch_size):
+            self.order.extend(int(i) for i in chunk)
+            if kept is not None:
+                kept.append(batch)
+                if sum(a.nbytes for b in kept for a in b.values()) > self.LIMIT:
+                    kept = None
+            yield batch
+        self._kept = kept
 
 
 def _clips_from_file(path: Path, split: CacheSplit) -> list[int]:
@@ -284,12 +414,12 @@ def _cpu_latency(
     }
 
 
-def _decide(report: dict[str, Any], latency: dict[str, Any], split: str, cpu_int8: str, log: Any) -> bool:
+def _decide(report: dict[str, Any], latency: dict[str, Any], split: str, cpu_int8: str, limit: float, log: Any) -> bool:
     """Ship int8-cpu? Only when faster than fp32 (p50) and within the accuracy target, unless told."""
     if "int8-cpu" not in latency["results"]:
         return False
     speedup = latency["results"]["fp32"]["p50"] / latency["results"]["int8-cpu"]["p50"]
-    accurate = meets_target(report, "int8-cpu", split)
+    accurate = meets_target(report, "int8-cpu", split, limit)
     verdict = speedup > 1.0 and accurate
     log(
         f"CPU int8 (ONNX Runtime QDQ): {speedup:.2f}x fp32 at p50, {_drop(report, 'int8-cpu', split)}: "

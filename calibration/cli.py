@@ -53,11 +53,21 @@ from avemo.calibration.quantize import DEFAULT_KEEP, METHODS
     help="ONNX Runtime's own int8 graph (int8-cpu/): auto ships it only if faster than fp32 "
     "within the accuracy target.",
 )
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    metavar="POINTS",
+    help="Accuracy budget: keep the fewest, most sensitive layers unquantized (measured one by one) until the "
+    "A+V mF1 drop on the decision split is at most POINTS; fails if that needs over half the layers.",
+)
+@click.option("--accept-miss", is_flag=True, help="With --max-drop: write the best set found even if it misses.")
 @click.option("--report-splits", default="valid,test", show_default=True, help="Splits of the accuracy report.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores).")
 def calibrate(
     models: Path, data: Path, split: str, samples: int, method: str, seed: int, clips_from: Path | None,
-    keep: tuple[str, ...], no_default_keep: bool, cpu_int8: str, report_splits: str, threads: int | None,
+    keep: tuple[str, ...], no_default_keep: bool, cpu_int8: str, max_drop: float | None, accept_miss: bool,
+    report_splits: str, threads: int | None,
 ) -> None:  # fmt: skip
     """INT8 graphs for an exported model, calibrated on training features, with an accuracy report.
 
@@ -73,13 +83,15 @@ def calibrate(
       avemo calibrate models/ --data cache/ --split train --samples 256
       avemo calibrate models/ --data cache/ --method max --keep 'node_matmul_[0-9]+'
       avemo calibrate models/ --data cache/ --clips models/int8/calibration.json
+      avemo calibrate models/ --data cache/ --max-drop 0.5     # mixed precision within 0.5 mF1 points
     """
     from avemo.calibration.calibrate import calibrate as run
 
     quiet_onnxruntime()
     result = run(
         models, data, split, samples, method, seed, not no_default_keep, keep, clips_from, cpu_int8,
-        tuple(s for s in report_splits.split(",") if s), threads, log=click.echo,
+        tuple(s for s in report_splits.split(",") if s), threads, log=click.echo, max_drop=max_drop,
+        accept_miss=accept_miss,
     )  # fmt: skip
     click.echo((models / "int8" / "accuracy.md").read_text())
     click.echo(f"wrote {models}/int8 ({result['decision_split']} decides; JSON: {models}/int8/accuracy.json)")

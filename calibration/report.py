@@ -67,16 +67,21 @@ def mf1_drop(report: dict[str, Any], precision: str, split: str) -> float:
     return float(report[split][target_graph(report)][precision]["mF1_drop"])
 
 
-def meets_target(report: dict[str, Any], precision: str, split: str) -> bool:
-    return mf1_drop(report, precision, split) <= MAX_MF1_DROP
+def meets_target(report: dict[str, Any], precision: str, split: str, limit: float = MAX_MF1_DROP) -> bool:
+    return mf1_drop(report, precision, split) <= limit
 
 
-def report_markdown(report: dict[str, Any], latency: dict[str, Any] | None = None) -> str:
+def report_markdown(
+    report: dict[str, Any],
+    latency: dict[str, Any] | None = None,
+    search: dict[str, Any] | None = None,
+    limit: float = MAX_MF1_DROP,
+) -> str:
     lines = [
         "# INT8 accuracy report",
         "",
         f"Table-2 averages over the six emotions (percent); agreement = thresholded labels equal to fp32's. "
-        f"Target: mean mF1 drop <= {MAX_MF1_DROP} points on {MODALITY_TITLES[target_graph(report)]}.",
+        f"Target: mean mF1 drop <= {limit} points on {MODALITY_TITLES[target_graph(report)]}.",
         "",
         "| split | graph | precision | wF1 | mF1 | mF1 drop | label agreement | max abs diff | clips |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -102,4 +107,37 @@ def report_markdown(report: dict[str, Any], latency: dict[str, Any] | None = Non
         base = latency["results"]["fp32"]["p50"]
         for name, r in latency["results"].items():
             lines.append(f"| {name} | {r['p50']:.1f} | {r['p90']:.1f} | {base / r['p50']:.2f}x |")
+    if search:
+        lines += search_markdown(search)
     return "\n".join(lines) + "\n"
+
+
+def search_markdown(search: dict[str, Any]) -> list[str]:
+    """The mixed-precision search: budget, drop before/after, kept layers with their sensitivity, cost."""
+    rho = search.get("proxy_vs_mF1_spearman")
+    lines = [
+        "",
+        f"## Mixed precision (`--max-drop {search['max_drop']}`): "
+        + ("budget met" if search["met"] else "**budget missed**"),
+        "",
+        f"Decision split {search['split']}, {MODALITY_TITLES[search['graph']]} graph: mF1 drop "
+        f"{search['before']['drop']:+.2f} points with every layer int8, {search['after']['drop']:+.2f} after "
+        f"keeping {len(search['kept'])} more layer(s) unquantized in all graphs "
+        f"(mean |p - p_fp32| {search['before']['error']:.4f} -> {search['after']['error']:.4f}). "
+        f"Still int8: {search['quantized_layers']} of {search['layers']} Conv/Gemm/MatMul layers "
+        f"({100 * search['quantized_share']:.0f} %); weighted FLOPs left unquantized: "
+        f"{100 * search['unquantized_flops_share']:.1f} % (at a {search['flops_seconds']:g}-s clip).",
+        "",
+        "Sensitivity = what leaving that layer alone unquantized gains against the fully int8 graph "
+        "(mF1 points; mean |p - p_fp32|, the ranking proxy"
+        + (f"; Spearman rank correlation with the mF1 gain over all layers {rho:.2f})." if rho is not None else ")."),
+        "",
+        "| kept layer | node | op | mF1 gain | error gain | FLOPs share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in search["kept"]:
+        lines.append(
+            f"| {r['layer']} | {r['node']} | {r['op']} | {r['mF1_gain']:+.2f} | {r['error_gain']:.4f} | "
+            f"{100 * r['flops_share']:.1f} % |"
+        )
+    return lines

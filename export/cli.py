@@ -30,13 +30,21 @@ from avemo.runtime.cli import engine_build_options
 @click.option(
     "--samples", type=click.IntRange(min=1), default=None, help="int8: calibration clips (default: avemo calibrate's)."
 )
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    metavar="POINTS",
+    help="int8: accuracy budget in A+V mF1 points (as `avemo calibrate --max-drop`).",
+)
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 17 for LayerNormalization).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
 @click.option("--force", is_flag=True, help="Replace another model's files in --out.")
 @engine_build_options
 def export(
-    run: Path, precision: str, out: Path, data: Path | None, samples: int | None, opset: int, no_simplify: bool,
-    force: bool, workspace: int, timing_cache: Path | None, device_id: int, max_batch: int | None,
+    run: Path, precision: str, out: Path, data: Path | None, samples: int | None, max_drop: float | None,
+    opset: int, no_simplify: bool, force: bool, workspace: int, timing_cache: Path | None, device_id: int,
+    max_batch: int | None,
 ) -> None:  # fmt: skip
     """Export a run as ONNX graphs (A, V, A+V) sharing one weight file, with a manifest.
 
@@ -52,6 +60,7 @@ def export(
     Examples:
       avemo-export runs/colearn --precision fp16 --out models/
       avemo-export runs/colearn --precision int8 --data cache/ --out models/
+      avemo-export runs/colearn --precision int8 --data cache/ --max-drop 0.5 --out models/
       avemo-export runs/colearn --precision fp16 --out models/ --device 1 --workspace 2048
       avemo export runs/audio --out models-audio/
     """
@@ -77,6 +86,7 @@ def export(
         from avemo.calibration.cli import calibrate
 
         chosen = {"samples": samples} if samples else {}
+        chosen |= {"max_drop": max_drop} if max_drop is not None else {}
         click.get_current_context().invoke(calibrate, models=out, data=data, **chosen)  # its defaults, its report
         engine_precision = "int8"
     else:

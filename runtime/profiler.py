@@ -285,6 +285,11 @@ def _peak_rss_mb() -> float:
 
 def graph_flops(path: Path, inputs: dict[str, np.ndarray]) -> float:
     """Multiply-add FLOPs (2 per MAC) of Conv, MatMul and Gemm at these inputs (the rest is not counted)."""
+    return float(sum(node_flops(path, inputs).values()))
+
+
+def node_flops(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Node name -> multiply-add FLOPs (2 per MAC) of each Conv, MatMul and Gemm at these inputs."""
     onnx = _require_onnx()
     import onnxruntime as ort
 
@@ -305,19 +310,18 @@ def graph_flops(path: Path, inputs: dict[str, np.ndarray]) -> float:
     shapes.update({k: v.shape for k, v in inputs.items()})
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
     shapes.update(weights)
-    flops = 0.0
+    flops: dict[str, float] = {}
     for node in nodes:
         out = shapes[node.output[0]]
         if node.op_type == "Conv":
-            w = shapes[node.input[1]]
-            flops += 2.0 * np.prod(out) * np.prod(w[1:])
+            macs = np.prod(shapes[node.input[1]][1:])
         elif node.op_type == "MatMul":
-            flops += 2.0 * np.prod(out) * shapes[node.input[0]][-1]
+            macs = shapes[node.input[0]][-1]
         else:
             a = shapes[node.input[0]]
-            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-            flops += 2.0 * np.prod(out) * (a[0] if trans_a else a[-1])
-    return float(flops)
+            macs = a[0] if any(at.name == "transA" and at.i for at in node.attribute) else a[-1]
+        flops[node.name] = float(2.0 * np.prod(out) * macs)
+    return flops
 
 
 def _session_with_weights(ort: Any, model_bytes: bytes, path: Path, options: Any) -> Any:
