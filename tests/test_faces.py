@@ -129,3 +129,20 @@ def test_haar_scores_by_its_last_stage_and_the_pattern_starts_no_track():
     assert fooled >= 6  # the cascade alone takes the pattern for faces
     [face] = haar.detect(face_photo(512))
     assert START_SCORE <= face.score < 1.0  # a real face: a high score, no longer a constant 1
+
+
+def test_a_face_glimpsed_briefly_is_not_called_the_speaker_on_a_chance_correlation():
+    """A face seen in 10 frame pairs that happens to correlate 0.6+ with the audio, beside a face in view for 42:
+    not the speaker (an independent probe's two-photo clip chose the glimpsed one, 11 of 45 frames)."""
+    from avemo.runtime.faces.speaker import choose_speaker
+
+    rng = np.random.default_rng(3)
+    activity = rng.random(43)
+    steady = {k: float(v) for k, v in enumerate(rng.random(43), 1) if k < 43}  # in view throughout, unrelated
+    glimpse = {k: float(activity[k] + 0.2 * rng.random()) for k in range(1, 11)}  # follows the audio, briefly
+    choice = choose_speaker({0: glimpse, 1: steady}, activity)
+    assert choice.track != 0, choice
+    assert 0 not in choice.scores
+    # the same glimpsed face, in view as long as the other, is the speaker
+    both = {0: {k: float(activity[k] + 0.2 * rng.random()) for k in range(1, 43)}, 1: steady}
+    assert choose_speaker(both, activity).track == 0

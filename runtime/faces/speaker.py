@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MIN_PAIRS = 6  # consecutive-frame pairs a face needs before its correlation counts (2 s at 3 fps)
+#: ... and at least this share of the best-seen face's pairs: the speaker is in view while speech goes on, and a
+#: face glimpsed for a few seconds can correlate by chance (0.64 over 10 pairs beside a face seen in 42).
+MIN_COVERAGE = 0.5
 MIN_CORRELATION = 0.3  # below this the best face is not called the speaker
 MIN_LEAD = 0.15  # ... nor when the next face's correlation is this close
 ENERGY_FLOOR_DB = 50.0  # energy is floored this far below the loudest interval (silence is all alike)
@@ -56,9 +59,11 @@ def choose_speaker(motion: dict[int, dict[int, float]], activity: np.ndarray | N
     if activity is None:
         return SpeakerChoice(None, "largest: no audio to match", 0.0)
     scores = {}
+    pairs = {t: [k for k in moves if k < len(activity) and np.isfinite(activity[k])] for t, moves in motion.items()}
+    enough = max(MIN_PAIRS, MIN_COVERAGE * max(len(ks) for ks in pairs.values()))
     for track, moves in motion.items():
-        ks = [k for k in moves if k < len(activity) and np.isfinite(activity[k])]
-        if len(ks) < MIN_PAIRS:
+        ks = pairs[track]
+        if len(ks) < enough:
             continue
         m, e = np.array([moves[k] for k in ks]), activity[ks]
         scores[track] = float(np.corrcoef(m, e)[0, 1]) if m.std() > 0 and e.std() > 0 else 0.0
