@@ -24,26 +24,29 @@ def expand_media(items: tuple[str, ...] | list[str], is_live: Callable[[str], bo
     that gives no file, so it gets its own error line while the others run."""
     out: list[tuple[str, str | None]] = []
     for item in items:
-        if is_live(item):
-            out.append((item, None))
-        elif item.startswith("@") and not Path(item).exists():
-            listed = Path(item[1:])
-            if not listed.is_file():
-                out.append((item, f"list file {listed} not found"))
-                continue
-            lines = [line.strip() for line in listed.read_text().splitlines()]
-            out += expand_media([line for line in lines if line and not line.startswith("#")], is_live)
-        elif Path(item).is_dir():
-            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
-            out += [(str(p), None) for p in found] or [
-                (item, f"no media files in folder ({', '.join(MEDIA_SUFFIXES)})")
-            ]
-        elif glob.has_magic(item) and not Path(item).exists():
-            matches = sorted(glob.glob(item, recursive=True))
-            out += [(m, None) for m in matches] or [(item, "no file matches this pattern")]
-        else:
-            out.append((item, None))
+        try:
+            out += _expand_one(item, is_live)
+        except OSError as exc:  # a name over 255 bytes, an unreadable folder or list: that name's error line
+            out.append((item, exc.strerror or str(exc)))
     return out
+
+
+def _expand_one(item: str, is_live: Callable[[str], bool]) -> list[tuple[str, str | None]]:
+    if is_live(item):
+        return [(item, None)]
+    if item.startswith("@") and not Path(item).exists():
+        listed = Path(item[1:])
+        if not listed.is_file():
+            return [(item, f"list file {listed} not found")]
+        lines = [line.strip() for line in listed.read_text().splitlines()]
+        return expand_media([line for line in lines if line and not line.startswith("#")], is_live)
+    if Path(item).is_dir():
+        found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
+        return [(str(p), None) for p in found] or [(item, f"no media files in folder ({', '.join(MEDIA_SUFFIXES)})")]
+    if glob.has_magic(item) and not Path(item).exists():
+        matches = sorted(glob.glob(item, recursive=True))
+        return [(m, None) for m in matches] or [(item, "no file matches this pattern")]
+    return [(item, None)]
 
 
 def result_line(result: Any) -> dict[str, Any]:

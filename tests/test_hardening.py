@@ -334,17 +334,19 @@ def test_a_float_wav_with_nan_is_an_error_line_and_the_batch_goes_on(colearn_exp
 
 
 def test_bad_media_names_are_error_lines_and_json_stays_valid_unicode(colearn_export, tmp_path):
-    """A directory, a name over 255 bytes and a name that is not UTF-8, in one batch."""
+    """A folder without media (a folder is an input: its media files), a name over 255 bytes and a name that is
+    not UTF-8, in one batch."""
     import numpy as np
 
     good = _float_wav(tmp_path / "good.wav", (0.3 * np.sin(np.arange(16000) / 10)).astype(np.float32))
     latin1 = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.wav")  # a Latin-1 name on a UTF-8 system
     shutil.copy(good, latin1)
-    media = [str(tmp_path), str(tmp_path / ("x" * 300 + ".wav")), latin1]
+    (tmp_path / "empty").mkdir()
+    media = [str(tmp_path / "empty"), str(tmp_path / ("x" * 300 + ".wav")), latin1]
     result = CliRunner().invoke(main, ["infer", *media, "--models", str(colearn_export[0])])
     lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert result.exit_code == 1 and "Traceback" not in result.output and len(lines) == 3, result.output
-    assert lines[0]["error"].endswith("is a directory, not media")
+    assert lines[0]["error"].startswith("no media files in folder")
     assert lines[1]["error"].endswith("File name too long")
     assert lines[2]["modality"] == "a" and lines[2]["source"].endswith("caf\\xe9.wav")
     for line in lines:
