@@ -495,20 +495,15 @@ class ICudaEngine(_Owned):
 
 def engine_runner(path: str, tf32: bool) -> Any:
     """What computes an engine built from the ONNX file at ``path`` (``run(None, feeds)``): see the header."""
-    import onnx
+    from avemo.runtime.numerics import has_fp16, reference_evaluator  # avemo's fp16 reference: fp16 ops in fp16
 
-    model = onnx.load(path)
-    fp16 = onnx.TensorProto.FLOAT16
-    carries_fp16 = any(t.data_type == fp16 for t in model.graph.initializer) or any(
-        a.name == "to" and a.i == fp16 for n in model.graph.node for a in n.attribute
-    )
-    if not (carries_fp16 or tf32):
+    if not (has_fp16(Path(path)) or tf32):
         import onnxruntime as ort
 
         return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    from avemo.runtime.numerics import reference_evaluator  # avemo's fp16 reference: fp16 ops in fp16
+    import onnx
 
-    return reference_evaluator(model, operand=_tf32 if tf32 else None)
+    return reference_evaluator(onnx.load(path), operand=_tf32 if tf32 else None)
 
 
 def _tf32(x: np.ndarray) -> np.ndarray:
