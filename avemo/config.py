@@ -40,7 +40,7 @@ class FeatureConfig:
     face_detector: str = DEFAULT_FACE_DETECTOR  # yunet | haar | a YuNet ONNX path (see contract.FACE_DETECTORS)
     face_detector_sha256: str = FACE_DETECTORS[DEFAULT_FACE_DETECTOR]["sha256"]
     face_detect_side: int = FACE_DETECTORS[DEFAULT_FACE_DETECTOR]["detect_side"]  # longer side searched
-    # 2: one frame per tick (whether unneeded B-frames are decoded does not change which: runtime/media.py);
+    # 2: one frame per tick (whether unneeded B-frames are decoded does not change which: runtime/media/decode.py);
     # 1 (before avemo 0.2): up to ~40 % extra frames on most MP4s
     frame_sampler: int = 2
 

@@ -57,11 +57,11 @@ from avemo.export.fp16 import FP32_OPS
 from avemo.export.weights import share_weights
 from avemo.io import atomic_write_bytes, atomic_write_json, install_tree, jsonable, new_tree, tree_hashes
 from avemo.machine import package_version
-from avemo.runtime.manifest import load_manifest
-from avemo.runtime.ort_backend import OrtBackend
-from avemo.runtime.parity import TOLERANCE, check_parity, load_references, parity_samples, sample_inputs
-from avemo.runtime.profiler import node_flops
-from avemo.runtime.timing import interleaved_latency, summarize
+from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.models.manifest import load_manifest
+from avemo.runtime.models.parity import TOLERANCE, check_parity, load_references, parity_samples, sample_inputs
+from avemo.runtime.profile.profiler import node_flops
+from avemo.runtime.profile.timing import interleaved_latency, summarize
 from avemo.train.cache import CacheSplit
 from avemo.train.metrics import emotion_f1
 

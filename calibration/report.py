@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from avemo.calibration.data import batches, usable
 from avemo.contract import LABELS, MODALITY_TITLES, graph_file
-from avemo.runtime.ort_backend import OrtBackend
+from avemo.runtime.backends.ort import OrtBackend
 from avemo.train.cache import CacheSplit
 from avemo.train.metrics import emotion_f1
 

@@ -32,8 +32,8 @@ from avemo.export.graphs import export_graph
 from avemo.export.weights import share_weights
 from avemo.export.wrappers import wrap
 from avemo.io import install_tree, new_tree, sha256_file, tree_hashes
-from avemo.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
-from avemo.runtime.parity import (
+from avemo.runtime.models.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
+from avemo.runtime.models.parity import (
     TOLERANCE,
     References,
     Samples,

@@ -77,8 +77,8 @@ def verify(models: Path, threads: int | None) -> None:
     Example:
       avemo verify models/
     """
-    from avemo.runtime.manifest import load_manifest
-    from avemo.runtime.parity import check_parity, load_references, parity_samples
+    from avemo.runtime.models.manifest import load_manifest
+    from avemo.runtime.models.parity import check_parity, load_references, parity_samples
 
     manifest = load_manifest(models, verify=True)
     click.echo(f"{models}: {len(manifest.data['files'])} files match manifest.json")
@@ -238,8 +238,8 @@ def infer(
     import threading
 
     from avemo.errors import AvemoError
+    from avemo.runtime.backends.ort import providers_for
     from avemo.runtime.batch import ResultsFile, expand_media, recognize_files, result_line
-    from avemo.runtime.ort_backend import providers_for
     from avemo.runtime.recognizer import Recognizer
     from avemo.runtime.stream.live import in_ffmpeg, is_live
 
@@ -446,8 +446,8 @@ def build(
       avemo build models/ --precision fp16 --timing-cache trt.cache
       avemo build models/ --precision fp16 --device 1          # the second GPU
     """
-    from avemo.runtime.manifest import load_manifest
-    from avemo.runtime.trt_backend import build_engines
+    from avemo.runtime.backends.trt import build_engines
+    from avemo.runtime.models.manifest import load_manifest
 
     build_engines(load_manifest(models), precision, workspace, timing_cache, device_id, max_batch, click.echo)
 
@@ -550,7 +550,7 @@ def profile(
       avemo profile models/ --backend all --precision all --graph all --media clip.mp4 --out bench/
       python scripts/profile_latency.py models/ --backend ort --iters 200   # runtime-only devices
     """
-    from avemo.runtime.profiler import add_extras, markdown, run_profile, write_outputs
+    from avemo.runtime.profile.profiler import add_extras, markdown, run_profile, write_outputs
 
     if iters < 1 or rounds < 1 or duration < 0:
         raise click.BadParameter("--iters and --rounds must be >= 1, --duration >= 0")

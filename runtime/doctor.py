@@ -102,7 +102,7 @@ def _describe_gpu(env: dict[str, Any], device_id: int) -> str | None:
         return "pycuda does not import here (pip install pycuda: it compiles against the CUDA toolkit's headers)"
     import pycuda
 
-    from avemo.runtime.gpu import driver, gpu_info
+    from avemo.runtime.backends.gpu import driver, gpu_info
 
     env["pycuda"] = getattr(pycuda, "VERSION_TEXT", None) or package_version("pycuda")
     try:
@@ -132,8 +132,8 @@ def run_doctor(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every check; writes OUT/doctor.json and doctor.md (OUT: ``models``); returns the report."""
-    from avemo.runtime.manifest import load_manifest
-    from avemo.runtime.parity import check_parity, load_references, parity_samples
+    from avemo.runtime.models.manifest import load_manifest
+    from avemo.runtime.models.parity import check_parity, load_references, parity_samples
 
     doctor = Doctor(log)
     env, no_trt = environment(device_id)
@@ -173,11 +173,11 @@ def run_doctor(
 
 
 def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int, iters: int) -> None:
-    from avemo.runtime.engines import check_engine, engine_path
-    from avemo.runtime.ort_backend import OrtBackend
-    from avemo.runtime.parity import sample_inputs
-    from avemo.runtime.timing import interleaved_latency
-    from avemo.runtime.trt_backend import TrtBackend, build_engine, check_built_engine, current_device
+    from avemo.runtime.backends.engines import check_engine, engine_path
+    from avemo.runtime.backends.ort import OrtBackend
+    from avemo.runtime.backends.trt import TrtBackend, build_engine, check_built_engine, current_device
+    from avemo.runtime.models.parity import sample_inputs
+    from avemo.runtime.profile.timing import interleaved_latency
 
     if precision not in manifest.precisions:
         doctor.skip(f"TensorRT {precision}", f"no {precision} graphs in {manifest.root} (export or calibrate first)")

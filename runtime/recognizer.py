@@ -30,12 +30,12 @@ from avemo.contract import (
     PROFILE_BATCH,
 )
 from avemo.errors import AvemoError
-from avemo.runtime.audio import add_deltas
-from avemo.runtime.extract import MediaFeatures, extract
+from avemo.runtime.backends.ort import OrtBackend
 from avemo.runtime.faces import FacePipeline
-from avemo.runtime.manifest import Manifest, load_manifest
-from avemo.runtime.ort_backend import OrtBackend
-from avemo.runtime.timing import stage
+from avemo.runtime.media.audio import add_deltas
+from avemo.runtime.media.extract import MediaFeatures, extract
+from avemo.runtime.models.manifest import Manifest, load_manifest
+from avemo.runtime.profile.timing import stage
 
 THRESHOLD = 0.5
 LIVE_FIELDS = ("latency_ms", "behind_s", "dropped_windows")  # only in results from live sources
@@ -106,7 +106,7 @@ class Recognizer:
         self.backends: dict[str, Any] = {}
         scratch = None
         if self.backend == "trt":  # one activation area for the three engines
-            from avemo.runtime.gpu import DeviceScratch
+            from avemo.runtime.backends.gpu import DeviceScratch
 
             scratch = DeviceScratch(device_id)
         try:
@@ -364,7 +364,7 @@ def open_graph(
 ) -> Any:
     """One graph's backend (``backend`` resolved: 'ort' or 'trt'): ``infer({input: array}) -> probs``."""
     if backend == "trt":
-        from avemo.runtime.trt_backend import TrtBackend
+        from avemo.runtime.backends.trt import TrtBackend
 
         return TrtBackend(manifest, modality, precision, device_id, scratch=scratch)
     return OrtBackend(manifest.graph_path(modality, precision), threads, providers)
@@ -384,12 +384,12 @@ def resolve_backend(
         return "ort", precision or "fp32", "ONNX Runtime (--backend ort)"
     if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
         if backend == "trt":
-            from avemo.runtime.gpu import TRT_HINT
+            from avemo.runtime.backends.gpu import TRT_HINT
 
             raise AvemoError(f"--backend trt: tensorrt and pycuda do not import here; {TRT_HINT}")
         return "ort", precision or "fp32", "ONNX Runtime (tensorrt and pycuda do not import here)"
-    from avemo.runtime.engines import engine_path
-    from avemo.runtime.trt_backend import current_device
+    from avemo.runtime.backends.engines import engine_path
+    from avemo.runtime.backends.trt import current_device
 
     try:
         device = current_device(device_id)

@@ -43,7 +43,7 @@ from avemo.config import FeatureConfig
 from avemo.machine import describe
 from avemo.runtime.faces import FacePipeline, features_for_detector
 from avemo.runtime.faces.tracking import iou
-from avemo.runtime.media import TickSampler, sample_frames
+from avemo.runtime.media.decode import TickSampler, sample_frames
 from tests.face_clips import SCENES, Scene, random_pattern, write_clip
 
 MATCH = 0.5  # IoU for a face to count as the true one
@@ -173,7 +173,7 @@ def profile_media(clip: Path, repeats: int = 3) -> dict:
     """CPU ms per stage of ``extract`` (the Recognizer's path, speaker mode, one ORT thread for YuNet)."""
     import contextlib
 
-    from avemo.runtime import extract as extraction
+    from avemo.runtime.media.decode import extract as extraction
 
     @contextlib.contextmanager
     def cpu_stage(timings: dict | None, name: str):

@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.media_
 
 from avemo.config import FeatureConfig
 from avemo.machine import describe
-from avemo.runtime.audio import fbank
-from avemo.runtime.extract import extract
 from avemo.runtime.faces import FacePipeline
 from avemo.runtime.faces.tracking import REDETECT_EVERY, FaceTracker
-from avemo.runtime.media import decode_audio, sample_frames
+from avemo.runtime.media.audio import fbank
+from avemo.runtime.media.decode import decode_audio, sample_frames
+from avemo.runtime.media.extract import extract
 from avemo.train.mosei import prepare
 from tests.media_factory import write_media, write_mosei_tree
 

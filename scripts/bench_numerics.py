@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from avemo.contract import AUDIO_FEATS, FACES, graph_file
-from avemo.runtime.manifest import load_manifest
-from avemo.runtime.numerics import ReferenceBackend
-from avemo.runtime.ort_backend import OrtBackend
-from avemo.runtime.parity import padding_invariance, parity_samples
+from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.models.manifest import load_manifest
+from avemo.runtime.models.numerics import ReferenceBackend
+from avemo.runtime.models.parity import padding_invariance, parity_samples
 
 
 def main() -> None:

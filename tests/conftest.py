@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from avemo.config import PRESETS
-from avemo.runtime.manifest import load_manifest
+from avemo.runtime.models.manifest import load_manifest
 from avemo.train.synth import SynthSpec, write_synthetic_cache
 
 TINY = PRESETS["tiny"]
@@ -71,8 +71,8 @@ def trt_double(monkeypatch, colearn_export, tmp_path):
         monkeypatch.syspath_prepend(str(FAKES))
         for name in ("tensorrt", "pycuda", "pycuda.driver"):
             monkeypatch.delitem(sys.modules, name, raising=False)
-        import avemo.runtime.gpu as gpu
-        import avemo.runtime.trt_backend as trt_backend
+        import avemo.runtime.backends.gpu as gpu
+        import avemo.runtime.backends.trt as trt_backend
 
         monkeypatch.setattr(gpu, "_contexts", {})
         monkeypatch.setattr(gpu, "_closers", weakref.WeakSet())
@@ -89,7 +89,7 @@ def trt_double(monkeypatch, colearn_export, tmp_path):
 
 def build_with_double(manifest, precision="fp32", modalities=None, device_id=0):
     """Build ``precision`` engines of ``modalities`` (default: all) through the doubles; their paths."""
-    from avemo.runtime.trt_backend import build_engine, current_device
+    from avemo.runtime.backends.trt import build_engine, current_device
 
     device = current_device(device_id)
     return [

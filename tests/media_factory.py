@@ -1,4 +1,4 @@
-"""Media made by the tests: the sample clips (avemo.runtime.sample, re-exported here), a MOSEI tree,
+"""Media made by the tests: the sample clips (avemo.runtime.media.sample, re-exported here), a MOSEI tree,
 features of a long clip, and `send`, which streams a file at real-time pace."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import av
 import h5py
 import numpy as np
 
-from avemo.runtime.sample import (  # noqa: F401 (re-exported for the tests and scripts)
+from avemo.runtime.media.sample import (  # noqa: F401 (re-exported for the tests and scripts)
     MOUTHS,
     draw_mouth,
     face_photo,
@@ -89,7 +89,7 @@ def send(path: Path, url: str, seconds: float | None = None) -> None:
 def long_clip_features(features, seconds: float = 35.0):
     """MediaFeatures of a clip of ``seconds`` (fbank frames and face crops at 3 fps with their times), made
     without media: for clips longer than the model's engines take at once."""
-    from avemo.runtime.extract import MediaFeatures
+    from avemo.runtime.media.extract import MediaFeatures
 
     rng = np.random.default_rng(8)
     size = features.face_size

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from avemo.runtime.audio import add_deltas
+from avemo.runtime.media.audio import add_deltas
 
 
 def _kaldi_deltas_reference(x, window=2):
@@ -46,7 +46,7 @@ def test_add_deltas_rejects_wrong_rank():
 
 def test_online_fbank_in_pieces_equals_one_call_and_keeps_nothing():
     from avemo.config import FeatureConfig
-    from avemo.runtime.audio import OnlineFbank, fbank, frame_count
+    from avemo.runtime.media.audio import OnlineFbank, fbank, frame_count
 
     cfg = FeatureConfig()
     x = (np.random.default_rng(0).random(40000).astype(np.float32) - 0.5) * 0.2

@@ -14,7 +14,7 @@ import pytest
 
 from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, LABELS, MANIFEST_FILE, graph_file
 from avemo.errors import AvemoError
-from avemo.runtime.parity import INVARIANCE_TOLERANCE, TOLERANCE
+from avemo.runtime.models.parity import INVARIANCE_TOLERANCE, TOLERANCE
 from avemo.train.cache import CacheSplit
 
 needs_modelopt = pytest.mark.skipif(
@@ -117,8 +117,8 @@ def calibrated(colearn_export, tiny_cache, tmp_path_factory):
 @needs_modelopt
 def test_int8_graphs_hold_qdq_nodes_and_run_in_onnxruntime(calibrated, tiny_cache):
     from avemo.calibration.data import clip_inputs, usable
-    from avemo.runtime.manifest import load_manifest
-    from avemo.runtime.ort_backend import OrtBackend
+    from avemo.runtime.backends.ort import OrtBackend
+    from avemo.runtime.models.manifest import load_manifest
 
     models, _ = calibrated
     manifest = load_manifest(models)  # every new file is hashed in the manifest
@@ -158,8 +158,8 @@ def test_tensorrt_gets_the_same_qdq_graph_with_its_unquantized_parts_in_fp16(cal
     """Issue 13 item 6: int8/fp16 = ModelOpt's Q/DQ graph, same scales, rest fp16 but the fp32 ops; ORT keeps int8/."""
     from avemo.calibration.data import clip_inputs, usable
     from avemo.export.fp16 import FP32_OPS
-    from avemo.runtime.manifest import load_manifest
-    from avemo.runtime.ort_backend import OrtBackend
+    from avemo.runtime.backends.ort import OrtBackend
+    from avemo.runtime.models.manifest import load_manifest
 
     models, _ = calibrated
     manifest = load_manifest(models)
@@ -262,7 +262,7 @@ def test_bad_input_is_refused_before_any_work(colearn_export, tiny_cache, tmp_pa
 def test_a_baseline_model_calibrates_its_one_graph(micro_config, tiny_cache, tmp_path):
     from avemo.calibration.calibrate import calibrate
     from avemo.export.exporter import export_run
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
     from tests.conftest import make_checkpoint
 
     ckpt, _ = make_checkpoint(tmp_path / "audio.pt", micro_config, "audio")

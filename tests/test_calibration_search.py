@@ -182,7 +182,7 @@ def planted(colearn_export, tiny_cache, tmp_path):
 def test_search_keeps_the_planted_layer_and_only_it_in_all_three_graphs(planted):
     from avemo.calibration.calibrate import calibrate
     from avemo.calibration.search import layer_keys, quantized_layers
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
 
     models, cache = planted
     # The planted layer in int8 flips most labels; the rest of int8 flips a few of this small split's 30 labels.
@@ -213,7 +213,7 @@ def test_search_keeps_the_planted_layer_and_only_it_in_all_three_graphs(planted)
 def test_a_budget_needing_over_half_the_layers_unquantized_is_refused(micro_config, tiny_cache, tmp_path):
     from avemo.calibration.calibrate import calibrate
     from avemo.export.exporter import export_run
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
     from tests.conftest import make_checkpoint
 
     ckpt, _ = make_checkpoint(tmp_path / "audio.pt", micro_config, "audio")

@@ -86,7 +86,7 @@ def test_torch_free_parts_import_without_torch():
                     raise ImportError("torch is blocked in this test")
         sys.meta_path.insert(0, Block())
         import avemo.cli, avemo.config, avemo.contract, avemo.train.cache, avemo.train.synth, avemo.train.mosei
-        import avemo.runtime.audio, avemo.runtime.media, avemo.runtime.faces, avemo.runtime.extract
+        import avemo.runtime.media.audio, avemo.runtime.media.decode, avemo.runtime.faces, avemo.runtime.media.extract
         from click.testing import CliRunner
         assert CliRunner().invoke(avemo.cli.main, ["--help"]).exit_code == 0
         assert "torch" not in sys.modules

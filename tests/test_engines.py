@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avemo.errors import AvemoError
-from avemo.runtime.engines import (
+from avemo.runtime.backends.engines import (
     Device,
     buffer_bytes,
     build_flags,
@@ -19,7 +19,7 @@ from avemo.runtime.engines import (
     profiles,
     write_sidecar,
 )
-from avemo.runtime.manifest import load_manifest
+from avemo.runtime.models.manifest import load_manifest
 
 ORIN = Device("Orin (nvgpu)", (8, 7), "10.3.0")
 H100 = Device("NVIDIA H100 80GB HBM3", (9, 0), "11.0.0")

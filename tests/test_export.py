@@ -13,9 +13,9 @@ from avemo.cli import main
 from avemo.contract import MANIFEST_FILE, PARITY_FILE, WEIGHTS_FILE, graph_file
 from avemo.errors import AvemoError
 from avemo.export.exporter import export_run
-from avemo.runtime.manifest import load_manifest
-from avemo.runtime.ort_backend import OrtBackend
-from avemo.runtime.parity import ParityError, check_parity, load_references, parity_samples, sample_inputs
+from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.models.manifest import load_manifest
+from avemo.runtime.models.parity import ParityError, check_parity, load_references, parity_samples, sample_inputs
 from tests.conftest import make_checkpoint as _checkpoint
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from avemo.config import FeatureConfig
-from avemo.runtime.extract import extract
 from avemo.runtime.faces import Face, FacePipeline, open_detector, preference
 from avemo.runtime.faces.tracking import KEEP_SCORE, MAX_GAP, START_SCORE, FaceTracker, iou, plausible
+from avemo.runtime.media.extract import extract
 from tests.face_clips import Scene, write_clip
 from tests.media_factory import face_photo
 

@@ -1,4 +1,4 @@
-"""runtime/gpu.py against a real CUDA driver through the real pycuda (no TensorRT needed).
+"""runtime/backends/gpu.py against a real CUDA driver through the real pycuda (no TensorRT needed).
 
 Skipped, with the reason, where pycuda does not import or no GPU answers (every CI machine).
 Everything else in the GPU runtime is tested through the doubles in tests/fakes.
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(NO_GPU is not None, reason=str(NO_GPU))
 
 @pytest.fixture
 def cuda():
-    from avemo.runtime.gpu import driver
+    from avemo.runtime.backends.gpu import driver
 
     module = driver()
     assert "fakes" not in (module.__file__ or ""), "the pycuda double is loaded: run this file on its own"
@@ -43,7 +43,7 @@ def cuda():
 
 
 def test_gpu_info_matches_the_driver(cuda):
-    from avemo.runtime.gpu import active, gpu_info
+    from avemo.runtime.backends.gpu import active, gpu_info
 
     info = gpu_info(0)
     assert info.name and info.compute_capability >= (5, 0) and isinstance(info.integrated, bool)
@@ -56,7 +56,7 @@ def test_gpu_info_matches_the_driver(cuda):
 
 
 def test_primary_context_is_retained_once_and_current_inside_active(cuda):
-    from avemo.runtime.gpu import active, gpu_info, primary_context
+    from avemo.runtime.backends.gpu import active, gpu_info, primary_context
 
     context = primary_context(0)
     assert primary_context(0) is context
@@ -70,7 +70,7 @@ def test_primary_context_is_retained_once_and_current_inside_active(cuda):
 def test_io_buffers_round_trip_through_the_device_with_event_timing(cuda, mapped):
     """Stage -> H2D -> a device-side copy (standing in for the engine) -> D2H, timed by CUDA events
     as TrtBackend.infer does. mapped=True is the Jetson path; discrete GPUs map host memory too (UVA)."""
-    from avemo.runtime.gpu import IOBuffer, active
+    from avemo.runtime.backends.gpu import IOBuffer, active
 
     x = np.random.default_rng(0).standard_normal((3, 5000)).astype(np.float32)
     with active(0):
@@ -94,7 +94,7 @@ def test_io_buffers_round_trip_through_the_device_with_event_timing(cuda, mapped
 
 
 def test_device_scratch_grows_for_every_user_and_frees_with_the_last(cuda):
-    from avemo.runtime.gpu import DeviceScratch, active
+    from avemo.runtime.backends.gpu import DeviceScratch, active
 
     calls: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
     scratch = DeviceScratch(0)
@@ -124,7 +124,7 @@ def test_buffers_closed_at_exit_before_the_context_goes():
     code = textwrap.dedent(
         """
         import numpy as np
-        from avemo.runtime.gpu import IOBuffer, active, close_at_exit
+        from avemo.runtime.backends.gpu import IOBuffer, active, close_at_exit
 
         class Backend:
             def __init__(self):

@@ -17,7 +17,7 @@ from avemo.cli import main
 from avemo.contract import MANIFEST_FILE
 from avemo.errors import AvemoError
 from avemo.io import recover_tree, sha256_file
-from avemo.runtime.manifest import load_manifest
+from avemo.runtime.models.manifest import load_manifest
 
 FAULTS = Path(__file__).parent / "faults"
 

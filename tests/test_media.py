@@ -11,12 +11,12 @@ import pytest
 
 from avemo.config import LEGACY_FEATURES, FeatureConfig
 from avemo.errors import AvemoError
-from avemo.runtime.audio import fbank
-from avemo.runtime.extract import extract
 from avemo.runtime.faces import FacePipeline, open_detector
 from avemo.runtime.faces.crop import square_crop
 from avemo.runtime.faces.tracking import FaceTracker
-from avemo.runtime.media import decode_audio, sample_frames
+from avemo.runtime.media.audio import fbank
+from avemo.runtime.media.decode import decode_audio, sample_frames
+from avemo.runtime.media.extract import extract
 from tests.media_factory import face_photo, second_face_photo, write_media, write_two_faces
 
 FEATURES = FeatureConfig()

@@ -15,7 +15,7 @@ from avemo.cli import main
 
 
 def test_summary_statistics_match_numpy():
-    from avemo.runtime.timing import summarize
+    from avemo.runtime.profile.timing import summarize
 
     samples = np.random.default_rng(0).gamma(2.0, 3.0, 257)
     stats = summarize(samples)
@@ -29,7 +29,7 @@ def test_summary_statistics_match_numpy():
 
 
 def test_candidates_are_interleaved_and_rotated_per_round():
-    from avemo.runtime.timing import interleaved_latency
+    from avemo.runtime.profile.timing import interleaved_latency
 
     order: list[str] = []
     calls = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
@@ -41,7 +41,7 @@ def test_candidates_are_interleaved_and_rotated_per_round():
 
 @pytest.fixture(scope="module")
 def profiled(colearn_export, tmp_path_factory):
-    from avemo.runtime.profiler import run_profile, write_outputs
+    from avemo.runtime.profile.profiler import run_profile, write_outputs
 
     models = colearn_export[0]
     result = run_profile(models, ["torch", "ort", "trt"], ["fp32", "fp16", "int8"], ["av"], [1, 2], [0.5, 1.0],
@@ -89,7 +89,7 @@ def test_profile_files_are_well_formed_and_name_the_machine(profiled):
 
 
 def test_rss_probe_runs_the_runtime_without_torch(colearn_export):
-    from avemo.runtime.profiler import peak_rss
+    from avemo.runtime.profile.profiler import peak_rss
 
     models, manifest, _ = colearn_export
     ort = peak_rss(models, "ort", "fp32", "av", 1, 1.0, 1, None)
@@ -99,7 +99,7 @@ def test_rss_probe_runs_the_runtime_without_torch(colearn_export):
 
 
 def test_flop_count_matches_a_hand_count(tmp_path):
-    from avemo.runtime.profiler import graph_flops
+    from avemo.runtime.profile.profiler import graph_flops
 
     rng = np.random.default_rng(0)
     w_conv = numpy_helper.from_array(rng.random((8, 3, 3, 3), dtype=np.float32), "w_conv")
@@ -124,7 +124,7 @@ def test_flop_count_matches_a_hand_count(tmp_path):
 
 
 def test_pipeline_stages_add_up_on_a_real_file(colearn_export, tmp_path):
-    from avemo.runtime.profiler import profile_pipeline
+    from avemo.runtime.profile.profiler import profile_pipeline
     from tests.media_factory import write_media
 
     clip = write_media(tmp_path / "clip.mp4", seconds=2.0)
@@ -189,7 +189,7 @@ def test_profile_script_runs_with_only_the_runtime(colearn_export, tmp_path):
 
 def test_duration_bounds_each_candidate_and_iters_caps_it(monkeypatch):
     """On a fake clock each call advances: a 3-s call gets one timed call, a 10-ms one its share of 1 s."""
-    from avemo.runtime import timing
+    from avemo.runtime.profile import timing
 
     now = [0]
     monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: now[0])
@@ -208,7 +208,7 @@ def test_duration_bounds_each_candidate_and_iters_caps_it(monkeypatch):
 
 
 def test_profile_writes_each_shape_says_what_it_skips_and_keeps_it_on_ctrl_c(colearn_export, tmp_path, monkeypatch):
-    from avemo.runtime import profiler
+    from avemo.runtime.profile import profiler
 
     out, real, seen = tmp_path / "p", profiler.interleaved_latency, []
 
@@ -234,7 +234,7 @@ def test_profile_writes_each_shape_says_what_it_skips_and_keeps_it_on_ctrl_c(col
 def test_ctrl_c_during_the_probes_keeps_the_timings_and_says_what_is_missing(colearn_export, tmp_path, monkeypatch):
     """After the timing, Ctrl-C in the memory/FLOP/pipeline probes: exit 130 and the cases kept, not click's
     'Aborted!' with exit 1 (found by a user's run)."""
-    from avemo.runtime import profiler
+    from avemo.runtime.profile import profiler
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

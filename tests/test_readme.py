@@ -73,7 +73,7 @@ def test_scripts_and_make_targets_the_readme_names_exist_and_none_is_run_under_s
 
 
 def test_the_recognizer_example_runs(colearn_export, tmp_path, monkeypatch):
-    from avemo.runtime.sample import write_sample
+    from avemo.runtime.media.sample import write_sample
 
     (example,) = [body for language, body in BLOCKS if language == "python" and "Recognizer(" in body]
     (tmp_path / "models").symlink_to(colearn_export[0])

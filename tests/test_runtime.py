@@ -160,7 +160,7 @@ def test_recognizer_runs_where_torch_cannot_be_imported(colearn_export, media):
 def test_a_long_clip_is_the_length_weighted_mean_of_its_windows(colearn_export):
     """Past the 30 s the model's engines take, a clip is cut into windows (on every backend) and averaged."""
     from avemo.contract import LABELS
-    from avemo.runtime.audio import add_deltas
+    from avemo.runtime.media.audio import add_deltas
     from avemo.runtime.recognizer import ClipInput, Recognizer
     from tests.media_factory import long_clip_features
 

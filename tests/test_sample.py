@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from avemo.cli import main
 from avemo.runtime.faces import open_detector
-from avemo.runtime.sample import _photo
+from avemo.runtime.media.sample import _photo
 
 
 def test_the_shipped_faces_are_the_scikit_image_photographs_crops():

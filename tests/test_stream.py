@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 from avemo.cli import main
 from avemo.config import FeatureConfig
-from avemo.runtime.extract import extract
 from avemo.runtime.faces import FacePipeline
-from avemo.runtime.media import media_duration
+from avemo.runtime.media.decode import media_duration
+from avemo.runtime.media.extract import extract
 from avemo.runtime.recognizer import Recognizer
 from avemo.runtime.stream.sources import file_source
 from avemo.runtime.stream.windows import WindowCutter

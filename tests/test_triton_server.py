@@ -21,8 +21,8 @@ from google.protobuf import text_format
 
 from avemo.cli import main
 from avemo.errors import AvemoError
-from avemo.runtime.ort_backend import OrtBackend
-from avemo.runtime.parity import sample_inputs
+from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.models.parity import sample_inputs
 from avemo.runtime.serving.repository import export_triton
 from avemo.runtime.serving.server import TritonServer, find_tritonserver, free_port
 
@@ -114,7 +114,7 @@ def test_every_model_loads(server):
 def test_graph_models_answer_as_onnx_runtime_does(server, repository, modality):
     _, client = server
     graph = OrtBackend(repository[0] / f"avemo_{modality}.onnx")
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
 
     features = load_manifest(repository[0]).features
     for batch, seconds, seed in ((1, 0.6, 1), (3, 2.0, 2)):
@@ -126,7 +126,7 @@ def test_graph_models_answer_as_onnx_runtime_does(server, repository, modality):
 def test_concurrent_requests_of_different_lengths_batch_exactly(server, repository):
     """The dynamic batcher hands requests of different lengths over together; padding them changes nothing."""
     _, client = server
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
 
     features = load_manifest(repository[0]).features
     graph = OrtBackend(repository[0] / "avemo_a.onnx")
@@ -178,7 +178,7 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(server, repository
     from tritonclient.utils import InferenceServerException
 
     running, client = server
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
 
     features = load_manifest(repository[0]).features
     good = sample_inputs(features, "a", 2, 1.0, seed=3)
@@ -220,7 +220,7 @@ def test_triton_serve_command_starts_and_stops_cleanly(repository, tmp_path):
 
 
 def test_requests_merge_into_one_padded_batch_without_changing_answers(colearn_export):
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
     from avemo.runtime.serving.triton_model import check_request, merge_requests
 
     models = colearn_export[0]
@@ -254,7 +254,7 @@ def test_good_requests_log_nothing(server, repository, tmp_path):
     from tests.media_factory import write_media
 
     running, client = server
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
 
     features = load_manifest(repository[0]).features
     before = running.log_file.stat().st_size
@@ -272,7 +272,7 @@ def test_non_finite_features_are_refused_and_counted(server, repository):
     from tritonclient.utils import InferenceServerException
 
     running, client = server
-    from avemo.runtime.manifest import load_manifest
+    from avemo.runtime.models.manifest import load_manifest
 
     features = load_manifest(repository[0]).features
     audio = sample_inputs(features, "a", 3, 1.0, seed=6)

@@ -25,9 +25,9 @@ from click.testing import CliRunner
 
 from avemo.cli import main
 from avemo.errors import AvemoError
-from avemo.runtime.manifest import load_manifest
-from avemo.runtime.ort_backend import OrtBackend
-from avemo.runtime.parity import sample_inputs
+from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.models.manifest import load_manifest
+from avemo.runtime.models.parity import sample_inputs
 from tests.conftest import FAKES
 from tests.conftest import build_with_double as _build
 
@@ -41,7 +41,7 @@ def _close(a, b, atol=1e-5):
 
 
 def test_engines_answer_as_onnx_runtime_does_through_buffers_and_streams(trt_double):
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends.trt import TrtBackend
 
     manifest, _, _ = trt_double("10.3.0", DISCRETE)
     _build(manifest, "fp32")
@@ -55,7 +55,7 @@ def test_engines_answer_as_onnx_runtime_does_through_buffers_and_streams(trt_dou
 
 def test_clips_shorter_than_the_profile_are_padded_exactly_and_longer_ones_refused(trt_double):
     """Item 1: one face frame and a few audio frames run (padded up to the profile minimum)."""
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends.trt import TrtBackend
 
     manifest, _, _ = trt_double("10.3.0")
     _build(manifest, "fp32", ["av"])
@@ -103,7 +103,7 @@ def test_recognizer_closes_engines_before_the_context_and_frees_every_byte(trt_d
 
 def test_integrated_gpu_uses_mapped_memory_without_device_copies(trt_double):
     """Item 8: on a Jetson the inputs are not held twice (mapped page-locked memory, zero-copy)."""
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends.trt import TrtBackend
 
     manifest, _, cuda = trt_double("10.3.0")  # the double's default: Jetson Orin Nano, integrated
     _build(manifest, "fp32", ["v"])
@@ -114,7 +114,7 @@ def test_integrated_gpu_uses_mapped_memory_without_device_copies(trt_double):
 
 
 def test_close_from_another_thread_waits_for_the_call_in_flight(trt_double):
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends.trt import TrtBackend
 
     manifest, tensorrt, _ = trt_double("10.3.0")
     _build(manifest, "fp32", ["a"])
@@ -182,7 +182,7 @@ def test_dla_option_is_gone():
 
 def test_stale_engine_is_refused_at_load(trt_double):
     """Item 5: an engine from before a re-export is refused with the rebuild command."""
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends.trt import TrtBackend
 
     manifest, _, _ = trt_double("10.3.0")
     (path,) = _build(manifest, "fp32", ["a"])
@@ -218,8 +218,8 @@ def test_fp32_engines_clear_tf32(trt_double):
     plans = [json.loads(p.read_bytes().split(b"\n", 1)[1]) for p in (fp32, fp16)]
     assert [p["tf32"] for p in plans] == [False, True]
     # The fp16 engine computes as ONNX's fp16-faithful reference evaluator does (TF32 touches no fp16 product).
-    from avemo.runtime.numerics import ReferenceBackend
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends.trt import TrtBackend
+    from avemo.runtime.models.numerics import ReferenceBackend
 
     inputs = sample_inputs(manifest.features, "a", 2, 2.0, 9)
     with TrtBackend(manifest, "a", "fp16") as engine:
@@ -246,7 +246,7 @@ def test_engine_that_misses_parity_is_not_installed(trt_double):
 
 def test_engine_that_does_not_match_the_manifest_is_refused(trt_double):
     """Item 7: at load, the engine's I/O names, dtypes, modes and shapes are compared with the manifest."""
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends.trt import TrtBackend
 
     manifest, _, _ = trt_double("10.3.0")
     a, v = _build(manifest, "fp32", ["a", "v"])
@@ -257,7 +257,7 @@ def test_engine_that_does_not_match_the_manifest_is_refused(trt_double):
 
 def test_timing_cache_from_another_gpu_is_not_used_nor_overwritten(trt_double, tmp_path):
     """Item 11: set_timing_cache's refusal is reported, not ignored."""
-    from avemo.runtime.trt_backend import build_engine, current_device
+    from avemo.runtime.backends.trt import build_engine, current_device
 
     manifest, _, _ = trt_double("10.3.0")
     cache = tmp_path / "trt.cache"
@@ -296,8 +296,8 @@ def test_timed_backend_events_bracket_the_transfers_not_the_host_staging(trt_dou
     """Item 9: the H2D event is recorded after the inputs are staged in page-locked memory."""
     import time
 
-    from avemo.runtime import gpu
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends import gpu
+    from avemo.runtime.backends.trt import TrtBackend
 
     manifest, _, _ = trt_double("10.3.0", DISCRETE)
     _build(manifest, "fp32", ["a"])
@@ -317,7 +317,7 @@ def test_timed_backend_events_bracket_the_transfers_not_the_host_staging(trt_dou
 
 
 def test_missing_tensorrt_says_how_to_install(monkeypatch):
-    from avemo.runtime.trt_backend import current_device
+    from avemo.runtime.backends.trt import current_device
 
     monkeypatch.setitem(sys.modules, "pycuda", None)
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
@@ -343,7 +343,7 @@ def test_export_goes_on_to_build_engines_where_tensorrt_and_pycuda_import(trt_do
 
 
 def test_type_check_catches_a_misspelt_tensorrt_call(tmp_path):
-    """`make test` type-checks runtime/trt_backend.py against the TensorRT 10.13 stubs; prove that check can fail."""
+    """`make test` type-checks runtime/backends/trt.py against the TensorRT 10.13 stubs; prove that check can fail."""
     stubs = ROOT / ".venv" / "trt-stubs"
     if not (stubs / "tensorrt" / "__init__.pyi").exists():
         pytest.skip("TensorRT stubs not installed: run `make test` (scripts/typecheck_trt.sh installs them)")
@@ -365,7 +365,7 @@ def test_type_check_catches_a_misspelt_tensorrt_call(tmp_path):
     reason="real TensorRT + pycuda are not installed (no GPU on this machine)",
 )
 def test_real_gpu_device_is_described():
-    from avemo.runtime.trt_backend import current_device
+    from avemo.runtime.backends.trt import current_device
 
     assert current_device().compute_capability[0] >= 5
 
@@ -481,8 +481,8 @@ def test_int8_in_one_command_exports_calibrates_and_builds(trt_double, micro_con
 def test_batch_limit_is_chosen_for_the_device_and_respected(trt_double, tmp_path):
     """Item 8: a shared-memory 8-GiB GPU gets engines for 4 clips per call (buffers sized so), a 24-GB one 16;
     the Recognizer splits larger batches; --max-batch overrides."""
+    from avemo.runtime.backends.trt import TrtBackend
     from avemo.runtime.recognizer import ClipInput, Recognizer
-    from avemo.runtime.trt_backend import TrtBackend
 
     manifest, _, _ = trt_double("10.3.0")  # Jetson Orin Nano, 8 GiB shared
     (av,) = _build(manifest, "fp32", ["av"])

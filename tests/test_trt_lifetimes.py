@@ -64,8 +64,8 @@ def test_a_failed_build_releases_its_objects_inside_the_context_too(trt_double, 
 def test_a_backend_that_fails_half_way_leaves_nothing_behind(trt_double, monkeypatch):
     """set_tensor_address refused after the shared activation area was reserved: no user is left in that
     area, its memory is freed, and the engine and context are released inside their CUDA context."""
-    from avemo.runtime.gpu import DeviceScratch
-    from avemo.runtime.trt_backend import TrtBackend
+    from avemo.runtime.backends.gpu import DeviceScratch
+    from avemo.runtime.backends.trt import TrtBackend
 
     manifest, tensorrt, cuda = trt_double("10.3.0")
     build_with_double(manifest, "fp32", ["a"])
@@ -87,7 +87,7 @@ def test_a_backend_that_fails_half_way_leaves_nothing_behind(trt_double, monkeyp
 def test_profile_keeps_to_the_engine_batch_limit_and_the_engines_that_exist(trt_double):
     """An Orin Nano's engines take 4 clips: batch 16 is skipped and said, not a crash that writes nothing;
     fp16 without engines is skipped and said (what the Jetson profiling script meets)."""
-    from avemo.runtime.profiler import markdown, run_profile
+    from avemo.runtime.profile.profiler import markdown, run_profile
 
     manifest, _, _ = trt_double("10.3.0")
     build_with_double(manifest, "fp32")

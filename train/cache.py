@@ -27,7 +27,7 @@ from avemo.config import PRESETS, FeatureConfig, ModelConfig, from_dict, to_dict
 from avemo.contract import CACHE_META_FILE, LABELS, NUM_LABELS
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes, atomic_write_json, read_versioned_json
-from avemo.runtime.audio import add_deltas
+from avemo.runtime.media.audio import add_deltas
 
 CACHE_FORMAT = "avemo-cache"
 CACHE_VERSION = 1

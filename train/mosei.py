@@ -135,7 +135,7 @@ def _init_worker(features: FeatureConfig, faces: str, out: str, threads: int = 0
 
 def _process(segment: Segment, video: str | None, audio: str | None) -> dict[str, Any]:
     """Extract and write one segment; never raises (the reason goes into the result)."""
-    from avemo.runtime.extract import extract
+    from avemo.runtime.media.extract import extract
 
     features: FeatureConfig = _worker["features"]
     result: dict[str, Any] = {"clip": segment.clip_id, "split": segment.split}

@@ -21,7 +21,7 @@ from avemo.contract import FACE_DETECTORS
 from avemo.deps import require
 from avemo.errors import AvemoError
 from avemo.io import sha256_file
-from avemo.runtime.ort_backend import session_options
+from avemo.runtime.backends.ort import session_options
 
 YUNET_SCORE = 0.6  # OpenCV Zoo's default score threshold
 YUNET_NMS = 0.3

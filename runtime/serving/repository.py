@@ -26,8 +26,8 @@ from typing import Any
 from avemo.contract import MODALITIES, PROFILE_BATCH, WEIGHTS_FILE
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
-from avemo.runtime.engines import ENGINES_DIR
-from avemo.runtime.manifest import Manifest, load_manifest
+from avemo.runtime.backends.engines import ENGINES_DIR
+from avemo.runtime.models.manifest import Manifest, load_manifest
 from avemo.runtime.serving.files import inside, place, staging_for, swap_in
 
 TRITON_BACKENDS = {

@@ -160,7 +160,7 @@ class GraphModel:
     """avemo_a / avemo_v / avemo_av: one exported graph behind Triton's dynamic batcher."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        from avemo.runtime.manifest import load_manifest
+        from avemo.runtime.models.manifest import load_manifest
         from avemo.runtime.recognizer import open_graph, resolve_backend
 
         models, params = _settings(args)
@@ -226,7 +226,7 @@ class MediaModel:
 
     def recognize(self, data: bytes) -> dict[str, Any]:
         """The `avemo infer` JSON of one encoded clip of at most ``max_seconds``."""
-        from avemo.runtime.media import media_duration
+        from avemo.runtime.media.decode import media_duration
 
         if not data:
             raise AvemoError("empty media: send the bytes of an encoded clip (mp4, mkv, wav, ...)")

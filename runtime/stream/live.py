@@ -18,7 +18,7 @@ from typing import Any
 
 from avemo.deps import require
 from avemo.errors import AvemoError
-from avemo.runtime.media import Event, decode_packets
+from avemo.runtime.media.decode import Event, decode_packets
 from avemo.runtime.stream.sources import SourceInfo, select_streams
 
 #: URL schemes read as network streams (what FFmpeg's protocols in PyAV's wheel open).

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avemo.errors import AvemoError
-from avemo.runtime.extract import MediaFeatures
+from avemo.runtime.media.extract import MediaFeatures
 from avemo.runtime.stream.live import Stopped, is_live, open_live
 from avemo.runtime.stream.sources import file_source
 from avemo.runtime.stream.windows import WindowCutter

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avemo.runtime.media import Event, container_duration, decode_packets, open_media
+from avemo.runtime.media.decode import Event, container_duration, decode_packets, open_media
 
 
 @dataclass

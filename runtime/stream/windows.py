@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from avemo.config import FeatureConfig
-from avemo.runtime.audio import OnlineFbank, frame_count
-from avemo.runtime.extract import MediaFeatures, audio_features, finish
 from avemo.runtime.faces import ClipCollector, FacePipeline
-from avemo.runtime.media import AudioChunk, Event, TickSampler, VideoFrame
+from avemo.runtime.media.audio import OnlineFbank, frame_count
+from avemo.runtime.media.decode import AudioChunk, Event, TickSampler, VideoFrame
+from avemo.runtime.media.extract import MediaFeatures, audio_features, finish
 from avemo.runtime.stream.sources import SourceInfo
 
 MAX_SKEW = 10.0  # seconds one stream may lag the other before the lagging one counts as ended (a gap)

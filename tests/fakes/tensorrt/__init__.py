@@ -15,7 +15,7 @@ enforces what real TensorRT enforces, as documented for 10.x / 11.x:
   CUDA context; on 11.x the precision flags do not exist (AttributeError);
 - numerics as a strongly typed engine computes them: a network that carries
   fp16 (an AutoCast fp16 or int8/fp16 Q/DQ graph) runs in ONNX's reference
-  evaluator as avemo's ``runtime/numerics.py`` sets it up, every fp16 op in
+  evaluator as avemo's ``runtime/models/numerics.py`` sets it up, every fp16 op in
   fp16 and fp16 products accumulated in fp32 (ONNX Runtime on CPU would compute
   the fp16 ops in fp32 and hide fp16 rounding); fp32 networks run in ONNX Runtime;
 - TF32 is on by default, as in TensorRT: with it, the fp32 operands of Conv,
@@ -495,7 +495,7 @@ class ICudaEngine(_Owned):
 
 def engine_runner(path: str, tf32: bool) -> Any:
     """What computes an engine built from the ONNX file at ``path`` (``run(None, feeds)``): see the header."""
-    from avemo.runtime.numerics import has_fp16, reference_evaluator  # avemo's fp16 reference: fp16 ops in fp16
+    from avemo.runtime.models.numerics import has_fp16, reference_evaluator  # avemo's fp16 reference: fp16 ops in fp16
 
     if not (has_fp16(Path(path)) or tf32):
         import onnxruntime as ort
@@ -595,7 +595,7 @@ class IExecutionContext(_Owned):
             raw = _cuda.resolve(self.addresses[name], int(np.prod(shape)) * dtype.itemsize)
             value = np.frombuffer(raw, dtype).reshape(shape).copy()
             feeds[name] = value
-        with np.errstate(over="ignore", invalid="ignore"):  # the evaluator's Sigmoid: see runtime/numerics.py
+        with np.errstate(over="ignore", invalid="ignore"):  # the evaluator's Sigmoid: see runtime/models/numerics.py
             results = engine.session().run(None, feeds)
         for (name, tensor), value in zip(
             ((n, t) for n, t in engine.tensors.items() if t[0] == TensorIOMode.OUTPUT), results, strict=True

@@ -2,8 +2,8 @@
 
 Written against the TensorRT 10/11 Python API (``build_serialized_network``,
 ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``, user-managed
-execution-context memory). CUDA contexts and memory are ``avemo.runtime.gpu``'s;
-the network flags per precision are ``avemo.runtime.engines.build_flags``.
+execution-context memory). CUDA contexts and memory are ``avemo.runtime.backends.gpu``'s;
+the network flags per precision are ``avemo.runtime.backends.engines.build_flags``.
 Neither package installs on our build machines: the tests drive this code with
 test doubles of both (``tests/fakes``) whose engines run the ONNX graph in
 ONNX Runtime. It has not run on a GPU yet.
@@ -23,7 +23,7 @@ import numpy as np
 from avemo.contract import PARITY_FILE, PROBS
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
-from avemo.runtime.engines import (
+from avemo.runtime.backends.engines import (
     Device,
     batch_limit,
     buffer_bytes,
@@ -35,7 +35,7 @@ from avemo.runtime.engines import (
     profiles,
     write_sidecar,
 )
-from avemo.runtime.gpu import (
+from avemo.runtime.backends.gpu import (
     DeviceScratch,
     GpuInfo,
     IOBuffer,
@@ -45,7 +45,7 @@ from avemo.runtime.gpu import (
     gpu_info,
     needs_trt,
 )
-from avemo.runtime.manifest import Manifest
+from avemo.runtime.models.manifest import Manifest
 
 _logger: Any = None
 _logger_lock = threading.Lock()
@@ -210,7 +210,7 @@ def check_built_engine(
     manifest: Manifest, modality: str, precision: str, engine: Path, device_id: int = 0, max_batch: int | None = None
 ) -> tuple[dict[str, Any], int]:
     """Run the parity samples through a freshly built engine; (parity report, device memory) or AvemoError."""
-    from avemo.runtime.parity import TOLERANCE, load_references, max_abs_diff, parity_samples
+    from avemo.runtime.models.parity import TOLERANCE, load_references, max_abs_diff, parity_samples
 
     samples = parity_samples(manifest.features, [modality])[modality]
     references = load_references(manifest.root / PARITY_FILE)[modality]

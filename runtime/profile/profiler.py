@@ -4,7 +4,7 @@ Torch-free, so `scripts/profile_latency.py` runs where only the runtime is
 installed. The PyTorch eager baseline (``backend="torch"``) is loaded only when
 asked for, from `avemo.export.torch_runner` (needs avemo[train]).
 
-Candidates that share a shape are timed interleaved (see ``runtime.timing``),
+Candidates that share a shape are timed interleaved (see ``runtime.profile.timing``),
 so a slow spell on a shared machine hits them alike; raw samples are kept.
 """
 
@@ -30,9 +30,9 @@ from tqdm import tqdm
 from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, MODALITY_TITLES
 from avemo.errors import AvemoError
 from avemo.machine import machine_info
-from avemo.runtime.manifest import Manifest, load_manifest
-from avemo.runtime.parity import sample_inputs
-from avemo.runtime.timing import interleaved_latency, stage, summarize
+from avemo.runtime.models.manifest import Manifest, load_manifest
+from avemo.runtime.models.parity import sample_inputs
+from avemo.runtime.profile.timing import interleaved_latency, stage, summarize
 
 BACKENDS = ("torch", "ort", "trt")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
@@ -73,8 +73,8 @@ def unavailable(manifest: Manifest, backend: str, precision: str, checkpoint: Pa
             return "int8-cpu is ONNX Runtime's CPU graph"
         if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
             return "tensorrt and pycuda are not importable (a GPU device with avemo[trt])"
-        from avemo.runtime.engines import engine_path
-        from avemo.runtime.trt_backend import current_device
+        from avemo.runtime.backends.engines import engine_path
+        from avemo.runtime.backends.trt import current_device
 
         try:
             device = current_device()
@@ -93,10 +93,10 @@ def load_runner(
         module = importlib.import_module("avemo.export.torch_runner")  # torch only when the baseline is wanted
         return module.TorchRunner(checkpoint, graph, threads)
     if backend == "trt":
-        from avemo.runtime.trt_backend import TrtBackend
+        from avemo.runtime.backends.trt import TrtBackend
 
         return TrtBackend(manifest, graph, precision, timed=True)
-    from avemo.runtime.ort_backend import OrtBackend
+    from avemo.runtime.backends.ort import OrtBackend
 
     return OrtBackend(manifest.graph_path(graph, precision), threads)
 
@@ -401,7 +401,7 @@ def profile_pipeline(
     models: Path, media: Path, precision: str = "fp32", threads: int | None = None, repeats: int = 5
 ) -> dict[str, Any]:
     """Per-stage time for one real media file: decode, features, face detection, inference (ONNX Runtime)."""
-    from avemo.runtime.media import media_duration
+    from avemo.runtime.media.decode import media_duration
     from avemo.runtime.recognizer import Recognizer, batch_inputs
 
     recognizer = Recognizer(models, precision, threads)

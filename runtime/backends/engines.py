@@ -21,7 +21,7 @@ import numpy as np
 from avemo.contract import NUM_LABELS, PROBS, PROFILE_BATCH, WEIGHTS_FILE, graph_file
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json
-from avemo.runtime.manifest import Manifest
+from avemo.runtime.models.manifest import Manifest
 
 ENGINES_DIR = "engines"
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")

@@ -9,7 +9,7 @@ longest clip (30 s), the largest batch with ragged lengths, a single face
 frame, and audio lengths that an fp16 graph rounds wrong if it does length
 arithmetic in floats. A graph that carries fp16 runs in ONNX's reference
 evaluator, which honours every fp16 rounding as a strongly typed TensorRT
-engine does (`runtime/numerics.py`); fp32 graphs run in ONNX Runtime.
+engine does (`runtime/models/numerics.py`); fp32 graphs run in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from avemo.contract import (
     graph_file,
 )
 from avemo.errors import AvemoError
-from avemo.runtime.numerics import ReferenceBackend, check_graph_numerics, has_fp16
-from avemo.runtime.ort_backend import OrtBackend
+from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.models.numerics import ReferenceBackend, check_graph_numerics, has_fp16
 
 #: Maximum |probs - reference| accepted per precision (fp32 fails the export beyond it).
 #: INT8 on these random inputs is a sanity bound only (they lie outside the calibrated ranges: the demo's

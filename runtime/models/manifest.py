@@ -15,7 +15,7 @@ from avemo.config import FeatureConfig, ModelConfig, from_dict
 from avemo.contract import FACE_DETECTORS, MANIFEST_FILE, PRECISION_DIRS, graph_file
 from avemo.errors import AvemoError
 from avemo.io import read_versioned_json, sha256_file
-from avemo.runtime.manifest_checks import check_manifest
+from avemo.runtime.models.checks import check_manifest
 
 MANIFEST_FORMAT = "avemo-models"
 MANIFEST_VERSION = 1

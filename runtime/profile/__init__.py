@@ -1,0 +1,1 @@
+"""Latency profiling: timing on a noisy machine, cases, memory, FLOPs, the media pipeline, reports."""
