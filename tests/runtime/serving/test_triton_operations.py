@@ -22,7 +22,7 @@ from avemo.cli import main
 from avemo.errors import AvemoError
 from avemo.runtime.serving.repository import export_triton
 from avemo.runtime.serving.server import free_port, stubs_of
-from tests.test_triton_server import model_config_pb2, needs_server
+from tests.runtime.serving.test_triton_server import model_config_pb2, needs_server
 
 
 def test_media_instances_share_out_the_cores(colearn_export, tmp_path):
