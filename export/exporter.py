@@ -31,8 +31,8 @@ from avemo.export.fp16 import FP32_OPS, to_fp16
 from avemo.export.graphs import export_graph
 from avemo.export.weights import share_weights
 from avemo.export.wrappers import wrap
-from avemo.io import install_tree, new_tree, sha256_file, tree_hashes
-from avemo.runtime.models.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
+from avemo.io import new_tree, replace_tree, sha256_file, tree_hashes
+from avemo.runtime.models.manifest import write_manifest
 from avemo.runtime.models.parity import (
     TOLERANCE,
     References,
@@ -79,12 +79,7 @@ def export_run(
     log: Any = print,
 ) -> dict[str, Any]:
     """Export, check and describe a run's model; returns the manifest written to ``out``."""
-    for p in precisions:
-        if p not in EXPORTABLE:
-            raise AvemoError(
-                f"{p} graphs are not made by export: INT8 needs calibration on MOSEI training features "
-                f"(`avemo calibrate {out} --data CACHE`)"
-            )
+    _check_precisions(precisions, out)
     ckpt = resolve_checkpoint(run)
     model, payload = load_model(ckpt)
     cfg = model.cfg
@@ -93,21 +88,9 @@ def export_run(
     _check_out_dir(out, ckpt_sha, force)
     precisions = tuple(dict.fromkeys(("fp32", *precisions)))  # fp32 is always the reference set
     started = time.perf_counter()
-
     samples = parity_samples(cfg.features, cfg.modalities)
-    with torch.no_grad():
-        references: References = {
-            m: [wrap(model, m)(*(torch.from_numpy(v) for v in inputs.values())).numpy() for inputs in samples[m]]
-            for m in cfg.modalities
-        }
-
-    protos: dict[str, onnx.ModelProto] = {}
-    export_seconds: dict[str, float] = {}
-    for modality in cfg.modalities:
-        t0 = time.perf_counter()
-        protos[modality] = export_graph(model, modality, opset, simplify)
-        export_seconds[modality] = time.perf_counter() - t0
-        log(f"exported {graph_file(modality)} in {export_seconds[modality]:.1f} s")
+    references = _torch_references(model, samples)
+    protos, export_seconds = _export_graphs(model, opset, simplify, log)
 
     staging = new_tree(out)  # the whole new model beside the old one, swapped in once complete
     try:
@@ -122,10 +105,44 @@ def export_run(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
         }
-        install_tree(staging, out, MANIFEST_FILE, manifest)
+        manifest = write_manifest(staging, manifest)
+        replace_tree(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing half-written behind
     return manifest
+
+
+def _check_precisions(precisions: tuple[str, ...], out: Path) -> None:
+    """Only fp32 and fp16 are exported; INT8 is calibrated afterwards."""
+    for p in precisions:
+        if p not in EXPORTABLE:
+            raise AvemoError(
+                f"{p} graphs are not made by export: INT8 needs calibration on MOSEI training features "
+                f"(`avemo calibrate {out} --data CACHE`)"
+            )
+
+
+def _torch_references(model: Any, samples: Samples) -> References:
+    """PyTorch's outputs for the parity samples: what every exported graph is checked against."""
+    with torch.no_grad():
+        return {
+            m: [wrap(model, m)(*(torch.from_numpy(v) for v in inputs.values())).numpy() for inputs in samples[m]]
+            for m in model.cfg.modalities
+        }
+
+
+def _export_graphs(
+    model: Any, opset: int, simplify: bool, log: Any
+) -> tuple[dict[str, onnx.ModelProto], dict[str, float]]:
+    """One ONNX graph per modality of the model, and the seconds each took."""
+    protos: dict[str, onnx.ModelProto] = {}
+    export_seconds: dict[str, float] = {}
+    for modality in model.cfg.modalities:
+        t0 = time.perf_counter()
+        protos[modality] = export_graph(model, modality, opset, simplify)
+        export_seconds[modality] = time.perf_counter() - t0
+        log(f"exported {graph_file(modality)} in {export_seconds[modality]:.1f} s")
+    return protos, export_seconds
 
 
 def _manifest(
@@ -138,10 +155,9 @@ def _manifest(
     parity: dict[str, Any],
     precisions: tuple[str, ...],
 ) -> dict[str, Any]:
+    """The manifest's content (``write_manifest`` stamps its format and version)."""
     f = cfg.features
     return {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
         "avemo_version": __version__,
         "model_config": to_dict(cfg),
         "regime": train_config_of(payload, str(ckpt)).regime,

@@ -1,4 +1,4 @@
-"""manifest.json: what the runtime knows about a model directory, and the hash check it relies on.
+"""manifest.json: what the runtime knows about a model directory, the hash check it relies on, and its one writer.
 
 The runtime reads only the manifest and the graphs; a file whose sha256 does
 not match the manifest is refused with a message naming it. The manifest is
@@ -14,7 +14,7 @@ from typing import Any
 from avemo.config import FeatureConfig, ModelConfig, from_dict
 from avemo.contract import FACE_DETECTORS, MANIFEST_FILE, PRECISION_DIRS, graph_file
 from avemo.errors import AvemoError
-from avemo.io import read_versioned_json, sha256_file
+from avemo.io import atomic_write_json, jsonable, read_versioned_json, sha256_file
 from avemo.runtime.models.checks import check_manifest
 
 MANIFEST_FORMAT = "avemo-models"
@@ -118,3 +118,13 @@ def load_manifest(root: Path, verify: bool = True) -> Manifest:
     if verify:
         manifest.verify_hashes()
     return manifest
+
+
+def write_manifest(models_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Write ``data`` as ``models_dir/manifest.json`` (atomically; format and version stamped first) and return
+    what was written. The one writer: export writes a model's first manifest, calibration its int8 additions,
+    each into a staged folder that is swapped in whole after (``avemo.io.replace_tree``)."""
+    stamped = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION}
+    stamped |= {k: v for k, v in data.items() if k not in stamped}
+    atomic_write_json(Path(models_dir) / MANIFEST_FILE, jsonable(stamped))
+    return stamped
