@@ -10,66 +10,61 @@ Everything is checked before any work and staged, so a failure changes nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from tqdm import tqdm
 
-from avemo.calibration.data import batches, select_clips, usable
-from avemo.calibration.quantize import (
-    CPU_METHOD,
-    UNQUANTIZED_OPS,
-    QuantJob,
-    keep_nodes,
-    quantized_nodes,
-    run_isolated,
-    scales,
-)
+from avemo.calibration.budget import SEARCH_DIR, search_int8
+from avemo.calibration.data import clips_from_file, select_clips, streams
+from avemo.calibration.quantize import CPU_METHOD, UNQUANTIZED_OPS, QuantJob, keep_nodes, quantize_set, tensorrt_subdir
 from avemo.calibration.report import (
     MAX_MF1_DROP,
     accuracy_report,
+    cpu_latency,
     meets_target,
     mf1_drop,
     report_markdown,
     target_graph,
 )
-from avemo.calibration.search import Trial, budget_error, layer_keys, quantized_layers, search
-from avemo.contract import (
-    MANIFEST_FILE,
-    MODALITY_TITLES,
-    PARITY_FILE,
-    PRECISION_DIRS,
-    TENSORRT_DIRS,
-    WEIGHTS_FILE,
-    graph_file,
-)
+from avemo.calibration.search import budget_error
+from avemo.contract import MANIFEST_FILE, MODALITY_TITLES, PARITY_FILE, PRECISION_DIRS, TENSORRT_DIRS
 from avemo.errors import AvemoError
 from avemo.export.fp16 import FP32_OPS
-from avemo.export.weights import share_weights
-from avemo.io import atomic_write_bytes, atomic_write_json, install_tree, jsonable, new_tree, tree_hashes
+from avemo.io import atomic_write_bytes, atomic_write_json, jsonable, new_tree, replace_tree, tree_hashes
 from avemo.machine import package_version
-from avemo.runtime.backends.ort import OrtBackend
-from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.parity import TOLERANCE, check_parity, load_references, parity_samples, sample_inputs
-from avemo.runtime.profile.profiler import node_flops
-from avemo.runtime.profile.timing import interleaved_latency, summarize
+from avemo.runtime.models.manifest import Manifest, load_manifest, write_manifest
+from avemo.runtime.models.parity import TOLERANCE, check_parity, load_references, parity_samples
 from avemo.train.cache import CacheSplit
-from avemo.train.metrics import emotion_f1
 
 CALIBRATION_FILE = "calibration.json"
 REPORT_FILE = "accuracy"  # .md and .json
 INT8_DIRS = (PRECISION_DIRS["int8"], PRECISION_DIRS["int8-cpu"])
-SEARCH_DIR = ".search"  # inside the staging folder: one quantized set per search round
-FLOPS_SECONDS = 10.0  # clip length the FLOPs shares are counted at (as the latency clip)
+
+
+@dataclass
+class _Plan:
+    """What a calibration reads and decides with, every part checked before any work."""
+
+    models: Path
+    manifest: Manifest
+    data: Path
+    split: str
+    seed: int
+    method: str
+    calib_split: CacheSplit
+    eval_splits: dict[str, CacheSplit]
+    clips: list[int]
+    fp32_graphs: dict[str, Path]
+    kept: dict[str, dict[str, str]]  # modality -> node kept in fp32 -> why
+    candidates: dict[str, str]  # precision -> quantizer
+    decision_split: str
+    limit: float  # the A+V mF1 drop the sets are judged against
 
 
 def calibrate(
@@ -97,8 +92,44 @@ def calibrate(
     decision split meets it (``search.py``); a budget met only with under half the layers int8 raises
     unless ``accept_miss``.
     """
-    models = Path(models)
-    # Every check before any work: hashes, cache features, splits, labels, patterns.
+    plan = _plan(Path(models), data, split, samples, method, seed, default_keep, keep, clips_from, cpu_int8,
+                 report_splits, max_drop)  # fmt: skip
+    log(
+        f"calibrating {', '.join(m.upper() for m in plan.manifest.modalities)} on {len(plan.clips)} {split} clips "
+        f"({method}); kept in fp32: {sum(len(k) for k in plan.kept.values())} nodes + {', '.join(UNQUANTIZED_OPS)}"
+    )
+    started = time.perf_counter()
+    staging = new_tree(plan.models)  # the whole model folder with the new int8 sets, swapped in once complete
+    try:
+        scale_record, search_record = _quantize(plan, staging, max_drop, accept_miss, threads, log)
+        report, latency = _measure(plan, staging, search_record, latency_seconds, latency_rounds, threads)
+        ship = _decide(report, latency, plan.decision_split, cpu_int8, plan.limit, log)
+        if "int8-cpu" in plan.candidates and not ship:
+            shutil.rmtree(staging / PRECISION_DIRS["int8-cpu"])
+        shipped = [p for p in plan.candidates if p == "int8" or ship]
+        parity, trt_parity = _check_shipped(plan, staging, shipped, report, log)
+        full_report = _write_records(plan, staging, shipped, scale_record, report, latency, search_record)
+        _install(plan, staging, shipped, report, parity, trt_parity, started)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return full_report
+
+
+def _plan(
+    models: Path,
+    data: Path,
+    split: str,
+    samples: int,
+    method: str,
+    seed: int,
+    default_keep: bool,
+    keep: tuple[str, ...],
+    clips_from: Path | None,
+    cpu_int8: str,
+    report_splits: tuple[str, ...],
+    max_drop: float | None,
+) -> _Plan:
+    """Every check before any work: hashes, cache features, splits, labels, patterns; the clips and kept nodes."""
     manifest = load_manifest(models, verify=False)
     manifest.verify_hashes(skip_dirs=INT8_DIRS)  # the int8 sets are about to be replaced
     if split == "test" or split in report_splits:
@@ -106,100 +137,137 @@ def calibrate(
     calib_split = CacheSplit(data, split, manifest.features)
     eval_splits = {name: CacheSplit(data, name, manifest.features) for name in report_splits}
     clips = (
-        _clips_from_file(clips_from, calib_split)
+        clips_from_file(clips_from, calib_split)
         if clips_from
-        else select_clips(calib_split, samples, seed, need=_streams(manifest.modalities))
+        else select_clips(calib_split, samples, seed, need=streams(manifest.modalities))
     )
     fp32_graphs = {m: manifest.graph_path(m, "fp32") for m in manifest.modalities}
     rule = default_keep and max_drop is None  # with a budget, measured sensitivity decides instead of the rule
     kept = {m: keep_nodes(onnx.load(str(p), load_external_data=False), rule, keep) for m, p in fp32_graphs.items()}
-    decision_split = "valid" if "valid" in report_splits else report_splits[0]
-    limit = MAX_MF1_DROP if max_drop is None else max_drop
-    log(
-        f"calibrating {', '.join(m.upper() for m in manifest.modalities)} on {len(clips)} {split} clips "
-        f"({method}); kept in fp32: {sum(len(k) for k in kept.values())} nodes + {', '.join(UNQUANTIZED_OPS)}"
-    )
+    return _Plan(
+        models, manifest, data, split, seed, method, calib_split, eval_splits, clips, fp32_graphs, kept,
+        candidates={"int8": "modelopt"} if cpu_int8 == "never" else {"int8": "modelopt", "int8-cpu": "ort"},
+        decision_split="valid" if "valid" in report_splits else report_splits[0],
+        limit=MAX_MF1_DROP if max_drop is None else max_drop,
+    )  # fmt: skip
 
-    started = time.perf_counter()
-    staging = new_tree(models)  # the whole model folder with the new int8 sets, swapped in once complete
-    try:
-        candidates = {"int8": "modelopt"} if cpu_int8 == "never" else {"int8": "modelopt", "int8-cpu": "ort"}
-        scale_record: dict[str, Any] = {}
-        search = None
-        if max_drop is not None:
-            int8_job = QuantJob(fp32_graphs, {}, Path(data), split, tuple(clips), method, "modelopt", _fp16_dir("int8"))
-            search, scale_record["int8"] = _search_int8(
-                int8_job, kept, eval_splits[decision_split], manifest, staging, max_drop, threads, log
-            )
-            if not search["met"] and not accept_miss:
-                raise budget_error(search)
-        for precision, tool in tqdm(candidates.items(), desc="quantize", unit="set"):
-            if precision in scale_record:
-                continue  # the search's last set
-            kept_names = {m: tuple(k) for m, k in kept.items()}
-            fp16_dir = _fp16_dir(precision) if tool == "modelopt" else None
-            job = QuantJob(fp32_graphs, kept_names, Path(data), split, tuple(clips), method, tool, fp16_dir)
-            scale_record[precision] = _quantize_set(job, staging / PRECISION_DIRS[precision])
 
-        graph_dirs = {"fp32": models, **({"fp16": models / "fp16"} if "fp16" in manifest.precisions else {})}
-        graph_dirs.update({p: staging / PRECISION_DIRS[p] for p in candidates})
-        report = accuracy_report(graph_dirs, eval_splits, manifest.modalities, threads)
-        first_set = search.pop("first_folder") if search else None
-        if search and search["kept"]:  # what keeping them costs in time, beside the fully int8 set
-            graph_dirs["int8 (all layers)"] = first_set
-        latency = _cpu_latency(manifest, graph_dirs, [n for n in graph_dirs if n.startswith("int8")],
-                               latency_seconds, latency_rounds, threads)  # fmt: skip
-        ship = _decide(report, latency, decision_split, cpu_int8, limit, log)
-        if "int8-cpu" in candidates and not ship:
-            shutil.rmtree(staging / PRECISION_DIRS["int8-cpu"])
-        shipped = [p for p in candidates if p == "int8" or ship]
-
-        samples_for_parity = parity_samples(manifest.features, manifest.modalities)
-        references = load_references(models / PARITY_FILE)
-        parity = {p: check_parity(staging / PRECISION_DIRS[p], samples_for_parity, references, p) for p in shipped}
-        # TensorRT's graphs too, in the fp16-faithful reference evaluator: a conversion that broke them stops here.
-        trt_parity = {
-            p: check_parity(staging / TENSORRT_DIRS[p], samples_for_parity, references, p)
-            for p in shipped
-            if candidates[p] == "modelopt"
-        }
-        for p in shipped:
-            _miss = "" if meets_target(report, p, decision_split, limit) else " (misses the accuracy target)"
-            log(f"{p}: {_drop(report, p, decision_split)} on {decision_split}{_miss}")
-
-        record = {
-            "format": "avemo-calibration",
-            "version": 1,
-            "cache": str(data),
-            "split": split,
-            "seed": seed,
-            "method": method,
-            "cpu_method": CPU_METHOD if "int8-cpu" in shipped else None,
-            "clips": [calib_split.ids[i] for i in clips],
-            "kept_fp32": kept,
-            "unquantized_ops": list(UNQUANTIZED_OPS),
-            "scales": {p: scale_record[p] for p in shipped},
-            "versions": _versions(),
-        }
-        int8_dir = staging / PRECISION_DIRS["int8"]
-        atomic_write_json(int8_dir / CALIBRATION_FILE, jsonable(record))
-        full_report = jsonable(
-            {"target_mF1_drop": limit, "decision_split": decision_split, "accuracy": report, "latency": latency}
-            | ({"search": search} if search else {})
+def _quantize(
+    plan: _Plan, staging: Path, max_drop: float | None, accept_miss: bool, threads: int | None, log: Any
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Every candidate set into ``staging``: with ``max_drop`` the searched int8 set first (its kept layers join
+    ``plan.kept`` for the sets after it). Returns each set's scales and the search record (None without one)."""
+    scale_record: dict[str, Any] = {}
+    search_record = None
+    if max_drop is not None:
+        int8_job = QuantJob(plan.fp32_graphs, {}, Path(plan.data), plan.split, tuple(plan.clips), plan.method,
+                            "modelopt", tensorrt_subdir("int8"))  # fmt: skip
+        search_record, scale_record["int8"] = search_int8(
+            int8_job, plan.kept, plan.eval_splits[plan.decision_split], plan.manifest, staging, max_drop, threads, log
         )
-        atomic_write_json(int8_dir / f"{REPORT_FILE}.json", full_report)
-        atomic_write_bytes(int8_dir / f"{REPORT_FILE}.md", report_markdown(report, latency, search, limit).encode())
-        shutil.rmtree(staging / SEARCH_DIR, ignore_errors=True)  # the search's rounds are not shipped
-        files = tree_hashes(staging)
-        # The rest of the model comes along unchanged (an older calibration goes as a whole).
-        shutil.copytree(models, staging, symlinks=True, dirs_exist_ok=True, ignore=_top_level(models, INT8_DIRS))
-        data_out = _with_int8(manifest.data, files, candidates, method, kept, report, decision_split, limit, trt_parity)
-        data_out.setdefault("parity", {}).update(parity)
-        data_out["calibration"] = {"seconds": time.perf_counter() - started, "clips": len(clips), "shipped": shipped}
-        install_tree(staging, models, MANIFEST_FILE, data_out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not search_record["met"] and not accept_miss:
+            raise budget_error(search_record)
+    for precision, tool in tqdm(plan.candidates.items(), desc="quantize", unit="set"):
+        if precision in scale_record:
+            continue  # the search's last set
+        kept_names = {m: tuple(k) for m, k in plan.kept.items()}
+        fp16_dir = tensorrt_subdir(precision) if tool == "modelopt" else None
+        job = QuantJob(plan.fp32_graphs, kept_names, Path(plan.data), plan.split, tuple(plan.clips), plan.method,
+                       tool, fp16_dir)  # fmt: skip
+        scale_record[precision] = quantize_set(job, staging / PRECISION_DIRS[precision])
+    return scale_record, search_record
+
+
+def _measure(
+    plan: _Plan, staging: Path, search_record: dict[str, Any] | None, seconds: float, rounds: int, threads: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The accuracy report of every graph set on the report splits, and the CPU latency of fp32 and the int8 sets."""
+    graph_dirs = {"fp32": plan.models}
+    if "fp16" in plan.manifest.precisions:
+        graph_dirs["fp16"] = plan.models / "fp16"
+    graph_dirs.update({p: staging / PRECISION_DIRS[p] for p in plan.candidates})
+    report = accuracy_report(graph_dirs, plan.eval_splits, plan.manifest.modalities, threads)
+    first_set = search_record.pop("first_folder") if search_record else None
+    if search_record and search_record["kept"]:  # what keeping them costs in time, beside the fully int8 set
+        graph_dirs["int8 (all layers)"] = first_set
+    int8_sets = [n for n in graph_dirs if n.startswith("int8")]
+    return report, cpu_latency(plan.manifest, graph_dirs, int8_sets, seconds, rounds, threads)
+
+
+def _check_shipped(
+    plan: _Plan, staging: Path, shipped: list[str], report: dict[str, Any], log: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parity of the shipped sets against the export's references: ONNX Runtime's graphs and TensorRT's."""
+    samples_for_parity = parity_samples(plan.manifest.features, plan.manifest.modalities)
+    references = load_references(plan.models / PARITY_FILE)
+    parity = {p: check_parity(staging / PRECISION_DIRS[p], samples_for_parity, references, p) for p in shipped}
+    # TensorRT's graphs too, in the fp16-faithful reference evaluator: a conversion that broke them stops here.
+    trt_parity = {
+        p: check_parity(staging / TENSORRT_DIRS[p], samples_for_parity, references, p)
+        for p in shipped
+        if plan.candidates[p] == "modelopt"
+    }
+    for p in shipped:
+        _miss = "" if meets_target(report, p, plan.decision_split, plan.limit) else " (misses the accuracy target)"
+        log(f"{p}: {_drop(report, p, plan.decision_split)} on {plan.decision_split}{_miss}")
+    return parity, trt_parity
+
+
+def _write_records(
+    plan: _Plan,
+    staging: Path,
+    shipped: list[str],
+    scale_record: dict[str, Any],
+    report: dict[str, Any],
+    latency: dict[str, Any],
+    search_record: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """int8/calibration.json (what reproduces the sets) and int8/accuracy.{json,md}; returns the report's JSON."""
+    record = {
+        "format": "avemo-calibration",
+        "version": 1,
+        "cache": str(plan.data),
+        "split": plan.split,
+        "seed": plan.seed,
+        "method": plan.method,
+        "cpu_method": CPU_METHOD if "int8-cpu" in shipped else None,
+        "clips": [plan.calib_split.ids[i] for i in plan.clips],
+        "kept_fp32": plan.kept,
+        "unquantized_ops": list(UNQUANTIZED_OPS),
+        "scales": {p: scale_record[p] for p in shipped},
+        "versions": _versions(),
+    }
+    int8_dir = staging / PRECISION_DIRS["int8"]
+    atomic_write_json(int8_dir / CALIBRATION_FILE, jsonable(record))
+    full_report = jsonable(
+        {"target_mF1_drop": plan.limit, "decision_split": plan.decision_split, "accuracy": report, "latency": latency}
+        | ({"search": search_record} if search_record else {})
+    )
+    atomic_write_json(int8_dir / f"{REPORT_FILE}.json", full_report)
+    markdown = report_markdown(report, latency, search_record, plan.limit)
+    atomic_write_bytes(int8_dir / f"{REPORT_FILE}.md", markdown.encode())
     return full_report
+
+
+def _install(
+    plan: _Plan,
+    staging: Path,
+    shipped: list[str],
+    report: dict[str, Any],
+    parity: dict[str, Any],
+    trt_parity: dict[str, Any],
+    started: float,
+) -> None:
+    """Complete the staged folder (the rest of the model, the manifest) and swap it in for ``plan.models``."""
+    shutil.rmtree(staging / SEARCH_DIR, ignore_errors=True)  # the search's rounds are not shipped
+    files = tree_hashes(staging)
+    # The rest of the model comes along unchanged (an older calibration goes as a whole).
+    shutil.copytree(plan.models, staging, symlinks=True, dirs_exist_ok=True, ignore=_top_level(plan.models, INT8_DIRS))
+    data_out = _with_int8(plan, files, report, trt_parity)
+    data_out.setdefault("parity", {}).update(parity)
+    data_out["calibration"] = {"seconds": time.perf_counter() - started, "clips": len(plan.clips), "shipped": shipped}
+    write_manifest(staging, data_out)
+    replace_tree(staging, plan.models)
 
 
 def _top_level(root: Path, names: tuple[str, ...]) -> Any:
@@ -208,20 +276,12 @@ def _top_level(root: Path, names: tuple[str, ...]) -> Any:
 
 
 def _with_int8(
-    data: dict[str, Any],
-    files: dict[str, str],
-    candidates: dict[str, str],
-    method: str,
-    kept: dict[str, list[str]],
-    report: dict[str, Any],
-    decision_split: str,
-    limit: float,
-    trt_parity: dict[str, Any],
+    plan: _Plan, files: dict[str, str], report: dict[str, Any], trt_parity: dict[str, Any]
 ) -> dict[str, Any]:
-    """The manifest ``data`` with its int8 sets replaced by the shipped ones (``files``: their hashes);
-    ``limit``: the mF1 drop they are judged against."""
+    """The manifest's data with its int8 sets replaced by the shipped ones (``files``: their hashes)."""
+    candidates, kept = plan.candidates, plan.kept
     shipped = [p for p in candidates if any(f.split("/")[0] == PRECISION_DIRS[p] for f in files)]
-    data_out = json.loads(json.dumps(data))  # a deep copy: the loaded manifest stays as it was
+    data_out = json.loads(json.dumps(plan.manifest.data))  # a deep copy: the loaded manifest stays as it was
     data_out["files"] = {k: v for k, v in data_out["files"].items() if k.split("/")[0] not in INT8_DIRS} | files
     for p in INT8_DIRS:
         data_out["precisions"].pop(p, None)
@@ -230,12 +290,12 @@ def _with_int8(
             "dir": PRECISION_DIRS[p],
             "parity_tolerance": TOLERANCE[p],
             "quantizer": "nvidia-modelopt (explicit Q/DQ)" if candidates[p] == "modelopt" else "onnxruntime QDQ (u8s8)",
-            "method": method if candidates[p] == "modelopt" else CPU_METHOD,
+            "method": plan.method if candidates[p] == "modelopt" else CPU_METHOD,
             "kept_fp32": kept,
             "unquantized_ops": list(UNQUANTIZED_OPS),
             "calibration": f"{PRECISION_DIRS['int8']}/{CALIBRATION_FILE}",
             "report": f"{PRECISION_DIRS['int8']}/{REPORT_FILE}.md",
-            "meets_accuracy_target": meets_target(report, p, decision_split, limit),
+            "meets_accuracy_target": meets_target(report, p, plan.decision_split, plan.limit),
         }
         if p in trt_parity:
             data_out["precisions"][p]["tensorrt_graphs"] = {
@@ -245,173 +305,6 @@ def _with_int8(
                 "parity": trt_parity[p],  # in ONNX's fp16-faithful reference evaluator
             }
     return data_out
-
-
-def _streams(modalities: list[str]) -> str:
-    """'av' when the model reads both streams, else 'a' or 'v': the clips calibration can use."""
-    return "".join(s for s in "av" if any(s in m for m in modalities))
-
-
-def _quantize_set(job: QuantJob, out: Path) -> dict[str, Any]:
-    """Quantize every graph of ``job`` into ``out`` (and ``out/job.fp16_dir``), one shared weight file per
-    folder; returns each graph's scales."""
-    with tempfile.TemporaryDirectory() as tmp:
-        sets = run_isolated(job, Path(tmp))
-    for folder, graphs in sets.items():
-        for modality, graph in graphs.items():
-            count = quantized_nodes(graph)
-            if not count or count != quantized_nodes(sets[""][modality]):
-                where = folder or "."
-                raise AvemoError(f"{job.sources[modality]}: the quantizer wrote {count} Q/DQ nodes into {where}")
-        target = out / folder
-        target.mkdir(parents=True, exist_ok=True)
-        share_weights(graphs, target / WEIGHTS_FILE)
-        for modality, graph in graphs.items():
-            onnx.save(graph, target / graph_file(modality))
-            onnx.checker.check_model(str(target / graph_file(modality)))
-    return {modality: scales(graph, out) for modality, graph in sets[""].items()}
-
-
-def _fp16_dir(precision: str) -> str:
-    """Where TensorRT's copy of a ModelOpt set goes, inside that set's folder."""
-    return str(Path(TENSORRT_DIRS[precision]).relative_to(PRECISION_DIRS[precision]))
-
-
-def _search_int8(
-    job: QuantJob,
-    kept: dict[str, dict[str, str]],
-    split: CacheSplit,
-    manifest: Any,
-    staging: Path,
-    max_drop: float,
-    threads: int | None,
-    log: Any,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the sensitivity search (``search.py``) with ModelOpt and the decision split; the chosen set is left in
-    ``staging/int8`` and its layers are added to ``kept``. Returns the search record and that set's scales."""
-    target = "av" if "av" in manifest.modalities else manifest.modalities[0]
-    by_key = {
-        m: {key: node for node, key in layer_keys(onnx.load(str(p), load_external_data=False)).items()}
-        for m, p in job.sources.items()
-    }
-    rounds = staging / SEARCH_DIR
-    scales: dict[Path, dict[str, Any]] = {}
-
-    def quantize(extra: set[str]) -> Path:
-        nodes = {m: tuple(sorted({*kept[m], *(by_key[m][k] for k in extra if k in by_key[m])})) for m in job.sources}
-        out = rounds / str(len(scales))
-        scales[out] = _quantize_set(dataclasses.replace(job, keep=nodes), out)
-        return out
-
-    inputs = _DecisionInputs(split, target)
-
-    def predict(path: Path) -> np.ndarray:
-        backend = OrtBackend(path, threads=threads)
-        return np.concatenate([backend.infer(batch) for batch in inputs])
-
-    def mf1(probs: np.ndarray) -> float:
-        return 100 * emotion_f1(labels, probs)["average"]["mF1"]
-
-    reference = predict(job.sources[target])
-    labels = split.labels[inputs.order]
-
-    def judge(path: Path) -> Trial:
-        probs = predict(path)
-        return Trial(mf1(reference) - mf1(probs), float(np.abs(probs - reference).mean()))
-
-    record = search(quantize, judge, graph_file(target), max_drop, log)
-    folder = record.pop("folder")
-    shutil.copytree(folder, staging / PRECISION_DIRS["int8"])
-    record["first_folder"] = rounds / "0"
-    for row in record["kept"]:
-        for m in job.sources:
-            if row["layer"] in by_key[m]:
-                kept[m][by_key[m][row["layer"]]] = f"search: {row['error_gain']:.4f} error gain when unquantized"
-    flops = node_flops(job.sources[target], sample_inputs(manifest.features, target, 1, FLOPS_SECONDS, seed=0))
-    final = set(quantized_layers(onnx.load(str(folder / graph_file(target)), load_external_data=False)))
-    total = sum(flops.values()) or 1.0
-    for row in record["kept"]:
-        row["flops_share"] = flops.get(row["node"], 0.0) / total
-    record |= {
-        "split": split.split,
-        "graph": target,
-        "flops_seconds": FLOPS_SECONDS,
-        "unquantized_flops_share": sum(f for n, f in flops.items() if n not in final) / total,
-    }
-    log(
-        f"search: {record['before']['drop']:+.2f} -> {record['after']['drop']:+.2f} points with "
-        f"{len(record['kept'])} layers kept; {record['quantized_layers']}/{record['layers']} layers int8"
-    )
-    return record, scales[folder]
-
-
-class _DecisionInputs:
-    """The decision split's batches for the search's many judgements: decoded once while they fit in memory."""
-
-    LIMIT = 1 << 30  # bytes; above it (a MOSEI-sized split) batches are decoded again for every judgement
-
-    def __init__(self, split: CacheSplit, modality: str, batch_size: int = 16) -> None:
-        self.split, self.modality, self.batch_size = split, modality, batch_size
-        self.order: list[int] = []  # clip indices in batch order, known after the first pass
-        self._kept: list[dict[str, np.ndarray]] | None = None
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        if self._kept is not None:
-            yield from self._kept
-            return
-        kept: list[dict[str, np.ndarray]] | None = []
-        self.order = []
-        for chunk, batch in batches(self.split, usable(self.split, self.modality), self.modality, self.batch_size):
-            self.order.extend(int(i) for i in chunk)
-            if kept is not None:
-                kept.append(batch)
-                if sum(a.nbytes for b in kept for a in b.values()) > self.LIMIT:
-                    kept = None
-            yield batch
-        self._kept = kept
-
-
-def _clips_from_file(path: Path, split: CacheSplit) -> list[int]:
-    """Clip ids from an earlier calibration.json (or a JSON list): the same sample, bit for bit."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AvemoError(f"{path}: unreadable clip list ({exc})") from None
-    ids = raw.get("clips") if isinstance(raw, dict) else raw
-    if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
-        raise AvemoError(f"{path}: not a clip list (a JSON list of clip ids, or a calibration.json)")
-    where = {clip_id: i for i, clip_id in enumerate(split.ids)}
-    missing = [c for c in ids if c not in where]
-    if missing:
-        raise AvemoError(f"{path}: {len(missing)} clips are not in {split.root}/{split.split} (first: {missing[0]})")
-    return sorted(where[c] for c in ids)
-
-
-def _cpu_latency(
-    manifest: Any,
-    graph_dirs: dict[str, Path],
-    candidates: dict[str, str],
-    seconds: float,
-    rounds: int,
-    threads: int | None,
-) -> dict[str, Any]:
-    """p50/p90 of fp32 and each INT8 candidate on one clip, interleaved (this machine is noisy)."""
-    modality = "av" if "av" in manifest.modalities else manifest.modalities[0]
-    inputs = sample_inputs(manifest.features, modality, 1, seconds, seed=0)
-    names = ["fp32", *candidates]
-    runners = {n: OrtBackend(graph_dirs[n] / graph_file(modality), threads=threads) for n in names}
-    iters = 10
-    raw = interleaved_latency({n: (lambda b=b: b.infer(inputs)) for n, b in runners.items()}, iters, 3, rounds)
-    return {
-        "graph": modality,
-        "seconds": seconds,
-        "batch": 1,
-        "threads": threads or os.cpu_count(),
-        "rounds": rounds,
-        "iters": iters,
-        "results": {n: summarize(v) for n, v in raw.items()},
-        "samples_ms": {n: v.round(4).tolist() for n, v in raw.items()},
-    }
 
 
 def _decide(report: dict[str, Any], latency: dict[str, Any], split: str, cpu_int8: str, limit: float, log: Any) -> bool:

@@ -6,8 +6,10 @@ the accuracy report.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +29,27 @@ def usable(split: CacheSplit, modality: str) -> np.ndarray:
         if ("a" not in modality or split.audio_length(i) > 0) and ("v" not in modality or split.face_count(i) > 0)
     ]
     return np.asarray(keep, np.int64)
+
+
+def streams(modalities: list[str]) -> str:
+    """'av' when the model reads both streams, else 'a' or 'v': the clips calibration can use."""
+    return "".join(s for s in "av" if any(s in m for m in modalities))
+
+
+def clips_from_file(path: Path, split: CacheSplit) -> list[int]:
+    """Clip ids from an earlier calibration.json (or a JSON list): the same sample, bit for bit."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AvemoError(f"{path}: unreadable clip list ({exc})") from None
+    ids = raw.get("clips") if isinstance(raw, dict) else raw
+    if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+        raise AvemoError(f"{path}: not a clip list (a JSON list of clip ids, or a calibration.json)")
+    where = {clip_id: i for i, clip_id in enumerate(split.ids)}
+    missing = [c for c in ids if c not in where]
+    if missing:
+        raise AvemoError(f"{path}: {len(missing)} clips are not in {split.root}/{split.split} (first: {missing[0]})")
+    return sorted(where[c] for c in ids)
 
 
 def select_clips(
@@ -136,3 +159,29 @@ class CalibrationReader:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class DecisionInputs:
+    """The decision split's batches for the search's many judgements: decoded once while they fit in memory."""
+
+    LIMIT = 1 << 30  # bytes; above it (a MOSEI-sized split) batches are decoded again for every judgement
+
+    def __init__(self, split: CacheSplit, modality: str, batch_size: int = 16) -> None:
+        self.split, self.modality, self.batch_size = split, modality, batch_size
+        self.order: list[int] = []  # clip indices in batch order, known after the first pass
+        self._kept: list[dict[str, np.ndarray]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[dict[str, np.ndarray]] | None = []
+        self.order = []
+        for chunk, batch in batches(self.split, usable(self.split, self.modality), self.modality, self.batch_size):
+            self.order.extend(int(i) for i in chunk)
+            if kept is not None:
+                kept.append(batch)
+                if sum(a.nbytes for b in kept for a in b.values()) > self.LIMIT:
+                    kept = None
+            yield batch
+        self._kept = kept

@@ -11,19 +11,22 @@ import io
 import multiprocessing
 import re
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from avemo.calibration.data import CalibrationReader
-from avemo.contract import PROBS
+from avemo.contract import PRECISION_DIRS, PROBS, TENSORRT_DIRS, WEIGHTS_FILE, graph_file
 from avemo.deps import require
 from avemo.errors import AvemoError
 from avemo.export.fp16 import FP32_OPS
+from avemo.export.weights import share_weights
 from avemo.train.cache import CacheSplit
 
 #: `--method`: what ModelOpt offers for INT8. (ONNX Runtime's own histogram calibrators,
@@ -96,6 +99,31 @@ def run_isolated(job: QuantJob, out: Path) -> dict[str, dict[str, onnx.ModelProt
         f: {m: onnx.load(str(out / f / src.name), load_external_data=True) for m, src in job.sources.items()}
         for f in folders
     }
+
+
+def quantize_set(job: QuantJob, out: Path) -> dict[str, Any]:
+    """Quantize every graph of ``job`` into ``out`` (and ``out/job.fp16_dir``), one shared weight file per
+    folder; returns each graph's scales."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = run_isolated(job, Path(tmp))
+    for folder, graphs in sets.items():
+        for modality, graph in graphs.items():
+            count = quantized_nodes(graph)
+            if not count or count != quantized_nodes(sets[""][modality]):
+                where = folder or "."
+                raise AvemoError(f"{job.sources[modality]}: the quantizer wrote {count} Q/DQ nodes into {where}")
+        target = out / folder
+        target.mkdir(parents=True, exist_ok=True)
+        share_weights(graphs, target / WEIGHTS_FILE)
+        for modality, graph in graphs.items():
+            onnx.save(graph, target / graph_file(modality))
+            onnx.checker.check_model(str(target / graph_file(modality)))
+    return {modality: scales(graph, out) for modality, graph in sets[""].items()}
+
+
+def tensorrt_subdir(precision: str) -> str:
+    """Where TensorRT's copy of a ModelOpt set goes, inside that set's folder."""
+    return str(Path(TENSORRT_DIRS[precision]).relative_to(PRECISION_DIRS[precision]))
 
 
 def quantize(job: QuantJob, out: Path) -> None:

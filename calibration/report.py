@@ -1,7 +1,9 @@
-"""Accuracy of each precision's graphs on cache splits: Table-2 averages and label agreement with fp32."""
+"""Accuracy of each precision's graphs on cache splits (Table-2 averages, label agreement with fp32), their CPU
+latency, and the report written from both."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,9 @@ from tqdm import tqdm
 from avemo.calibration.data import batches, usable
 from avemo.contract import LABELS, MODALITY_TITLES, graph_file
 from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.models.manifest import Manifest
+from avemo.runtime.models.parity import sample_inputs
+from avemo.runtime.profile.timing import interleaved_latency, summarize
 from avemo.train.cache import CacheSplit
 from avemo.train.metrics import emotion_f1
 
@@ -69,6 +74,33 @@ def mf1_drop(report: dict[str, Any], precision: str, split: str) -> float:
 
 def meets_target(report: dict[str, Any], precision: str, split: str, limit: float = MAX_MF1_DROP) -> bool:
     return mf1_drop(report, precision, split) <= limit
+
+
+def cpu_latency(
+    manifest: Manifest,
+    graph_dirs: dict[str, Path],
+    candidates: list[str],
+    seconds: float,
+    rounds: int,
+    threads: int | None,
+) -> dict[str, Any]:
+    """p50/p90 of fp32 and each INT8 candidate on one clip, interleaved (this machine is noisy)."""
+    modality = "av" if "av" in manifest.modalities else manifest.modalities[0]
+    inputs = sample_inputs(manifest.features, modality, 1, seconds, seed=0)
+    names = ["fp32", *candidates]
+    runners = {n: OrtBackend(graph_dirs[n] / graph_file(modality), threads=threads) for n in names}
+    iters = 10
+    raw = interleaved_latency({n: (lambda b=b: b.infer(inputs)) for n, b in runners.items()}, iters, 3, rounds)
+    return {
+        "graph": modality,
+        "seconds": seconds,
+        "batch": 1,
+        "threads": threads or os.cpu_count(),
+        "rounds": rounds,
+        "iters": iters,
+        "results": {n: summarize(v) for n, v in raw.items()},
+        "samples_ms": {n: v.round(4).tolist() for n, v in raw.items()},
+    }
 
 
 def report_markdown(
