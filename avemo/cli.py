@@ -32,9 +32,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("avemo.runtime.cli", "build", "Build TensorRT engines on the device (needs tensorrt + pycuda)."),
     "eval": ("avemo.train.cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
     "study": ("avemo.train.cli", "study", "Multi-seed study of the paper's claims: train, evaluate, aggregate, judge."),
-    "export": ("avemo.export.cli", "export", "ONNX graphs (A, V, A+V) with shared weights and a manifest."),
+    "export": ("avemo.calibration.export_cli", "export", "ONNX graphs (A, V, A+V) with shared weights and a manifest."),
     "export-triton": (
-        "avemo.export.cli",
+        "avemo.runtime.serving.cli",
         "export_triton",
         "A Triton Inference Server model repository (A, V, A+V; + media in with --backend python).",
     ),

@@ -1,4 +1,4 @@
-"""`avemo triton-serve`: a local Triton server on a repository written by `avemo export-triton`."""
+"""`avemo export-triton` writes a Triton model repository from a models folder; `avemo triton-serve` serves one here."""
 
 from __future__ import annotations
 
@@ -9,6 +9,96 @@ from pathlib import Path
 import click
 
 DEAD_MODEL_EXIT = 3  # a model's process died: stopped for a supervisor to restart (1: bad input or start)
+
+
+@click.command("export-triton")
+@click.argument("models", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Repository to write.")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt", "python"]),
+    default="onnxruntime",
+    show_default=True,
+    help="onnxruntime serves the ONNX graphs; tensorrt the engines built with `avemo build` on the serving GPU; "
+    "python runs them through avemo's runtime and adds avemo_media (encoded clip in, emotions out).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "int8-cpu"]),
+    default="fp32",
+    show_default=True,
+)
+@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Default: the manifest's profile max.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per model.")
+@click.option(
+    "--engines",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="tensorrt: the engines folder (MODELS/engines/<gpu>-sm<cc>-trt<version>) for the serving GPU.",
+)
+@click.option(
+    "--python-env",
+    default=None,
+    help="python: the environment with avemo installed, for Triton's EXECUTION_ENV_PATH "
+    "(default: this virtualenv; '' when avemo is installed in the Triton stub's own Python).",
+)
+@click.option(
+    "--python-runtime",
+    type=click.Choice(["auto", "ort", "trt"]),
+    default="auto",
+    show_default=True,
+    help="python: run the graphs on ONNX Runtime, TensorRT, or TensorRT where engines for the GPU exist.",
+)
+@click.option(
+    "--media-instances",
+    type=click.IntRange(min=1),
+    default=None,
+    help="python: avemo_media's processes, clips served in parallel (default: one per core of this machine; "
+    "set it for the serving machine). Each holds the models and a face detector.",
+)
+@click.option(
+    "--media-max-seconds",
+    type=float,
+    default=None,
+    help="python: avemo_media refuses longer media (default 600; memory and time grow with the length).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace avemo models already in --out: each model folder is swapped whole (old or new, never half).",
+)
+def export_triton(
+    models: Path, out: Path, backend: str, precision: str, max_batch: int | None, instances: int,
+    engines: Path | None, python_env: str | None, python_runtime: str, media_instances: int | None,
+    media_max_seconds: float | None, force: bool,
+) -> None:  # fmt: skip
+    """Write a Triton Inference Server model repository: avemo_a, avemo_v, avemo_av (+ avemo_media).
+
+    Each model gets config.pbtxt (the manifest's names, dtypes and dims; dynamic
+    batching; an instance group) and version 1/ with the graph (model.onnx and
+    the shared avemo.weights beside it; copies, reflinked where the file system can), the
+    TensorRT engine (model.plan), or, for --backend python, a model.py that
+    runs the graph through avemo's runtime with the models folder beside it.
+
+    \b
+    Examples:
+      avemo export-triton models/ --out triton-repo/
+      avemo export-triton models/ --out triton-repo/ --backend tensorrt --precision fp16 --max-batch 16
+      avemo export-triton models/ --out triton-repo/ --backend python && avemo triton-serve triton-repo/
+      avemo export-triton models/ --out repo/ --backend python --media-instances 8 --media-max-seconds 120 --force
+      docker run --rm -p8001:8001 -v $PWD/triton-repo:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
+          tritonserver --model-repository=/models
+    """
+    from avemo.runtime.serving.repository import export_triton as run
+
+    folders = run(
+        models, out, backend, precision, max_batch, instances, engines, force, python_env, python_runtime,
+        media_instances, media_max_seconds,
+    )  # fmt: skip
+    for folder in folders.values():
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        shown = [f for f in files if not f.startswith("1/models/")]
+        hidden = len(files) - len(shown)
+        click.echo(f"{folder}: {', '.join(shown)}" + (f" (+ {hidden} files in 1/models/)" if hidden else ""))
 
 
 @click.command("triton-serve")
