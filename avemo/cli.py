@@ -30,8 +30,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "First check on a new device: environment, parity, engines vs ONNX Runtime, memory.",
     ),
     "build": ("avemo.runtime.cli", "build", "Build TensorRT engines on the device (needs tensorrt + pycuda)."),
-    "eval": ("avemo.train.cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
-    "study": ("avemo.train.cli", "study", "Multi-seed study of the paper's claims: train, evaluate, aggregate, judge."),
+    "eval": ("avemo.train.study_cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
+    "study": (
+        "avemo.train.study_cli",
+        "study",
+        "Multi-seed study of the paper's claims: train, evaluate, aggregate, judge.",
+    ),
     "export": ("avemo.export.cli", "export", "ONNX graphs (A, V, A+V) with shared weights and a manifest."),
     "export-triton": (
         "avemo.export.cli",
