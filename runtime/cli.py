@@ -446,7 +446,7 @@ def build(
       avemo build models/ --precision fp16 --timing-cache trt.cache
       avemo build models/ --precision fp16 --device 1          # the second GPU
     """
-    from avemo.runtime.backends.trt import build_engines
+    from avemo.runtime.backends.build import build_engines
     from avemo.runtime.models.manifest import load_manifest
 
     build_engines(load_manifest(models), precision, workspace, timing_cache, device_id, max_batch, click.echo)

@@ -89,7 +89,8 @@ def trt_double(monkeypatch, colearn_export, tmp_path):
 
 def build_with_double(manifest, precision="fp32", modalities=None, device_id=0):
     """Build ``precision`` engines of ``modalities`` (default: all) through the doubles; their paths."""
-    from avemo.runtime.backends.trt import build_engine, current_device
+    from avemo.runtime.backends.build import build_engine
+    from avemo.runtime.backends.trt import current_device
 
     device = current_device(device_id)
     return [

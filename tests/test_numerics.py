@@ -26,8 +26,9 @@ from avemo.cli import main
 from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, graph_file
 from avemo.errors import AvemoError
 from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.backends.reference import ReferenceBackend
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.numerics import ReferenceBackend, check_graph_numerics, fp16_integer_arithmetic
+from avemo.runtime.models.numerics import check_graph_numerics, fp16_integer_arithmetic
 from avemo.runtime.models.parity import (
     FP16_ROUNDING_FRAMES,
     INVARIANCE_TOLERANCE,
@@ -209,7 +210,7 @@ def test_padding_invariance_fails_the_old_graph_in_the_reference_and_not_in_onnx
     monkeypatch.setattr(parity, "check_graph_numerics", lambda path: None)
     with pytest.raises(ParityError, match=r"move by .* when padded into a batch"):
         check_parity(old / "fp16", samples, references, "fp16")
-    monkeypatch.setattr(parity, "open_checker", lambda path, threads=None: OrtBackend(path))
+    monkeypatch.setattr(parity, "open_onnx", lambda path, kind, threads=None: OrtBackend(path))
     hidden = check_parity(old / "fp16", samples, references, "fp16")
     assert hidden["a"]["padding_invariance"] < 1e-5
     report = load_manifest(new).data["parity"]["fp16"]["a"]

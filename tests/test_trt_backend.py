@@ -134,7 +134,8 @@ def test_close_from_another_thread_waits_for_the_call_in_flight(trt_double):
     worker.start()
     engine.close()
     worker.join()
-    assert set(outcomes) <= {"ok", "TrtBackend is closed"} and outcomes[-1] == "TrtBackend is closed"
+    closed = "avemo_a_fp32.engine: the backend is closed"
+    assert set(outcomes) <= {"ok", closed} and outcomes[-1] == closed
     assert tensorrt.LATE_RELEASES == []
 
 
@@ -218,8 +219,8 @@ def test_fp32_engines_clear_tf32(trt_double):
     plans = [json.loads(p.read_bytes().split(b"\n", 1)[1]) for p in (fp32, fp16)]
     assert [p["tf32"] for p in plans] == [False, True]
     # The fp16 engine computes as ONNX's fp16-faithful reference evaluator does (TF32 touches no fp16 product).
+    from avemo.runtime.backends.reference import ReferenceBackend
     from avemo.runtime.backends.trt import TrtBackend
-    from avemo.runtime.models.numerics import ReferenceBackend
 
     inputs = sample_inputs(manifest.features, "a", 2, 2.0, 9)
     with TrtBackend(manifest, "a", "fp16") as engine:
@@ -257,7 +258,8 @@ def test_engine_that_does_not_match_the_manifest_is_refused(trt_double):
 
 def test_timing_cache_from_another_gpu_is_not_used_nor_overwritten(trt_double, tmp_path):
     """Item 11: set_timing_cache's refusal is reported, not ignored."""
-    from avemo.runtime.backends.trt import build_engine, current_device
+    from avemo.runtime.backends.build import build_engine
+    from avemo.runtime.backends.trt import current_device
 
     manifest, _, _ = trt_double("10.3.0")
     cache = tmp_path / "trt.cache"
@@ -347,7 +349,7 @@ def test_type_check_catches_a_misspelt_tensorrt_call(tmp_path):
     stubs = ROOT / ".venv" / "trt-stubs"
     if not (stubs / "tensorrt" / "__init__.pyi").exists():
         pytest.skip("TensorRT stubs not installed: run `make test` (scripts/typecheck_trt.sh installs them)")
-    source = (ROOT / "runtime" / "trt_backend.py").read_text()
+    source = (ROOT / "runtime" / "backends" / "trt.py").read_text()
     assert "execute_async_v3(" in source
     bad = tmp_path / "trt_backend_bad.py"
     bad.write_text(source.replace("execute_async_v3(", "execute_async_v4("))
@@ -516,7 +518,7 @@ def test_discrete_gpu_keeps_the_full_batch(trt_double):
 
 
 def test_auto_falls_back_to_onnx_runtime_where_the_gpu_does_not_answer(trt_double):
-    from avemo.runtime.recognizer import resolve_backend
+    from avemo.runtime.backends import resolve_backend
 
     manifest, _, _ = trt_double("10.3.0")
     backend, precision, why = resolve_backend("auto", manifest, None, device_id=3)  # the double has one GPU

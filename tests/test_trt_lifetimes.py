@@ -25,7 +25,8 @@ def _releases(events, kinds):
 def test_auto_falls_back_to_onnx_runtime_where_cuda_cannot_start(trt_double):
     """cuInit fails (a container without NVIDIA's runtime): auto runs on ONNX Runtime and says why; trt is
     one clear line, not pycuda's own exception."""
-    from avemo.runtime.recognizer import Recognizer, resolve_backend
+    from avemo.runtime.backends import resolve_backend
+    from avemo.runtime.recognizer import Recognizer
 
     manifest, _, _ = trt_double("10.3.0", "none")
     backend, precision, why = resolve_backend("auto", manifest)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, MODALITY_TITLES
 from avemo.errors import AvemoError
 from avemo.machine import machine_info
+from avemo.runtime.backends import open_backend
 from avemo.runtime.models.manifest import Manifest, load_manifest
 from avemo.runtime.models.parity import sample_inputs
 from avemo.runtime.profile.timing import interleaved_latency, stage, summarize
@@ -92,17 +93,11 @@ def load_runner(
     if backend == "torch":
         module = importlib.import_module("avemo.export.torch_runner")  # torch only when the baseline is wanted
         return module.TorchRunner(checkpoint, graph, threads)
-    if backend == "trt":
-        from avemo.runtime.backends.trt import TrtBackend
-
-        return TrtBackend(manifest, graph, precision, timed=True)
-    from avemo.runtime.backends.ort import OrtBackend
-
-    return OrtBackend(manifest.graph_path(graph, precision), threads)
+    return open_backend(manifest, graph, precision, backend, threads, timed=True)
 
 
 def default_checkpoint(manifest: Manifest) -> Path | None:
-    source = manifest.data.get("source", {}).get("checkpoint")
+    source = manifest.checkpoint
     return Path(source) if source else None
 
 
