@@ -531,11 +531,11 @@ def _choices_option(flag: str, dest: str, default: str, choices: tuple[str, ...]
 def profile(
     models: Path, backends: list[str], precisions: list[str], graphs: list[str], batches: list[int],
     seconds: list[float], duration: float, iters: int, rounds: int, warmup: int, threads: int | None,
-    checkpoint: Path | None, media: Path | None, no_rss: bool, no_flops: bool, out: Path,
+    checkpoint: Path | None, media: Path | None, no_rss: bool, no_flops: bool, out: Path, baseline: object = None,
 ) -> None:  # fmt: skip
     """Latency p50/p90/p99/max, throughput and real-time factor per backend x precision x graph x batch x length.
 
-    PyTorch eager (from the checkpoint) is the baseline measured in the same run;
+    PyTorch eager (from the checkpoint; needs avemo[train]) is the baseline measured in the same run;
     every case reports its speed-up over it. Candidates are timed interleaved.
     Latencies are wall time per call (a monotonic clock) for every backend, at
     the stated thread count on CPU; TensorRT cases add the host-to-device,
@@ -550,7 +550,9 @@ def profile(
       avemo profile models/ --backend all --precision all --graph all --media clip.mp4 --out bench/
       python scripts/profile_latency.py models/ --backend ort --iters 200   # runtime-only devices
     """
-    from avemo.runtime.profile.profiler import add_extras, markdown, run_profile, write_outputs
+    from avemo.runtime.profile.cases import run_profile
+    from avemo.runtime.profile.extras import add_extras
+    from avemo.runtime.profile.report import markdown, write_outputs
 
     if iters < 1 or rounds < 1 or duration < 0:
         raise click.BadParameter("--iters and --rounds must be >= 1, --duration >= 0")
@@ -559,12 +561,12 @@ def profile(
     result = run_profile(
         models, backends, precisions, graphs, batches, seconds, iters, rounds, warmup, threads, checkpoint,
         duration=duration or None, on_case=lambda partial: write_outputs(partial, out, plot=False),
-        log=lambda line: click.echo(line, err=True),
+        log=lambda line: click.echo(line, err=True), baseline=baseline,
     )  # fmt: skip
     write_outputs(result, out)  # the timings are kept even if a probe below fails
     if not result.get("interrupted"):
         try:
-            add_extras(result, rss=not no_rss, flops=not no_flops, media=media)
+            add_extras(result, rss=not no_rss, flops=not no_flops, media=media, baseline=baseline)
         except KeyboardInterrupt:  # Ctrl-C during the probes: the timings stand, the probes are said missing
             result["interrupted"] = True
             result.setdefault("notes", []).append("interrupted during the memory/FLOP/pipeline probes: not all ran")
