@@ -66,7 +66,8 @@ class OrtBackend(BackendBase):
         )
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, self.checked(inputs))[0]
+        feeds = self.checked(inputs)  # first: a closed backend has no session
+        return self.session.run(None, feeds)[0]
 
     def close(self) -> None:
         super().close()

@@ -167,7 +167,7 @@ def test_profile_script_runs_with_only_the_runtime(colearn_export, tmp_path):
     import textwrap
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_latency.py"
+    script = Path(__file__).resolve().parents[3] / "scripts" / "profile_latency.py"
     code = textwrap.dedent(
         f"""
         import runpy, sys

@@ -37,9 +37,11 @@ from avemo.runtime.models.parity import (
     load_references,
     parity_samples,
 )
-from tests.conftest import TINY, make_checkpoint
-
-FAKES = Path(__file__).resolve().parent / "fakes"
+from tests.conftest import (
+    FAKES,
+    TINY,
+    make_checkpoint,
+)
 
 
 def _save(tmp_path: Path, name: str, nodes, inputs, outputs, initializers=()) -> Path:
