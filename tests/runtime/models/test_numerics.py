@@ -37,11 +37,7 @@ from avemo.runtime.models.parity import (
     load_references,
     parity_samples,
 )
-from tests.conftest import (
-    FAKES,
-    TINY,
-    make_checkpoint,
-)
+from tests.conftest import FAKES, TINY, double_modules, make_checkpoint
 
 
 def _save(tmp_path: Path, name: str, nodes, inputs, outputs, initializers=()) -> Path:
@@ -111,7 +107,7 @@ def _tensorrt_double():
 @pytest.fixture
 def unload_double():
     yield
-    for name in ("tensorrt", "pycuda", "pycuda.driver"):
+    for name in double_modules():
         sys.modules.pop(name, None)
 
 
@@ -130,7 +126,7 @@ def test_double_reads_tf32_only_in_products(tmp_path, unload_double):
     x = np.array([[1.0 + 2.0**-14, 3.0 + 2.0**-12]], np.float32)
     double = _tensorrt_double()
     got = double.engine_runner(str(path), tf32=True).run(None, {"x": x})[0]
-    tf32 = double._tf32
+    tf32 = double._runtime._tf32
     np.testing.assert_array_equal(got, tf32(x) @ tf32(w) + x)
     assert not np.array_equal(tf32(x), x) and not np.allclose(got, x @ w + x, rtol=0, atol=1e-6)
     np.testing.assert_allclose(double.engine_runner(str(path), tf32=False).run(None, {"x": x})[0], x @ w + x, 1e-6)
