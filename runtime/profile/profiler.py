@@ -444,7 +444,7 @@ def add_extras(
     """RSS per backend (fresh processes), FLOPs vs the GEMM rate, the media pipeline; at the reference shape.
 
     The reference shape is the profile's first graph at its smallest batch and
-    the clip length closest to 10 s (the issue's targets are stated there).
+    the clip length closest to 10 s (the length latency targets are stated at).
     """
     cases = result["cases"]
     graph = cases[0]["graph"]
