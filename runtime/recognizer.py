@@ -224,10 +224,9 @@ class Recognizer:
     def stream(
         self, source: Path | str, window: float, hop: float | None = None, **options: Any
     ) -> Iterator[Recognition]:
-        """Windows ``[s, s + window)`` every ``hop`` seconds over a file or a live source, decoded in one
-        pass, each recognised and yielded as soon as it is complete; live results carry ``latency_ms``,
-        ``behind_s`` and ``dropped_windows``. ``options`` (timeout, max_seconds, stop, max_behind,
-        reconnect) and the details: ``avemo.runtime.stream.run.stream_windows``."""
+        """Windows ``[s, s + window)`` every ``hop`` s over a file or a live source, decoded in one pass, each
+        recognised as soon as it is complete (live: with its lag). ``options`` (timeout, max_seconds, stop,
+        max_behind, reconnect) and the details: ``avemo.runtime.stream.run.stream_windows``."""
         from avemo.runtime.stream.run import stream_windows
 
         for w in stream_windows(self.features, self.faces, source, window, hop, self.needs_video, **options):
