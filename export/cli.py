@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from avemo.runtime.cli import engine_build_options
+from avemo.options import engine_build_options
 
 
 @click.command()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from avemo.runtime.cli import profile as runtime_profile
 from avemo.runtime.profile.cases import Backend
+from avemo.runtime.profile.cli import profile as runtime_profile
 
 
 def torch_baseline(checkpoint: Path, graph: str, threads: int | None) -> Backend:

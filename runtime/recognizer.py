@@ -222,12 +222,16 @@ class Recognizer:
     def stream(
         self, source: Path | str, window: float, hop: float | None = None, **options: Any
     ) -> Iterator[Recognition]:
-        """Windows ``[s, s + window)`` every ``hop`` seconds over a file or a live source, decoded in one
-        pass, each yielded as soon as it is complete. ``options`` (timeout, max_seconds, stop,
+        """Windows ``[s, s + window)`` every ``hop`` s over a file or a live source, decoded in one pass, each
+        recognised as soon as it is complete (live: with its lag). ``options`` (timeout, max_seconds, stop,
         max_behind, reconnect) and the details: ``avemo.runtime.stream.run.stream_windows``."""
         from avemo.runtime.stream.run import stream_windows
 
-        return stream_windows(self, source, window, hop, **options)
+        for w in stream_windows(self.features, self.faces, source, window, hop, self.needs_video, **options):
+            result = self.recognize_features(w.features, w.source, (w.start, w.end), w.features_ms)
+            if w.lag is not None:  # measured now that the result is ready
+                result.latency_ms, result.behind_s, result.dropped_windows = dataclasses.astuple(w.lag())
+            yield result
 
     @property
     def needs_video(self) -> bool:
