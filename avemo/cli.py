@@ -49,7 +49,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "infer": ("avemo.runtime.cli", "infer", "Recognise emotions in media files (JSON lines; A, V or A+V per clip)."),
     "sample": ("avemo.runtime.media.sample", "sample", "Write a synthetic talking-face clip to try `avemo infer` on."),
-    "profile": ("avemo.runtime.cli", "profile", "Latency p50/p90/p99, throughput, RTF per backend/precision/shape."),
+    "profile": (
+        "avemo.export.profile_cli",
+        "profile",
+        "Latency p50/p90/p99, throughput, RTF per backend/precision/shape.",
+    ),
     "verify": ("avemo.runtime.cli", "verify", "Re-hash an exported model directory and re-run its parity checks."),
 }
 

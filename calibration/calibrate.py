@@ -60,7 +60,7 @@ from avemo.machine import package_version
 from avemo.runtime.backends.ort import OrtBackend
 from avemo.runtime.models.manifest import load_manifest
 from avemo.runtime.models.parity import TOLERANCE, check_parity, load_references, parity_samples, sample_inputs
-from avemo.runtime.profile.profiler import node_flops
+from avemo.runtime.profile.flops import node_flops
 from avemo.runtime.profile.timing import interleaved_latency, summarize
 from avemo.train.cache import CacheSplit
 from avemo.train.metrics import emotion_f1

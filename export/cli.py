@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from avemo.runtime.cli import engine_build_options
+from avemo.options import engine_build_options
 
 
 @click.command()
@@ -97,7 +97,7 @@ def export(
             f"avemo build {out} --precision {engine_precision}"
         )
         return
-    from avemo.runtime.backends.trt import build_engines
+    from avemo.runtime.backends.build import build_engines
     from avemo.runtime.models.manifest import load_manifest
 
     build_engines(load_manifest(out), engine_precision, workspace, timing_cache, device_id, max_batch, click.echo)

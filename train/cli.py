@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from avemo.config import PRESETS, REGIMES, TRAIN_PRESETS, ModelConfig, model_config_for_regime
-from avemo.runtime.cli import face_options
+from avemo.options import face_options
 
 
 @click.command()
