@@ -30,8 +30,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "First check on a new device: environment, parity, engines vs ONNX Runtime, memory.",
     ),
     "build": ("avemo.runtime.cli", "build", "Build TensorRT engines on the device (needs tensorrt + pycuda)."),
-    "eval": ("avemo.train.cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
-    "study": ("avemo.train.cli", "study", "Multi-seed study of the paper's claims: train, evaluate, aggregate, judge."),
+    "eval": ("avemo.train.study_cli", "evaluate", "Table-2 report (wF1/mF1 per emotion) for runs."),
+    "study": (
+        "avemo.train.study_cli",
+        "study",
+        "Multi-seed study of the paper's claims: train, evaluate, aggregate, judge.",
+    ),
     "export": ("avemo.calibration.export_cli", "export", "ONNX graphs (A, V, A+V) with shared weights and a manifest."),
     "export-triton": (
         "avemo.runtime.serving.cli",
@@ -45,7 +49,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "infer": ("avemo.runtime.cli", "infer", "Recognise emotions in media files (JSON lines; A, V or A+V per clip)."),
     "sample": ("avemo.runtime.media.sample", "sample", "Write a synthetic talking-face clip to try `avemo infer` on."),
-    "profile": ("avemo.runtime.cli", "profile", "Latency p50/p90/p99, throughput, RTF per backend/precision/shape."),
+    "profile": (
+        "avemo.export.profile_cli",
+        "profile",
+        "Latency p50/p90/p99, throughput, RTF per backend/precision/shape.",
+    ),
     "verify": ("avemo.runtime.cli", "verify", "Re-hash an exported model directory and re-run its parity checks."),
 }
 

@@ -29,6 +29,9 @@ GRAPH_INPUTS: Final[dict[str, tuple[str, ...]]] = {
     "av": (AUDIO_FEATS, AUDIO_LENGTHS, FACES, FACE_LENGTHS),
 }
 
+#: Each data input and the length input that counts its frames.
+LENGTHS_OF: Final[dict[str, str]] = {AUDIO_FEATS: AUDIO_LENGTHS, FACES: FACE_LENGTHS}
+
 #: Length of the position table: after the audio encoder's /4 pooling that is 164 s of audio,
 #: and 22 min of faces at 3 fps. Longer media is recognised in windows (`avemo infer --window`).
 MAX_POSITIONS: Final[int] = 4096
@@ -81,6 +84,23 @@ CACHE_META_FILE: Final[str] = "cache.json"
 PARITY_FILE: Final[str] = "parity.npz"  # sample inputs and reference probs, for `avemo verify`
 #: int8: ModelOpt Q/DQ (ONNX Runtime); int8-cpu: ONNX Runtime's quantizer, shipped only when faster.
 PRECISION_DIRS: Final[dict[str, str]] = {"fp32": ".", "fp16": "fp16", "int8": "int8", "int8-cpu": "int8-cpu"}
+#: Every precision a model folder may hold; export writes the first two, calibration the int8 ones.
+PRECISIONS: Final[tuple[str, ...]] = tuple(PRECISION_DIRS)
+EXPORT_PRECISIONS: Final[tuple[str, ...]] = ("fp32", "fp16")
+#: What TensorRT builds engines of (int8 from the Q/DQ graphs; int8-cpu is ONNX Runtime's own).
+ENGINE_PRECISIONS: Final[tuple[str, ...]] = ("fp32", "fp16", "int8")
+#: What `--backend auto|trt` runs when no --precision is given: the first with engines built.
+ENGINE_PREFERENCE: Final[tuple[str, ...]] = ("fp16", "int8", "fp32")
+#: Backends a graph runs on: ONNX Runtime, TensorRT, or `auto` (TensorRT where its engines are built).
+BACKENDS: Final[tuple[str, ...]] = ("auto", "trt", "ort")
+#: What `avemo profile` compares: PyTorch eager (the baseline, needs avemo[train]), ONNX Runtime, TensorRT.
+PROFILE_BACKENDS: Final[tuple[str, ...]] = ("torch", "ort", "trt")
+#: Parity against fp32 PyTorch (max abs diff of probabilities). int8's is a sanity bound on random inputs
+#: (its accuracy is judged on real features by calibration); 1e-4 and 2e-2 are measured margins.
+PARITY_TOLERANCE: Final[dict[str, float]] = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.75, "int8-cpu": 0.75}
+#: A padded clip against the same clip alone: padding must change nothing but rounding (one fp16 step near
+#: 1 is 4.9e-4).
+INVARIANCE_TOLERANCE: Final[dict[str, float]] = {"fp32": 1e-5, "fp16": 1e-3, "int8": 1e-3, "int8-cpu": 1e-3}
 #: Where TensorRT's graphs differ from ONNX Runtime's: int8's Q/DQ graph with its unquantized parts in fp16
 #: (fp32 in int8/ itself, which ONNX Runtime's CPU kernels need). A manifest records it per precision.
 TENSORRT_DIRS: Final[dict[str, str]] = {"int8": "int8/fp16"}

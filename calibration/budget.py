@@ -19,10 +19,10 @@ from avemo.calibration.data import DecisionInputs
 from avemo.calibration.quantize import QuantJob, quantize_set
 from avemo.calibration.search import Trial, layer_keys, quantized_layers, search
 from avemo.contract import PRECISION_DIRS, graph_file
-from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.backends import open_onnx
 from avemo.runtime.models.manifest import Manifest
 from avemo.runtime.models.parity import sample_inputs
-from avemo.runtime.profile.profiler import node_flops
+from avemo.runtime.profile.flops import node_flops
 from avemo.train.cache import CacheSplit
 from avemo.train.metrics import emotion_f1
 
@@ -59,8 +59,8 @@ def search_int8(
     inputs = DecisionInputs(split, target)
 
     def predict(path: Path) -> np.ndarray:
-        backend = OrtBackend(path, threads=threads)
-        return np.concatenate([backend.infer(batch) for batch in inputs])
+        with open_onnx(path, threads=threads) as backend:
+            return np.concatenate([backend.infer(batch) for batch in inputs])
 
     def mf1(probs: np.ndarray) -> float:
         return 100 * emotion_f1(labels, probs)["average"]["mF1"]

@@ -33,13 +33,13 @@ from avemo.calibration.report import (
     target_graph,
 )
 from avemo.calibration.search import budget_error
-from avemo.contract import MANIFEST_FILE, MODALITY_TITLES, PARITY_FILE, PRECISION_DIRS, TENSORRT_DIRS
+from avemo.contract import MANIFEST_FILE, MODALITY_TITLES, PARITY_FILE, PARITY_TOLERANCE, PRECISION_DIRS, TENSORRT_DIRS
 from avemo.errors import AvemoError
 from avemo.export.fp16 import FP32_OPS
 from avemo.io import atomic_write_bytes, atomic_write_json, jsonable, new_tree, replace_tree, tree_hashes
 from avemo.machine import package_version
 from avemo.runtime.models.manifest import Manifest, load_manifest, write_manifest
-from avemo.runtime.models.parity import TOLERANCE, check_parity, load_references, parity_samples
+from avemo.runtime.models.parity import check_parity, load_references, parity_samples
 from avemo.train.cache import CacheSplit
 
 CALIBRATION_FILE = "calibration.json"
@@ -288,7 +288,7 @@ def _with_int8(
     for p in shipped:
         data_out["precisions"][p] = {
             "dir": PRECISION_DIRS[p],
-            "parity_tolerance": TOLERANCE[p],
+            "parity_tolerance": PARITY_TOLERANCE[p],
             "quantizer": "nvidia-modelopt (explicit Q/DQ)" if candidates[p] == "modelopt" else "onnxruntime QDQ (u8s8)",
             "method": plan.method if candidates[p] == "modelopt" else CPU_METHOD,
             "kept_fp32": kept,

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import click
 
-from avemo.runtime.cli import engine_build_options
+from avemo.contract import EXPORT_PRECISIONS
+from avemo.options import engine_build_options
 
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path, exists=True))
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8", "all"]),
+    type=click.Choice([*EXPORT_PRECISIONS, "int8", "all"]),
     default="fp32",
     show_default=True,
     help="fp16 adds a mixed-precision set in fp16/ (fp32 is always exported as the reference); "
@@ -78,7 +79,7 @@ def export(
             "int8 is calibrated on training features: give --data CACHE (the cache the run trained on)",
             param_hint="--data",
         )
-    wanted = {"all": ("fp32", "fp16"), "int8": ("fp32", "fp16")}.get(precision, (precision,))
+    wanted = EXPORT_PRECISIONS if precision in ("all", "int8") else (precision,)
     manifest = export_run(run, out, wanted, opset, not no_simplify, force, log=click.echo)
     sizes = manifest["sizes"]["fp32"]
     click.echo(
@@ -102,7 +103,7 @@ def export(
             f"avemo build {out} --precision {engine_precision}"
         )
         return
-    from avemo.runtime.backends.trt import build_engines
+    from avemo.runtime.backends.build import build_engines
     from avemo.runtime.models.manifest import load_manifest
 
     build_engines(load_manifest(out), engine_precision, workspace, timing_cache, device_id, max_batch, click.echo)

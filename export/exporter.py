@@ -16,9 +16,11 @@ from avemo import __version__
 from avemo.config import to_dict
 from avemo.contract import (
     BEST_CHECKPOINT,
+    EXPORT_PRECISIONS,
     LABELS,
     MANIFEST_FILE,
     PARITY_FILE,
+    PARITY_TOLERANCE,
     PRECISION_DIRS,
     WEIGHTS_FILE,
     graph_file,
@@ -34,7 +36,6 @@ from avemo.export.wrappers import wrap
 from avemo.io import new_tree, replace_tree, sha256_file, tree_hashes
 from avemo.runtime.models.manifest import write_manifest
 from avemo.runtime.models.parity import (
-    TOLERANCE,
     References,
     Samples,
     check_parity,
@@ -43,8 +44,6 @@ from avemo.runtime.models.parity import (
     save_references,
 )
 from avemo.train.checkpoint import load_model, train_config_of
-
-EXPORTABLE = ("fp32", "fp16")
 
 
 def resolve_checkpoint(run: Path) -> Path:
@@ -115,7 +114,7 @@ def export_run(
 def _check_precisions(precisions: tuple[str, ...], out: Path) -> None:
     """Only fp32 and fp16 are exported; INT8 is calibrated afterwards."""
     for p in precisions:
-        if p not in EXPORTABLE:
+        if p not in EXPORT_PRECISIONS:
             raise AvemoError(
                 f"{p} graphs are not made by export: INT8 needs calibration on MOSEI training features "
                 f"(`avemo calibrate {out} --data CACHE`)"
@@ -175,7 +174,7 @@ def _manifest(
         "precisions": {
             p: {
                 "dir": PRECISION_DIRS[p],
-                "parity_tolerance": TOLERANCE[p],
+                "parity_tolerance": PARITY_TOLERANCE[p],
                 **({"fp32_ops": list(FP32_OPS)} if p == "fp16" else {}),
             }
             for p in precisions

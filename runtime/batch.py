@@ -65,6 +65,20 @@ def result_line(result: Any) -> dict[str, Any]:
     return line
 
 
+def json_line(obj: object) -> str:
+    """JSON of ``obj`` with file names that are not UTF-8 shown as \\xNN escapes, not lone surrogates
+    (which strict JSON readers refuse)."""
+
+    def clean(value: object) -> object:
+        if isinstance(value, str):
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    return json.dumps(clean(obj))
+
+
 def _after(line: dict[str, Any], key: str, new: str, value: Any) -> dict[str, Any]:
     items = list(line.items())
     at = [k for k, _ in items].index(key) + 1

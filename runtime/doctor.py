@@ -140,7 +140,7 @@ def run_doctor(
     log(f"environment: {json.dumps(env)}")
     try:
         manifest = load_manifest(models, verify=True)
-        doctor.ok("model files match manifest.json", files=len(manifest.data["files"]))
+        doctor.ok("model files match manifest.json", files=len(manifest.files))
     except AvemoError as exc:
         doctor.fail("model files match manifest.json", str(exc))
         return _finish(doctor, env, models, out)
@@ -173,9 +173,10 @@ def run_doctor(
 
 
 def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int, iters: int) -> None:
+    from avemo.runtime.backends import open_backend
+    from avemo.runtime.backends.build import build_engine, check_built_engine
     from avemo.runtime.backends.engines import check_engine, engine_path
-    from avemo.runtime.backends.ort import OrtBackend
-    from avemo.runtime.backends.trt import TrtBackend, build_engine, check_built_engine, current_device
+    from avemo.runtime.backends.trt import current_device
     from avemo.runtime.models.parity import sample_inputs
     from avemo.runtime.profile.timing import interleaved_latency
 
@@ -198,8 +199,10 @@ def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int
                     manifest, modality, precision, path, device_id, meta.get("max_batch")
                 )
             inputs = sample_inputs(manifest.features, modality, *TIMING_SHAPE, seed=7)
-            ort = OrtBackend(manifest.graph_path(modality, precision))
-            with TrtBackend(manifest, modality, precision, device_id) as engine:
+            with (
+                open_backend(manifest, modality, precision, "ort") as ort,
+                open_backend(manifest, modality, precision, "trt", device_id=device_id) as engine,
+            ):
                 calls = {
                     "trt": lambda e=engine, x=inputs: e.infer(x),
                     "ort": lambda o=ort, x=inputs: o.infer(x),

@@ -8,7 +8,6 @@ calls with a lock (decoding, features and inference still overlap).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import time
 from collections.abc import Iterator
@@ -30,11 +29,11 @@ from avemo.contract import (
     PROFILE_BATCH,
 )
 from avemo.errors import AvemoError
-from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.backends import Backend, open_backend, resolve_backend
 from avemo.runtime.faces import FacePipeline
 from avemo.runtime.media.audio import add_deltas
 from avemo.runtime.media.extract import MediaFeatures, extract
-from avemo.runtime.models.manifest import Manifest, load_manifest
+from avemo.runtime.models.manifest import load_manifest
 from avemo.runtime.profile.timing import stage
 
 THRESHOLD = 0.5
@@ -77,7 +76,8 @@ class ClipInput:
 
 
 class Recognizer:
-    """Loads an exported model directory (hash-checked) and recognises clips on ONNX Runtime."""
+    """Loads an exported model directory (hash-checked) and recognises clips on its backends (ONNX Runtime or
+    TensorRT), one per graph, which it owns and closes."""
 
     def __init__(
         self,
@@ -103,7 +103,7 @@ class Recognizer:
         self.backend, self.precision, self.backend_reason = chosen
         warning = self.manifest.accuracy_warning(self.precision)
         self.model_notes = [warning] if warning else []  # said in every result of these graphs
-        self.backends: dict[str, Any] = {}
+        self.backends: dict[str, Backend] = {}
         scratch = None
         if self.backend == "trt":  # one activation area for the three engines
             from avemo.runtime.backends.gpu import DeviceScratch
@@ -111,7 +111,7 @@ class Recognizer:
             scratch = DeviceScratch(device_id)
         try:
             for m in self.manifest.modalities:
-                self.backends[m] = open_graph(
+                self.backends[m] = open_backend(
                     self.manifest, m, self.precision, self.backend, threads, providers, device_id, scratch
                 )
         except BaseException:
@@ -123,9 +123,7 @@ class Recognizer:
     def close(self) -> None:
         """Release the graphs (TensorRT engines, contexts and buffers); safe to call twice or from another thread."""
         for graph in list(self.backends.values()):
-            close = getattr(graph, "close", None)
-            if close is not None:
-                close()
+            graph.close()
 
     def __enter__(self) -> Recognizer:
         return self
@@ -224,12 +222,16 @@ class Recognizer:
     def stream(
         self, source: Path | str, window: float, hop: float | None = None, **options: Any
     ) -> Iterator[Recognition]:
-        """Windows ``[s, s + window)`` every ``hop`` seconds over a file or a live source, decoded in one
-        pass, each yielded as soon as it is complete. ``options`` (timeout, max_seconds, stop,
+        """Windows ``[s, s + window)`` every ``hop`` s over a file or a live source, decoded in one pass, each
+        recognised as soon as it is complete (live: with its lag). ``options`` (timeout, max_seconds, stop,
         max_behind, reconnect) and the details: ``avemo.runtime.stream.run.stream_windows``."""
         from avemo.runtime.stream.run import stream_windows
 
-        return stream_windows(self, source, window, hop, **options)
+        for w in stream_windows(self.features, self.faces, source, window, hop, self.needs_video, **options):
+            result = self.recognize_features(w.features, w.source, (w.start, w.end), w.features_ms)
+            if w.lag is not None:  # measured now that the result is ready
+                result.latency_ms, result.behind_s, result.dropped_windows = dataclasses.astuple(w.lag())
+            yield result
 
     @property
     def needs_video(self) -> bool:
@@ -264,7 +266,7 @@ class Recognizer:
     @property
     def clip_seconds(self) -> float:
         """The longest clip the model takes at once: its engine profiles' maximum (30 s), on every backend."""
-        return self.manifest.data["profiles"]["audio_frames"][2] / self.features.frames_per_second
+        return self.manifest.profiles["audio_frames"][2] / self.features.frames_per_second
 
     def split_long(self, clip: ClipInput, face_times: list[float]) -> list[tuple[ClipInput, float]]:
         """A clip longer than ``clip_seconds`` as consecutive windows of at most that length (audio frames and
@@ -350,63 +352,6 @@ class Recognizer:
         named = {name: float(p) for name, p in zip(LABELS, probs, strict=True)}
         labels = [name for name, p in named.items() if p >= self.threshold]
         return Recognition(modality, named, self.backend, labels, timings_ms=timings, notes=list(self.model_notes))
-
-
-def open_graph(
-    manifest: Manifest,
-    modality: str,
-    precision: str,
-    backend: str,
-    threads: int | None = None,
-    providers: list[str] | None = None,
-    device_id: int = 0,
-    scratch: Any = None,
-) -> Any:
-    """One graph's backend (``backend`` resolved: 'ort' or 'trt'): ``infer({input: array}) -> probs``."""
-    if backend == "trt":
-        from avemo.runtime.backends.trt import TrtBackend
-
-        return TrtBackend(manifest, modality, precision, device_id, scratch=scratch)
-    return OrtBackend(manifest.graph_path(modality, precision), threads, providers)
-
-
-ENGINE_PREFERENCE = ("fp16", "int8", "fp32")  # what `--backend auto|trt` runs when no --precision is given
-
-
-def resolve_backend(
-    backend: str, manifest: Manifest, precision: str | None = None, device_id: int = 0
-) -> tuple[str, str, str]:
-    """(backend 'ort' or 'trt', precision, why). 'auto' is TensorRT where tensorrt and pycuda import and this
-    GPU has engines (of ``precision``, or of the first of ENGINE_PREFERENCE built), else ONNX Runtime."""
-    if backend not in ("auto", "trt", "ort"):
-        raise AvemoError(f"unknown backend {backend!r}; expected auto, trt or ort")
-    if backend == "ort":
-        return "ort", precision or "fp32", "ONNX Runtime (--backend ort)"
-    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
-        if backend == "trt":
-            from avemo.runtime.backends.gpu import TRT_HINT
-
-            raise AvemoError(f"--backend trt: tensorrt and pycuda do not import here; {TRT_HINT}")
-        return "ort", precision or "fp32", "ONNX Runtime (tensorrt and pycuda do not import here)"
-    from avemo.runtime.backends.engines import engine_path
-    from avemo.runtime.backends.trt import current_device
-
-    try:
-        device = current_device(device_id)
-    except AvemoError as exc:  # no driver or no such GPU: auto still runs, on the CPU
-        if backend == "trt":
-            raise
-        return "ort", precision or "fp32", f"ONNX Runtime (no usable GPU: {exc})"
-    wanted = (precision,) if precision else ENGINE_PREFERENCE
-    for p in wanted:
-        if all(engine_path(manifest.root, device, m, p).exists() for m in manifest.modalities):
-            return "trt", p, f"TensorRT {p} engines for {device.describe()}"
-    if backend == "trt":
-        raise AvemoError(
-            f"no {'/'.join(wanted)} engines for {device.describe()} in {manifest.root}; "
-            f"build them here: avemo build {manifest.root} --precision {wanted[0]}"
-        )
-    return "ort", precision or "fp32", f"ONNX Runtime (no {'/'.join(wanted)} engines for {device.describe()})"
 
 
 def batch_inputs(clips: list[ClipInput], modality: str) -> dict[str, np.ndarray]:

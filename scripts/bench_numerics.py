@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 from avemo.contract import AUDIO_FEATS, FACES, graph_file
-from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.backends import open_onnx
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.numerics import ReferenceBackend
 from avemo.runtime.models.parity import padding_invariance, parity_samples
 
 
@@ -35,7 +34,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for modality, inputs in samples.items():
         path = args.models / args.precision_dir / graph_file(modality)
-        reference, ort = ReferenceBackend(path), OrtBackend(path)
+        reference, ort = open_onnx(path, "reference"), open_onnx(path, "ort")
         for i, sample in enumerate(inputs):
             started = time.perf_counter()
             got = reference.infer(sample)

@@ -8,7 +8,7 @@ needs avemo[train]; on a runtime-only device pass e.g. --backend ort,trt.
 """
 
 from avemo.cli import friendly
-from avemo.runtime.cli import profile
+from avemo.export.profile_cli import profile  # the runtime's command with the PyTorch baseline (torch is lazy)
 
 if __name__ == "__main__":
     friendly(profile)(prog_name="profile_latency.py")

@@ -20,4 +20,4 @@ if [ ! -f "$STUBS/tensorrt/__init__.pyi" ]; then
         "$STUBS/tensorrt_bindings/tensorrt.pyi"
 fi
 MYPYPATH="$STUBS" "$PY" -m mypy --check-untyped-defs --ignore-missing-imports --follow-imports=silent \
-    --disable-error-code=arg-type runtime/backends/trt.py runtime/backends/engines.py runtime/backends/gpu.py
+    --disable-error-code=arg-type runtime/backends/trt.py runtime/backends/build.py runtime/backends/engines.py runtime/backends/gpu.py

@@ -58,6 +58,11 @@ def colearn_export(tmp_path_factory):
     return root / "models", manifest, model
 
 
+def double_modules() -> list[str]:
+    """The doubles' modules imported so far (their submodules too: each import reads the version afresh)."""
+    return [name for name in sys.modules if name.split(".")[0] in ("tensorrt", "pycuda")]
+
+
 @pytest.fixture
 def trt_double(monkeypatch, colearn_export, tmp_path):
     """install(version, gpus) -> (manifest of a fresh copy of the tiny model, tensorrt double, pycuda.driver double)."""
@@ -69,7 +74,7 @@ def trt_double(monkeypatch, colearn_export, tmp_path):
         if gpus:
             monkeypatch.setenv("AVEMO_DOUBLE_GPUS", gpus)
         monkeypatch.syspath_prepend(str(FAKES))
-        for name in ("tensorrt", "pycuda", "pycuda.driver"):
+        for name in double_modules():
             monkeypatch.delitem(sys.modules, name, raising=False)
         import avemo.runtime.backends.gpu as gpu
         import avemo.runtime.backends.trt as trt_backend
@@ -83,13 +88,14 @@ def trt_double(monkeypatch, colearn_export, tmp_path):
         return load_manifest(models), tensorrt, cuda
 
     yield install
-    for name in ("tensorrt", "pycuda", "pycuda.driver"):  # imported during the test: gone with the doubles
+    for name in double_modules():  # imported during the test: gone with the doubles
         sys.modules.pop(name, None)
 
 
 def build_with_double(manifest, precision="fp32", modalities=None, device_id=0):
     """Build ``precision`` engines of ``modalities`` (default: all) through the doubles; their paths."""
-    from avemo.runtime.backends.trt import build_engine, current_device
+    from avemo.runtime.backends.build import build_engine
+    from avemo.runtime.backends.trt import current_device
 
     device = current_device(device_id)
     return [

@@ -1,6 +1,5 @@
 """Recognizer and `avemo infer` on CPU (ONNX Runtime), end to end on media made here, and without torch."""
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -8,9 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from avemo.cli import main
 from avemo.errors import AvemoError
 from avemo.export.exporter import export_run
 from avemo.runtime.recognizer import ClipInput, Recognizer
@@ -94,47 +91,6 @@ def test_the_model_carries_its_face_detector(colearn_export, media, capsys):
     result = other.recognize(media["both"])
     assert any("differs from the training detector yunet" in note for note in result.notes)
     assert "WARNING: face detector haar" in capsys.readouterr().err
-
-
-def test_infer_cli_json_lines_errors_and_timeline(colearn_export, media, tmp_path):
-    (tmp_path / "broken.mp4").write_bytes(b"\x00 not media" * 40)
-    runner = CliRunner()
-    args = [str(media["both"]), str(tmp_path / "broken.mp4"), str(media["silent"]), "--models", str(colearn_export[0])]
-    result = runner.invoke(main, ["infer", *args])
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert result.exit_code == 1  # one input failed ...
-    assert [line.get("modality") for line in lines] == ["av", None, "v"]  # ... the others still ran
-    assert "cannot open media" in lines[1]["error"]
-    # 3 s at 3 fps: 9 frames, the face in each; the chosen face is reported.
-    assert (lines[0]["frames_sampled"], lines[0]["frames_with_face"]) == (9, 9)
-    assert lines[0]["face"]["choice"] == "only face" and len(lines[0]["face"]["box"]) == 4
-    plot = tmp_path / "timeline.png"
-    result = runner.invoke(
-        main,
-        [
-            "infer",
-            str(media["long"]),
-            "--models",
-            str(colearn_export[0]),
-            "--window",
-            "3",
-            "--hop",
-            "2",
-            "--plot",
-            str(plot),
-            "--precision",
-            "fp16",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    windows = [json.loads(line) for line in result.stdout.splitlines()]
-    summary = json.loads(result.stderr.splitlines()[-1])["summary"]  # on stderr
-    assert summary["windows"] == 3 and summary["stream_seconds"] == 7.0
-    assert [(w["start"], w["end"]) for w in windows] == [(0.0, 3.0), (2.0, 5.0), (4.0, 7.0)]
-    assert [w["frames_sampled"] for w in windows] == [9, 9, 9]
-    assert plot.read_bytes()[:4] == b"\x89PNG"
-    result = runner.invoke(main, ["infer", str(media["long"]), "--models", str(colearn_export[0]), "--plot", "x.png"])
-    assert result.exit_code == 2 and "--window" in result.output
 
 
 def test_recognizer_runs_where_torch_cannot_be_imported(colearn_export, media):

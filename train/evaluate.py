@@ -17,7 +17,7 @@ from avemo.train.data import make_loader
 from avemo.train.distributed import Dist
 from avemo.train.metrics import emotion_f1
 from avemo.train.model import CrossModalTransformer
-from avemo.train.study import variant_of
+from avemo.train.report import variant_of
 
 
 @torch.no_grad()

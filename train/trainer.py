@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from avemo.io import atomic_write_json
 from avemo.train.cache import CacheSplit
 from avemo.train.checkpoint import read_checkpoint, save_checkpoint
 from avemo.train.data import Batch, make_loader
-from avemo.train.distributed import init_from_env, shutdown
+from avemo.train.distributed import Dist, init_from_env, shutdown
 from avemo.train.evaluate import evaluate_model
 from avemo.train.model import CrossModalTransformer, count_parameters
 
@@ -120,6 +121,160 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass
+class Executor:
+    """One run's model, optimiser and step loss in its process group: ``train_epoch`` and ``cv`` (WeNet's shape)."""
+
+    model: CrossModalTransformer
+    optimizer: torch.optim.Optimizer
+    step_loss: torch.nn.Module  # StepLoss, wrapped in DistributedDataParallel under torchrun
+    cfg: TrainConfig
+    ctx: Dist
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return training_modalities(self.cfg)
+
+    def train_epoch(self, loader: torch.utils.data.DataLoader, epoch: int, progress: bool) -> dict[str, float]:
+        """One pass over the training loader: train_loss (per step, over all ranks), train_seconds, clips_per_second."""
+        from tqdm import tqdm
+
+        cfg, ctx = self.cfg, self.ctx
+        loader.batch_sampler.epoch = epoch
+        draws = colearn_draws(cfg.seed, epoch, self.modalities)
+        if ctx.active:
+            torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)  # dropout differs per rank
+        self.model.train()
+        total, steps, clips, start = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and ctx.main), leave=False)
+        for batch in bar:
+            if cfg.regime == "colearn" and cfg.colearn_mode == "random":
+                chosen: tuple[str, ...] = (next(draws),)
+            else:
+                chosen = self.modalities
+            loss = self.step(batch, chosen)
+            if loss is None:
+                continue
+            total += loss / ctx.world
+            steps += 1
+            clips += len(batch.labels)
+            bar.set_postfix(loss=f"{total / steps:.3f}")
+        if ctx.active:
+            total, clips = (float(v) for v in ctx.all_sum(torch.tensor([total, float(clips)], dtype=torch.float64)))
+        seconds = time.perf_counter() - start
+        return {
+            "train_loss": total / max(1, steps),
+            "train_seconds": seconds,
+            "clips_per_second": clips / seconds if seconds > 0 else 0.0,
+        }
+
+    def step(self, batch: Batch, chosen: tuple[str, ...]) -> float | None:
+        """One optimiser step on ``chosen`` modalities; its loss, or None when no clip of any rank has them."""
+        ctx = self.ctx
+        # Clips with each drawn modality over all ranks: every rank weighs its clip losses so the
+        # averaged gradient equals one process's gradient over the whole global batch.
+        counts = ctx.all_sum(torch.tensor([float(batch.usable(m).sum()) for m in chosen]))
+        weights = {m: ctx.world / float(c) for m, c in zip(chosen, counts, strict=True) if c > 0}
+        if not weights:
+            return None
+        loss = self.step_loss(batch.to(ctx.device), weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+    def cv(self, split: CacheSplit) -> dict[str, Any]:
+        """The validation pass: Table-2 metrics of each trained modality on ``split``."""
+        return evaluate_model(self.model, split, self.modalities, self.ctx)
+
+
+def new_state() -> dict[str, Any]:
+    """Early-stopping bookkeeping of a run that has not trained yet (what last.pt carries besides weights)."""
+    return {"epoch": 0, "best_metric": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+
+
+def should_continue(state: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Another epoch: the budget is not spent, and early stopping has not ended the run (or may not yet)."""
+    return state["epoch"] < cfg.max_epochs and (state["bad_epochs"] < cfg.patience or state["epoch"] < cfg.min_epochs)
+
+
+def record_epoch(state: dict[str, Any], epoch: int, stats: dict[str, float], results: dict[str, Any]) -> bool:
+    """Add an epoch's training stats and validation results to ``state``; True when it is the best so far."""
+    valid_mf1 = {m: results[m]["average"]["mF1"] for m in results}
+    metric = float(np.mean(list(valid_mf1.values())))
+    record = {
+        "epoch": epoch,
+        "train_loss": stats["train_loss"],
+        "valid_mF1": valid_mf1,
+        "valid_wF1": {m: results[m]["average"]["wF1"] for m in results},
+        "metric": metric,
+        "train_seconds": stats["train_seconds"],
+        "clips_per_second": stats["clips_per_second"],
+    }
+    state["history"].append(record)
+    state["epoch"] = epoch
+    improved = metric > state["best_metric"]
+    if improved:
+        state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    return improved
+
+
+def save_epoch(
+    out: Path, data: Path, ex: Executor, state: dict[str, Any], results: dict[str, Any], improved: bool
+) -> None:
+    """last.pt (and best.pt when ``improved``), history.json and the curves after an epoch; rank 0 only."""
+    extra = {
+        "optimizer": ex.optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "data": str(Path(data).resolve()),
+    }
+    extra |= {**state, "processes": ex.ctx.world}
+    if improved:
+        save_checkpoint(out / BEST_CHECKPOINT, ex.model, ex.cfg, valid=results, **extra)
+    save_checkpoint(out / LAST_CHECKPOINT, ex.model, ex.cfg, **extra)
+    atomic_write_json(out / HISTORY_FILE, state["history"])
+    plot_curves(state["history"], out / CURVES_FILE)
+
+
+def start_or_resume(
+    out: Path,
+    ex: Executor,
+    model_cfg: ModelConfig,
+    train_split: CacheSplit,
+    inits: tuple[Path | None, Path | None],
+) -> dict[str, Any] | None:
+    """Resume from ``out``'s last.pt (weights, optimiser, RNG; its state returned) or start a new run: the
+    audio CMVN from ``train_split`` and the user's (audio, visual) encoder weights (None returned)."""
+    last = out / LAST_CHECKPOINT
+    if not last.exists():
+        with torch.no_grad():
+            ex.model.set_cmvn(*(t.to(ex.ctx.device) for t in cmvn_stats(train_split)))
+        load_init(ex.model.audio, inits[0], "audio")
+        load_init(ex.model.visual, inits[1], "visual")
+        return None
+    payload = read_checkpoint(last)
+    if not _same_run(payload, model_cfg, ex.cfg):
+        raise AvemoError(f"{out}: holds a run with other settings; use a new --out or the same options")
+    ex.model.load_state_dict(payload["model"])
+    ex.optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["torch_rng"])
+    return {k: payload[k] for k in new_state()}
+
+
+def distribute(step_loss: torch.nn.Module, cfg: TrainConfig, ctx: Dist) -> torch.nn.Module:
+    """``step_loss`` wrapped in DistributedDataParallel under torchrun, else itself."""
+    if not ctx.active:
+        return step_loss
+    # A co-learning step on A or V leaves the other encoder unused; every rank draws the same
+    # modality, so the unused set agrees across ranks and DDP only has to look for it.
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    drawn = cfg.regime == "colearn" and cfg.colearn_mode == "random"
+    return torch.nn.parallel.DistributedDataParallel(step_loss, device_ids=ids, find_unused_parameters=drawn)
+
+
 def train(
     data: Path,
     out: Path,
@@ -131,8 +286,6 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume) one run; returns the best validation result."""
-    from tqdm import tqdm
-
     if train_cfg.colearn_mode not in COLEARN_MODES:
         raise AvemoError(f"unknown --colearn-mode {train_cfg.colearn_mode!r}; expected one of {COLEARN_MODES}")
     out = Path(out)
@@ -145,117 +298,41 @@ def train(
     valid_split = CacheSplit(data, "valid", model_cfg.features)
     model = CrossModalTransformer(model_cfg).to(ctx.device)
     optimizer = torch.optim.RAdam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    modalities = training_modalities(train_cfg)
-    state: dict[str, Any] = {"epoch": 0, "best_metric": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
-
-    last = out / LAST_CHECKPOINT
-    if last.exists():
-        payload = read_checkpoint(last)
-        if not _same_run(payload, model_cfg, train_cfg):
-            raise AvemoError(f"{out}: holds a run with other settings; use a new --out or the same options")
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["torch_rng"])
-        state = {k: payload[k] for k in state}
+    ex = Executor(model, optimizer, StepLoss(model), train_cfg, ctx)
+    state = start_or_resume(out, ex, model_cfg, train_split, (audio_init, visual_init))
+    if state is not None:
         say(f"resuming {out} after epoch {state['epoch']}" + (f" on {ctx.world} processes" if ctx.active else ""))
-    else:
-        with torch.no_grad():
-            model.set_cmvn(*(t.to(ctx.device) for t in cmvn_stats(train_split)))
-        load_init(model.audio, audio_init, "audio")
-        load_init(model.visual, visual_init, "visual")
-    step_loss: torch.nn.Module = StepLoss(model)
-    if ctx.active:
-        # A co-learning step on A or V leaves the other encoder unused; every rank draws the same
-        # modality, so the unused set agrees across ranks and DDP only has to look for it.
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        drawn = train_cfg.regime == "colearn" and train_cfg.colearn_mode == "random"
-        step_loss = torch.nn.parallel.DistributedDataParallel(step_loss, device_ids=ids, find_unused_parameters=drawn)
+    state = state or new_state()
+    ex.step_loss = distribute(ex.step_loss, train_cfg, ctx)
     say(
         f"model: {count_parameters(model):,} parameters; regime {train_cfg.regime}"
         f"{' (' + train_cfg.colearn_mode + ')' if train_cfg.regime == 'colearn' else ''}; "
         f"train {len(train_split)} / valid {len(valid_split)} clips"
         + (f"; {ctx.world} processes ({ctx.device.type}), global batch {train_cfg.batch_size}" if ctx.active else "")
     )
+    need = {"need_audio": model_cfg.use_audio, "need_faces": model_cfg.use_visual}
     loader = make_loader(
         train_split,
         train_cfg.batch_size,
-        seed=train_cfg.seed,
+        train_cfg.seed,
         shuffle=True,
         workers=workers,
-        need_audio=model_cfg.use_audio,
-        need_faces=model_cfg.use_visual,
         shard=(ctx.rank, ctx.world),
+        **need,
     )
-    while state["epoch"] < train_cfg.max_epochs and (
-        state["bad_epochs"] < train_cfg.patience or state["epoch"] < train_cfg.min_epochs
-    ):
+    while should_continue(state, train_cfg):
         epoch = state["epoch"] + 1
-        loader.batch_sampler.epoch = epoch
-        draws = colearn_draws(train_cfg.seed, epoch, modalities)
-        if ctx.active:
-            torch.manual_seed(train_cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)  # dropout differs per rank
-        model.train()
-        total, steps, clips, start = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and ctx.main), leave=False)
-        for batch in bar:
-            if train_cfg.regime == "colearn" and train_cfg.colearn_mode == "random":
-                chosen: tuple[str, ...] = (next(draws),)
-            else:
-                chosen = modalities
-            # Clips with each drawn modality over all ranks: every rank weighs its clip losses so the
-            # averaged gradient equals one process's gradient over the whole global batch.
-            counts = ctx.all_sum(torch.tensor([float(batch.usable(m).sum()) for m in chosen]))
-            weights = {m: ctx.world / float(c) for m, c in zip(chosen, counts, strict=True) if c > 0}
-            if not weights:
-                continue
-            loss = step_loss(batch.to(ctx.device), weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            total += loss.item() / ctx.world
-            steps += 1
-            clips += len(batch.labels)
-            bar.set_postfix(loss=f"{total / steps:.3f}")
-        if ctx.active:
-            total, clips = (float(v) for v in ctx.all_sum(torch.tensor([total, float(clips)], dtype=torch.float64)))
-        seconds = time.perf_counter() - start
-        results = evaluate_model(model, valid_split, modalities, ctx)
-        valid_mf1 = {m: results[m]["average"]["mF1"] for m in modalities}
-        metric = float(np.mean(list(valid_mf1.values())))
-        record = {
-            "epoch": epoch,
-            "train_loss": total / max(1, steps),
-            "valid_mF1": valid_mf1,
-            "valid_wF1": {m: results[m]["average"]["wF1"] for m in modalities},
-            "metric": metric,
-            "train_seconds": seconds,
-            "clips_per_second": clips / seconds if seconds > 0 else 0.0,
-        }
-        state["history"].append(record)
-        state["epoch"] = epoch
-        improved = metric > state["best_metric"]
-        if improved:
-            state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
+        stats = ex.train_epoch(loader, epoch, progress)
+        results = ex.cv(valid_split)
+        improved = record_epoch(state, epoch, stats, results)
         if ctx.main:  # one writer; every rank holds the same weights and history
-            extra = {
-                "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "data": str(Path(data).resolve()),
-            }
-            extra |= {**state, "processes": ctx.world}
-            if improved:
-                save_checkpoint(out / BEST_CHECKPOINT, model, train_cfg, valid=results, **extra)
-            save_checkpoint(last, model, train_cfg, **extra)
-            atomic_write_json(out / HISTORY_FILE, state["history"])
-            plot_curves(state["history"], out / CURVES_FILE)
+            save_epoch(out, data, ex, state, results, improved)
         ctx.barrier()  # no rank starts an epoch another may resume from before last.pt is complete
+        valid_mf1 = state["history"][-1]["valid_mF1"]
         say(
-            f"epoch {epoch}: loss {record['train_loss']:.3f}, valid mean mF1 "
+            f"epoch {epoch}: loss {stats['train_loss']:.3f}, valid mean mF1 "
             + ", ".join(f"{m.upper()} {100 * v:.1f}" for m, v in valid_mf1.items())
-            + f" ({record['clips_per_second']:.1f} clips/s){' *' if improved else ''}"
+            + f" ({stats['clips_per_second']:.1f} clips/s){' *' if improved else ''}"
         )
     say(f"best epoch {state['best_epoch']}: valid mean mF1 {100 * state['best_metric']:.1f} -> {out / BEST_CHECKPOINT}")
     shutdown(ctx)

@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from avemo.contract import NUM_LABELS, PROBS, PROFILE_BATCH, WEIGHTS_FILE, graph_file
+from avemo.contract import ENGINE_PRECISIONS, NUM_LABELS, PROBS, PROFILE_BATCH, WEIGHTS_FILE, graph_file
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json
 from avemo.runtime.models.manifest import Manifest
 
 ENGINES_DIR = "engines"
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 SUPPORTED_TRT_MAJOR = (10, 11)  # JetPack 6.x/7.x ship 10.x; desktop 11.x is strongly typed
 
 Shape = tuple[int, ...]
@@ -87,7 +86,7 @@ def _dims(shape: list[Any], axes: dict[str, tuple[int, int, int]], which: int) -
 
 def batch_limit(manifest: Manifest, max_batch: int | None = None) -> int:
     """Clips per engine call: the manifest's profile maximum, or less where ``max_batch`` says so."""
-    largest = int(manifest.data["profiles"]["batch"][2])
+    largest = manifest.max_batch
     return largest if max_batch is None else max(1, min(int(max_batch), largest))
 
 
@@ -101,11 +100,11 @@ def default_max_batch(total_memory: int, integrated: bool) -> int:
 def profiles(manifest: Manifest, modality: str, max_batch: int | None = None) -> dict[str, tuple[Shape, Shape, Shape]]:
     """min / opt / max shape of every input of a graph, from the manifest's profile ranges (the batch axis
     capped at ``max_batch``)."""
-    axes = {k: tuple(v) for k, v in manifest.data["profiles"].items()}
+    axes = manifest.profiles
     high = batch_limit(manifest, max_batch)
     low, opt, _ = axes["batch"]
     axes["batch"] = (min(low, high), min(opt, high), high)
-    spec = manifest.data["graphs"][modality]["inputs"]
+    spec = manifest.inputs(modality)
     return {
         i["name"]: (_dims(i["shape"], axes, 0), _dims(i["shape"], axes, 1), _dims(i["shape"], axes, 2)) for i in spec
     }
@@ -115,7 +114,7 @@ def buffer_bytes(manifest: Manifest, modality: str, max_batch: int | None = None
     """Bytes to allocate per input and output so that every shape of the profile fits."""
     sizes = {}
     limits = profiles(manifest, modality, max_batch)
-    for spec in manifest.data["graphs"][modality]["inputs"]:
+    for spec in manifest.inputs(modality):
         sizes[spec["name"]] = int(np.prod(limits[spec["name"]][2])) * np.dtype(spec["dtype"]).itemsize
     sizes[PROBS] = batch_limit(manifest, max_batch) * NUM_LABELS * np.dtype(np.float32).itemsize
     return sizes
@@ -125,7 +124,7 @@ def sources(manifest: Manifest, modality: str, precision: str) -> dict[str, str 
     """The graph and weight files an engine is built from, and their sha256 in the manifest."""
     folder = manifest.graph_dir(precision, tensorrt=True)
     source, weights = (name if folder == "." else f"{folder}/{name}" for name in (graph_file(modality), WEIGHTS_FILE))
-    files = manifest.data["files"]
+    files = manifest.files
     return {"source": source, "source_sha256": files.get(source), "weights_sha256": files.get(weights)}
 
 
@@ -192,8 +191,8 @@ def check_io(
 ) -> None:
     """Compare a deserialised engine's I/O tensors with the manifest's graph: names, modes, dtypes, shapes and
     the input profile (batch capped at ``max_batch``). ``nptype``: TensorRT's DataType -> numpy type."""
-    graph = manifest.data["graphs"][modality]
-    wanted = {s["name"]: ("INPUT", s) for s in graph["inputs"]} | {s["name"]: ("OUTPUT", s) for s in graph["outputs"]}
+    wanted = {s["name"]: ("INPUT", s) for s in manifest.inputs(modality)}
+    wanted |= {s["name"]: ("OUTPUT", s) for s in manifest.outputs(modality)}
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     problems = []
     if sorted(names) != sorted(wanted):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from avemo.contract import ORT_PROVIDERS
 from avemo.deps import require
 from avemo.errors import AvemoError
+from avemo.runtime.backends.base import BackendBase, InputSpec
+
+#: ONNX Runtime's tensor type names -> numpy (the types avemo's graphs and YuNet take).
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -30,8 +36,6 @@ def session_options(threads: int | None = None) -> Any:
 def providers_for(name: str) -> list[str]:
     """ONNX Runtime's providers for ``--ort-provider NAME``; refused when this onnxruntime lacks the first
     (ONNX Runtime itself would only warn and run on the CPU)."""
-    from avemo.contract import ORT_PROVIDERS
-
     ort = require("onnxruntime", "pip install 'avemo[runtime]'")
     wanted = list(ORT_PROVIDERS[name])
     available = ort.get_available_providers()
@@ -43,21 +47,28 @@ def providers_for(name: str) -> list[str]:
     return [p for p in wanted if p in available]
 
 
-class OrtBackend:
-    """Runs one graph: ``infer({input name: array}) -> probs [B, 6]``."""
+class OrtBackend(BackendBase):
+    """Runs one graph in an ONNX Runtime session: ``infer({input name: array}) -> probs [B, 6]``."""
+
+    kind = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
         ort = require("onnxruntime", "pip install 'avemo[runtime]'")
         options = session_options(threads)
+        self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for a bad file
             raise AvemoError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
-        self.path = Path(path)
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_specs = tuple(
+            InputSpec(i.name, np.dtype(ORT_TYPES.get(i.type, np.float32)), len(i.shape))
+            for i in self.session.get_inputs()
+        )
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise AvemoError(f"{self.path.name}: missing inputs {sorted(missing)}")
-        return self.session.run(None, {name: inputs[name] for name in self.input_names})[0]
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        feeds = self.checked(inputs)  # first: a closed backend has no session
+        return self.session.run(None, feeds)[0]
+
+    def close(self) -> None:
+        super().close()
+        self.__dict__.pop("session", None)  # ONNX Runtime frees the session's memory with its last reference

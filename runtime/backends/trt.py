@@ -1,9 +1,8 @@
-"""TensorRT: engine builder and runner (torch-free; tensorrt and pycuda imported lazily).
+"""TensorRT: running an engine (torch-free; tensorrt and pycuda imported lazily). Building is ``build``.
 
-Written against the TensorRT 10/11 Python API (``build_serialized_network``,
-``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``, user-managed
-execution-context memory). CUDA contexts and memory are ``avemo.runtime.backends.gpu``'s;
-the network flags per precision are ``avemo.runtime.backends.engines.build_flags``.
+Written against the TensorRT 10/11 Python API (``set_input_shape`` / ``set_tensor_address`` /
+``execute_async_v3``, user-managed execution-context memory). CUDA contexts and memory are
+``avemo.runtime.backends.gpu``'s; engine names, profiles and version rules ``engines``'.
 Neither package installs on our build machines: the tests drive this code with
 test doubles of both (``tests/fakes``) whose engines run the ONNX graph in
 ONNX Runtime. It has not run on a GPU yet.
@@ -11,29 +10,25 @@ ONNX Runtime. It has not run on a GPU yet.
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from avemo.contract import PARITY_FILE, PROBS
+from avemo.contract import PROBS
 from avemo.errors import AvemoError
-from avemo.io import atomic_write_bytes
+from avemo.runtime.backends.base import BackendBase, InputSpec
 from avemo.runtime.backends.engines import (
     Device,
     batch_limit,
     buffer_bytes,
-    build_flags,
     check_engine,
     check_io,
-    default_max_batch,
     engine_path,
     profiles,
-    write_sidecar,
 )
 from avemo.runtime.backends.gpu import (
     DeviceScratch,
@@ -71,172 +66,13 @@ def current_device(device_id: int = 0, info: GpuInfo | None = None) -> Device:
     return Device(info.name, info.compute_capability, tensorrt.__version__)
 
 
-def build_engine(
-    manifest: Manifest,
-    modality: str,
-    precision: str,
-    device: Device,
-    workspace_mb: int = 1024,
-    timing_cache: Path | None = None,
-    device_id: int = 0,
-    log: Callable[[str], None] = print,
-    max_batch: int | None = None,
-) -> Path:
-    """Build one engine on device ``device_id``, check it against parity.npz, then install it; returns its path.
-
-    The engine is written beside its final name first and run on the parity
-    samples; only an engine within the precision's tolerance is installed (its
-    sidecar records the largest difference and its device memory). ``max_batch``:
-    clips per call (default: ``default_max_batch`` for the GPU).
-    """
-    with needs_trt():
-        import tensorrt as trt
-    if max_batch is None:
-        info = gpu_info(device_id)
-        max_batch = default_max_batch(info.total_memory, info.integrated)
-    max_batch = batch_limit(manifest, max_batch)
-    onnx_path = manifest.graph_path(modality, precision, tensorrt=True)
-    path = engine_path(manifest.root, device, modality, precision)
-    candidate = path.with_name(path.name + ".partial")
-    with active(device_id):
-        plan, cache = _serialized_engine(
-            onnx_path, build_flags(trt.__version__, precision), profiles(manifest, modality, max_batch),
-            workspace_mb, timing_cache, log,
-        )  # fmt: skip
-        atomic_write_bytes(candidate, plan)
-        if cache is not None and timing_cache is not None:
-            atomic_write_bytes(timing_cache, cache)
-    del plan  # the host copy too: a Jetson's GPU shares that memory with the parity run below
-    try:
-        parity, memory = check_built_engine(manifest, modality, precision, candidate, device_id, max_batch)
-    except BaseException:
-        candidate.unlink(missing_ok=True)
-        raise
-    candidate.replace(path)
-    write_sidecar(path, device, manifest, modality, precision, max_batch, parity=parity, device_memory=memory)
-    log(
-        f"built {path}: up to {max_batch} clips per call, parity max |diff| {parity['max_abs_diff']:.1e} "
-        f"(tolerance {parity['tolerance']:.0e}), device memory {memory / 2**20:.1f} MiB"
-    )
-    return path
-
-
-def build_engines(
-    manifest: Manifest,
-    precision: str,
-    workspace_mb: int = 1024,
-    timing_cache: Path | None = None,
-    device_id: int = 0,
-    max_batch: int | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, int]:
-    """Build (and check) every graph's engine on device ``device_id``; returns each one's device memory."""
-    device = current_device(device_id)
-    log(f"building {precision} engines for {device.describe()} (device {device_id})")
-    memory = {}
-    for modality in manifest.modalities:
-        path = build_engine(
-            manifest, modality, precision, device, workspace_mb, timing_cache, device_id, log, max_batch
-        )
-        memory[modality] = json.loads(path.with_suffix(".json").read_text())["device_memory"]
-    # A Recognizer shares one activation area among its engines: the largest, not the sum.
-    log(
-        "device memory (activations): "
-        + ", ".join(f"{m.upper()} {b / 2**20:.1f} MiB" for m, b in memory.items())
-        + f"; a Recognizer holds {max(memory.values()) / 2**20:.1f} MiB (shared) plus its input buffers"
-    )
-    return memory
-
-
-def _serialized_engine(
-    onnx_path: Path,
-    flags: tuple[list[str], list[str], list[str]],
-    limits: dict[str, tuple[Any, Any, Any]],
-    workspace_mb: int,
-    timing_cache: Path | None,
-    log: Callable[[str], None],
-) -> tuple[bytes, bytes | None]:
-    """Parse and build (inside ``active``): the plan and the timing cache, as bytes. The builder, network,
-    parser, config and serialized plan are released before this returns, also on an error, so that they go
-    inside the CUDA context and before anything else allocates."""
-    import tensorrt as trt  # a plain import: mypy checks every call against TensorRT's stubs
-
-    network_flags, set_flags, clear_flags = flags
-    builder = network = parser = config = profile = cache = serialized = None
-    try:
-        builder = trt.Builder(logger())
-        mask = 0
-        for name in network_flags:
-            mask |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-        network = builder.create_network(mask)
-        parser = trt.OnnxParser(network, logger())
-        if not parser.parse_from_file(str(onnx_path)):  # external weights resolve beside the file
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise AvemoError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-        for name in set_flags:
-            config.set_flag(getattr(trt.BuilderFlag, name))
-        for name in clear_flags:
-            config.clear_flag(getattr(trt.BuilderFlag, name))
-        profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in limits.items():
-            profile.set_shape(name, lo, opt, hi)
-        if config.add_optimization_profile(profile) < 0:
-            raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {limits}")
-        cache = _timing_cache(config, timing_cache, log)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise AvemoError(f"{onnx_path}: TensorRT could not build an engine from it (see its log above)")
-        return bytes(serialized), None if cache is None else bytes(cache.serialize())
-    finally:  # children before their builder; a traceback keeps this frame, not these objects
-        serialized = cache = profile = None
-        parser = network = config = None
-        builder = None
-
-
-def _timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> Any:
-    """The timing cache to build with (read from ``path`` if it exists), or None where TensorRT refuses it."""
-    if path is None:
-        return None
-    cache = config.create_timing_cache(path.read_bytes() if path.exists() else b"")
-    if cache is None or not config.set_timing_cache(cache, False):
-        log(f"WARNING: {path}: timing cache from another GPU or TensorRT version, not used and not overwritten")
-        return None
-    return cache
-
-
-def check_built_engine(
-    manifest: Manifest, modality: str, precision: str, engine: Path, device_id: int = 0, max_batch: int | None = None
-) -> tuple[dict[str, Any], int]:
-    """Run the parity samples through a freshly built engine; (parity report, device memory) or AvemoError."""
-    from avemo.runtime.models.parity import TOLERANCE, load_references, max_abs_diff, parity_samples
-
-    samples = parity_samples(manifest.features, [modality])[modality]
-    references = load_references(manifest.root / PARITY_FILE)[modality]
-    with TrtBackend(manifest, modality, precision, device_id, engine=engine, max_batch=max_batch) as runner:
-        step = runner.max_batch
-        diffs = []
-        for sample, ref in zip(samples, references, strict=True):
-            got = [runner.infer({k: v[i : i + step] for k, v in sample.items()}) for i in range(0, len(ref), step)]
-            diffs.append(max_abs_diff(np.concatenate(got), ref))
-        memory = runner.device_memory
-    report = {"max_abs_diff": max(diffs), "per_sample": diffs, "tolerance": TOLERANCE[precision]}
-    if report["max_abs_diff"] > report["tolerance"]:
-        raise AvemoError(
-            f"{engine.name}: parity failed, max |probs diff| {report['max_abs_diff']:.2e} > "
-            f"{report['tolerance']:.0e} against {PARITY_FILE}; the engine was not installed"
-        )
-    return report, memory
-
-
 def _pad(array: np.ndarray, low: tuple[int, ...]) -> np.ndarray:
     """Zero-pad every axis shorter than the profile minimum (time axes: the lengths keep the real size)."""
     short = [max(0, lo - n) for n, lo in zip(array.shape, low, strict=True)]
     return np.pad(array, [(0, s) for s in short]) if any(short) else array
 
 
-class TrtBackend:
+class TrtBackend(BackendBase):
     """Runs one engine: ``infer({input: array}) -> probs``; same interface as OrtBackend.
 
     Engines of one device share the process's primary CUDA context and, through
@@ -248,6 +84,8 @@ class TrtBackend:
     context, engine and buffers in that order, from any thread; backends still
     open at interpreter exit are closed before the CUDA contexts go.
     """
+
+    kind = "tensorrt"
 
     def __init__(
         self,
@@ -271,9 +109,13 @@ class TrtBackend:
         self.path, self.device_id = path, device_id
         self.max_batch = batch_limit(manifest, max_batch)
         self.limits = profiles(manifest, modality, self.max_batch)
-        self.specs = {s["name"]: np.dtype(s["dtype"]) for s in manifest.data["graphs"][modality]["inputs"]}
-        self.input_names = list(self.specs)
-        self.specs[PROBS] = np.dtype(np.float32)
+        self.input_specs = tuple(
+            InputSpec(
+                s["name"], np.dtype(s["dtype"]), len(s["shape"]), self.limits[s["name"]][0], self.limits[s["name"]][2]
+            )
+            for s in manifest.inputs(modality)
+        )
+        self.specs = {s.name: s.dtype for s in self.input_specs} | {PROBS: np.dtype(np.float32)}
         self.scratch = scratch or DeviceScratch(device_id)
         self._lock = threading.Lock()
         self.closed = False
@@ -318,32 +160,19 @@ class TrtBackend:
     @contextmanager
     def _active(self) -> Iterator[None]:
         with self._lock, self.scratch.lock:
-            if self.closed:
-                raise AvemoError("TrtBackend is closed")
+            self.refuse_closed()
             with active(self.device_id):
                 yield
 
-    def prepared(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The arrays the engine gets: typed, contiguous, padded up to the profile minimum; AvemoError beyond it."""
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise AvemoError(f"missing inputs {sorted(missing)}")
-        out = {}
-        for name in self.input_names:
-            low, _, high = self.limits[name]
-            array = np.ascontiguousarray(inputs[name], dtype=self.specs[name])
-            if array.ndim != len(high):
-                raise AvemoError(f"{name}: {array.ndim} dimensions, the engine takes {len(high)}")
-            over = [(axis, n, hi) for axis, (n, hi) in enumerate(zip(array.shape, high, strict=True)) if n > hi]
-            if over:
-                axis, n, hi = over[0]
-                hint = "call with fewer clips" if axis == 0 else "recognise long media in windows (--window)"
-                what = "clips per batch" if axis == 0 else "frames"
-                raise AvemoError(f"{name}: {n} {what}, more than the engine's profile takes ({hi}); {hint}")
-            out[name] = np.ascontiguousarray(_pad(array, low))
-        return out
+    def prepared(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays the engine gets: checked (``check_inputs``: beyond the profile is refused), typed,
+        contiguous, padded up to the profile minimum."""
+        return {
+            name: np.ascontiguousarray(_pad(array, self.limits[name][0]))
+            for name, array in self.checked(inputs).items()
+        }
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         arrays = self.prepared(inputs)
         with self._active():
             staged = {name: self.buffers[name].stage(array) for name, array in arrays.items()}
@@ -386,9 +215,3 @@ class TrtBackend:
                 self.buffers.clear()
                 self.__dict__.pop("stream", None)
                 self.events.clear()
-
-    def __enter__(self) -> TrtBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -91,11 +91,3 @@ def fbank(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     computer.accept(samples)
     computer.finish()
     return computer.frames()
-
-
-def audio_features(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """240-d features [T, 3 * num_mel_bins] of mono samples at cfg.sample_rate."""
-    feats = fbank(samples, cfg)
-    if feats.shape[0] == 0:
-        return np.zeros((0, cfg.audio_dim), np.float32)
-    return add_deltas(feats, cfg.delta_window)

@@ -45,6 +45,37 @@ class Manifest:
         return list(self.data["graphs"])
 
     @property
+    def files(self) -> dict[str, str]:
+        """Every file of the folder (relative path) and its sha256."""
+        return dict(self.data["files"])
+
+    @property
+    def profiles(self) -> dict[str, tuple[int, int, int]]:
+        """min / opt / max of every dynamic axis (batch, audio_frames, face_frames)."""
+        return {axis: (int(lo), int(opt), int(hi)) for axis, (lo, opt, hi) in self.data["profiles"].items()}
+
+    @property
+    def max_batch(self) -> int:
+        """The most clips one call of a graph takes (the profile's maximum)."""
+        return self.profiles["batch"][2]
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The training checkpoint the graphs were exported from, where the manifest records it."""
+        return self.data.get("source", {}).get("checkpoint")
+
+    def inputs(self, modality: str) -> list[dict[str, Any]]:
+        """Name, dtype and shape (named dynamic axes) of each input of ``modality``'s graph."""
+        return list(self.data["graphs"][modality]["inputs"])
+
+    def outputs(self, modality: str) -> list[dict[str, Any]]:
+        return list(self.data["graphs"][modality]["outputs"])
+
+    def tolerance(self, precision: str) -> float:
+        """The parity tolerance ``precision``'s graphs were checked with at export or calibration."""
+        return float(self.data["precisions"][precision]["parity_tolerance"])
+
+    @property
     def precisions(self) -> list[str]:
         return list(self.data["precisions"])
 
@@ -89,7 +120,7 @@ class Manifest:
 
     def verify_hashes(self, skip_dirs: tuple[str, ...] = ()) -> None:
         """Re-hash every file listed (but those under ``skip_dirs``); raise naming the first missing or changed."""
-        for rel, expected in self.data["files"].items():
+        for rel, expected in self.files.items():
             if rel.split("/")[0] in skip_dirs:
                 continue
             path = self.root / rel

@@ -23,7 +23,7 @@ ONNX_INSTALL = "pip install onnx (fp16 graphs are checked in ONNX's reference ev
 ROUNDING_OPS = ("Floor", "Ceil", "Round")
 
 
-def _onnx() -> Any:
+def onnx_module() -> Any:
     return require("onnx", ONNX_INSTALL)
 
 
@@ -33,7 +33,7 @@ def fp16_integer_arithmetic(model: Any) -> list[str]:
 
     Types come from ONNX shape inference over the graph (initializers' types need no external data).
     """
-    onnx = _onnx()
+    onnx = onnx_module()
     tp = onnx.TensorProto
     integer = {tp.INT8, tp.INT16, tp.INT32, tp.INT64, tp.UINT8, tp.UINT16, tp.UINT32, tp.UINT64}
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -58,7 +58,7 @@ def fp16_integer_arithmetic(model: Any) -> list[str]:
 
 def check_graph_numerics(path: Path) -> None:
     """Raise naming the first offending node when the graph at ``path`` does integer arithmetic in fp16."""
-    found = fp16_integer_arithmetic(_onnx().load(str(path), load_external_data=False))
+    found = fp16_integer_arithmetic(onnx_module().load(str(path), load_external_data=False))
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise AvemoError(
@@ -68,7 +68,7 @@ def check_graph_numerics(path: Path) -> None:
 
 def has_fp16(path: Path) -> bool:
     """Whether any tensor of the graph at ``path`` is fp16 (initializers, Casts or value types)."""
-    onnx = _onnx()
+    onnx = onnx_module()
     graph = onnx.load(str(path), load_external_data=False).graph
     fp16 = onnx.TensorProto.FLOAT16
     return any(t.data_type == fp16 for t in graph.initializer) or any(
@@ -117,30 +117,3 @@ def reference_evaluator(model: Any, operand: Callable[[np.ndarray], np.ndarray] 
     from onnx.reference import ReferenceEvaluator
 
     return ReferenceEvaluator(model, new_ops=product_ops(operand))
-
-
-class ReferenceBackend:
-    """Runs one graph in ONNX's reference evaluator: ``infer({input name: array}) -> probs``.
-
-    Slow (NumPy, one op at a time: seconds for a 30-s clip, docs/BENCHMARKS.md), exact in the graph's own
-    types, products accumulated in fp32 as TensorRT's are. External data is read relative to the graph.
-    """
-
-    def __init__(self, path: Path) -> None:
-        onnx = _onnx()
-        self.path = Path(path)
-        try:
-            model = onnx.load(str(self.path))
-        except Exception as exc:  # onnx raises its own types for a bad or truncated file
-            raise AvemoError(f"{self.path}: ONNX cannot load it ({str(exc).splitlines()[0]})") from None
-        self.input_names = [i.name for i in model.graph.input]
-        self.session = reference_evaluator(model)
-
-    def infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise AvemoError(f"{self.path.name}: missing inputs {sorted(missing)}")
-        # The evaluator's Sigmoid computes both branches of np.where: the unused one overflows in fp16.
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = self.session.run(None, {n: inputs[n] for n in self.input_names})[0]
-        return np.asarray(out, np.float32)

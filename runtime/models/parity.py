@@ -26,23 +26,15 @@ from avemo.contract import (
     AUDIO_LENGTHS,
     FACE_LENGTHS,
     FACES,
+    INVARIANCE_TOLERANCE,
+    PARITY_TOLERANCE,
     PROFILE_BATCH,
     PROFILE_SECONDS,
     graph_file,
 )
 from avemo.errors import AvemoError
-from avemo.runtime.backends.ort import OrtBackend
-from avemo.runtime.models.numerics import ReferenceBackend, check_graph_numerics, has_fp16
-
-#: Maximum |probs - reference| accepted per precision (fp32 fails the export beyond it).
-#: INT8 on these random inputs is a sanity bound only (they lie outside the calibrated ranges: the demo's
-#: int8 set moved by 0.2-0.52 per sample, the most over 96 probabilities of the 16-clip sample); its accuracy
-#: is judged on real features by `avemo calibrate`'s report, its structure by the padding invariance below.
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.75, "int8-cpu": 0.75}
-
-#: Maximum |probs alone - probs padded into a batch| for one clip: masks make padding exact, so only
-#: reduction order may move a result (one fp16 step of a probability near 1 is 4.9e-4).
-INVARIANCE_TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3, "int8": 1e-3, "int8-cpu": 1e-3}
+from avemo.runtime.backends import open_onnx
+from avemo.runtime.models.numerics import check_graph_numerics
 
 #: (batch, seconds) of the random ragged samples: batch 1, a short clip, a long batch, the largest batch.
 PARITY_SHAPES: tuple[tuple[int, float], ...] = ((1, 0.6), (3, 2.0), (2, 8.0), (PROFILE_BATCH[2], 1.0))
@@ -59,19 +51,13 @@ class ParityError(AvemoError):
     """An exported graph disagrees with its reference beyond the tolerance."""
 
 
-def open_checker(path: Path, threads: int | None = None) -> OrtBackend | ReferenceBackend:
-    """The runner a parity claim about ``path`` is checked with: ONNX's reference evaluator where the graph
-    carries fp16 (ONNX Runtime on CPU computes fp16 ops in fp32), else ONNX Runtime."""
-    return ReferenceBackend(path) if has_fp16(path) else OrtBackend(path, threads=threads)
-
-
 def check_parity(
     graph_dir: Path, samples: Samples, references: References, precision: str, threads: int | None = None
 ) -> dict[str, Any]:
     """Check ``graph_dir``'s graphs: no integer arithmetic in fp16, every sample within ``TOLERANCE`` of its
     reference, and the corner sample's clips the same alone as padded into the batch; raise ParityError (with
     the numbers) otherwise."""
-    tol, inv_tol = TOLERANCE[precision], INVARIANCE_TOLERANCE[precision]
+    tol, inv_tol = PARITY_TOLERANCE[precision], INVARIANCE_TOLERANCE[precision]
     report: dict[str, Any] = {}
     failures = []
     for modality, inputs in samples.items():
@@ -83,7 +69,7 @@ def check_parity(
                 "(parity.npz from another avemo version); export the model again"
             )
         started = time.perf_counter()
-        runner = open_checker(path, threads)
+        runner = open_onnx(path, "checker", threads)
         diffs, agree, total = [], 0, 0
         for sample, ref in zip(inputs, references[modality], strict=True):
             got = runner.infer(sample)
@@ -98,7 +84,7 @@ def check_parity(
             "shapes": shapes,
             "label_agreement": agree / total,
             "padding_invariance": moved,
-            "runner": "onnx-reference" if isinstance(runner, ReferenceBackend) else "onnxruntime",
+            "runner": runner.kind,
             "seconds": round(time.perf_counter() - started, 2),
         }
         if max(diffs) > tol:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from avemo.contract import BACKENDS, PRECISIONS
+
 DEAD_MODEL_EXIT = 3  # a model's process died: stopped for a supervisor to restart (1: bad input or start)
 
 
@@ -24,7 +26,7 @@ DEAD_MODEL_EXIT = 3  # a model's process died: stopped for a supervisor to resta
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8", "int8-cpu"]),
+    type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
 )
@@ -43,7 +45,7 @@ DEAD_MODEL_EXIT = 3  # a model's process died: stopped for a supervisor to resta
 )
 @click.option(
     "--python-runtime",
-    type=click.Choice(["auto", "ort", "trt"]),
+    type=click.Choice(BACKENDS),
     default="auto",
     show_default=True,
     help="python: run the graphs on ONNX Runtime, TensorRT, or TensorRT where engines for the GPU exist.",

@@ -75,7 +75,6 @@ def config_pbtxt(
 ) -> str:
     """The text-format ModelConfig of one graph (checked against Triton's proto by the tests)."""
     name, _ = TRITON_BACKENDS[backend]
-    graph = manifest.data["graphs"][modality]
     lines = [f'name: "{model_name(modality)}"', f'backend: "{name}"', f"max_batch_size: {max_batch}"]
 
     def tensor(spec: dict[str, Any], ragged: bool = False) -> str:
@@ -86,9 +85,9 @@ def config_pbtxt(
     # Triton batches only requests of one shape, unless an input allows ragged batches: the Python
     # models pad the requests they get together themselves (GraphModel), so clips of any length batch.
     ragged = backend == "python"
-    inputs = [tensor(s, ragged and any(isinstance(d, str) for d in s["shape"][1:])) for s in graph["inputs"]]
+    inputs = [tensor(s, ragged and any(isinstance(d, str) for d in s["shape"][1:])) for s in manifest.inputs(modality)]
     lines.append("input [\n" + ",\n".join(inputs) + "\n]")
-    lines.append("output [\n" + ",\n".join(tensor(s) for s in graph["outputs"]) + "\n]")
+    lines.append("output [\n" + ",\n".join(tensor(s) for s in manifest.outputs(modality)) + "\n]")
     preferred = sorted({b for b in PROFILE_BATCH[1:] if 1 < b <= max_batch} | {max_batch})
     lines.append(
         f"dynamic_batching {{ preferred_batch_size: [ {', '.join(map(str, preferred))} ] "
@@ -147,7 +146,7 @@ def export_triton(
     if backend not in TRITON_BACKENDS:
         raise AvemoError(f"unknown Triton backend {backend!r}; choose {', '.join(TRITON_BACKENDS)}")
     manifest = load_manifest(models)
-    largest = manifest.data["profiles"]["batch"][2]
+    largest = manifest.max_batch
     sources: dict[str, Path] = {}
     if backend == "python":
         manifest.graph_path(manifest.modalities[0], precision)  # refuses a precision the model lacks, now
@@ -247,7 +246,7 @@ def model_files(manifest: Manifest) -> list[str]:
     """What a models folder needs: manifest.json, the files it lists, the engines built for it; each
     inside the folder (AvemoError otherwise). Nothing else: no notes, no symlinks, no stray files."""
     root = manifest.root
-    files = ["manifest.json", *sorted(manifest.data["files"])]
+    files = ["manifest.json", *sorted(manifest.files)]
     built = sorted(p for p in (root / ENGINES_DIR).glob("*/avemo_*") if p.suffix in (".engine", ".json"))
     files += [str(p.relative_to(root)) for p in built]
     for relative in files:

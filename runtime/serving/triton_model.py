@@ -42,14 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from avemo.contract import GRAPH_INPUTS, PROBS
+from avemo.contract import GRAPH_INPUTS, LENGTHS_OF, PROBS
 from avemo.errors import AvemoError
+from avemo.runtime.backends.base import InputSpec, check_inputs
 from avemo.runtime.batch import result_line
 
 MODELS_DIR = "models"  # in each model's version folder
 MEDIA_INPUT = "media"  # UINT8 [-1]: the encoded clip's bytes
 MEDIA_OUTPUTS = ("probs", "modality", "notes", "result")
-LENGTH_OF = {"audio_feats": "audio_lengths", "faces": "face_lengths"}
 MAX_SECONDS = "AVEMO_MAX_SECONDS"  # avemo_media's limit on a request's media duration (config parameter)
 DEFAULT_MAX_SECONDS = 600.0
 FAILURE_METRIC = "avemo_request_failure"  # Prometheus counter of the requests answered with an error
@@ -124,24 +124,10 @@ def _tensor(pb_utils: Any, name: str, value: np.ndarray | str) -> Any:
     return tensor
 
 
-def check_request(inputs: dict[str, np.ndarray], names: tuple[str, ...]) -> int:
-    """Batch size of one request's graph inputs; AvemoError naming what is wrong."""
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise AvemoError(f"missing inputs {missing}")
-    sizes = {n: len(inputs[n]) for n in names}
-    if len(set(sizes.values())) != 1:
-        raise AvemoError(f"inputs disagree on the batch size: {sizes}")
-    for name in names:
-        x = inputs[name]
-        if x.dtype.kind == "f" and not (finite := np.isfinite(x).reshape(len(x), -1).all(axis=1)).all():
-            raise AvemoError(f"{name} holds NaN or Inf (clips {np.flatnonzero(~finite).tolist()} of the request)")
-    for data, lengths in LENGTH_OF.items():
-        if data in inputs:
-            frames, given = inputs[data].shape[1], inputs[lengths]
-            if given.ndim != 1 or (given < 1).any() or (given > frames).any():
-                raise AvemoError(f"{lengths} {given.tolist()} must lie in 1..{frames} (the frames in {data})")
-    return next(iter(sizes.values()))
+def check_request(inputs: dict[str, np.ndarray], specs: tuple[InputSpec, ...]) -> int:
+    """Batch size of one request's graph inputs; AvemoError naming what is wrong (``check_inputs``, NaN too:
+    one bad request must not poison the batch it would join)."""
+    return len(next(iter(check_inputs(inputs, specs, "request", finite=True).values())))
 
 
 def merge_requests(requests: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -149,7 +135,7 @@ def merge_requests(requests: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     merged = {}
     for name in requests[0]:
         arrays = [r[name] for r in requests]
-        if name in LENGTH_OF:
+        if name in LENGTHS_OF:
             longest = max(a.shape[1] for a in arrays)
             arrays = [np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
         merged[name] = np.concatenate(arrays)
@@ -160,8 +146,8 @@ class GraphModel:
     """avemo_a / avemo_v / avemo_av: one exported graph behind Triton's dynamic batcher."""
 
     def initialize(self, args: dict[str, Any]) -> None:
+        from avemo.runtime.backends import open_backend, resolve_backend
         from avemo.runtime.models.manifest import load_manifest
-        from avemo.runtime.recognizer import open_graph, resolve_backend
 
         models, params = _settings(args)
         self.modality = args["model_name"].removeprefix("avemo_")
@@ -169,7 +155,7 @@ class GraphModel:
         backend, precision, _ = resolve_backend(
             params.get("AVEMO_BACKEND", "ort"), manifest, params.get("AVEMO_PRECISION") or None
         )
-        self.graph = open_graph(manifest, self.modality, precision, backend, _threads(params))
+        self.graph = open_backend(manifest, self.modality, precision, backend, _threads(params))
         self.names = GRAPH_INPUTS[self.modality]
         self.failures = _Failures(args["model_name"])
 
@@ -181,7 +167,7 @@ class GraphModel:
         for i, request in enumerate(requests):
             inputs = {name: x for name in self.names if (x := _input(pb_utils, request, name)) is not None}
             try:
-                good.append((i, inputs, check_request(inputs, self.names)))
+                good.append((i, inputs, check_request(inputs, self.graph.input_specs)))
             except AvemoError as exc:
                 responses[i] = self.failures.response(pb_utils, f"avemo_{self.modality}: {exc}")
         if good:

@@ -22,7 +22,7 @@ import numpy as np
 from avemo.deps import require
 from avemo.errors import AvemoError
 from avemo.runtime.media.decode import AudioChunk, Event, VideoFrame
-from avemo.runtime.stream.live import END, queued, stop_reader
+from avemo.runtime.stream.readers import END, queued, stop_reader
 from avemo.runtime.stream.sources import SourceInfo
 
 

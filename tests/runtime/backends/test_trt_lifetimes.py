@@ -25,7 +25,8 @@ def _releases(events, kinds):
 def test_auto_falls_back_to_onnx_runtime_where_cuda_cannot_start(trt_double):
     """cuInit fails (a container without NVIDIA's runtime): auto runs on ONNX Runtime and says why; trt is
     one clear line, not pycuda's own exception."""
-    from avemo.runtime.recognizer import Recognizer, resolve_backend
+    from avemo.runtime.backends import resolve_backend
+    from avemo.runtime.recognizer import Recognizer
 
     manifest, _, _ = trt_double("10.3.0", "none")
     backend, precision, why = resolve_backend("auto", manifest)
@@ -87,7 +88,8 @@ def test_a_backend_that_fails_half_way_leaves_nothing_behind(trt_double, monkeyp
 def test_profile_keeps_to_the_engine_batch_limit_and_the_engines_that_exist(trt_double):
     """An Orin Nano's engines take 4 clips: batch 16 is skipped and said, not a crash that writes nothing;
     fp16 without engines is skipped and said (what the Jetson profiling script meets)."""
-    from avemo.runtime.profile.profiler import markdown, run_profile
+    from avemo.runtime.profile.cases import run_profile
+    from avemo.runtime.profile.report import markdown
 
     manifest, _, _ = trt_double("10.3.0")
     build_with_double(manifest, "fp32")

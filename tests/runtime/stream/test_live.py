@@ -1,85 +1,14 @@
-"""One pass over a file for windows (`Recognizer.stream`, `avemo infer --window`) against per-window decoding."""
+"""Live sources (`avemo infer URL|lavfi:...|--camera --window`): network streams, FFmpeg inputs and cameras,
+read as they arrive; stalls, breaks, reconnection, Ctrl-C and falling behind."""
 
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from avemo.cli import main
-from avemo.config import FeatureConfig
-from avemo.runtime.faces import FacePipeline
-from avemo.runtime.media.decode import media_duration
-from avemo.runtime.media.extract import extract
 from avemo.runtime.recognizer import Recognizer
-from avemo.runtime.stream.sources import file_source
-from avemo.runtime.stream.windows import WindowCutter
 from tests.media_factory import write_media
-
-FEATURES = FeatureConfig()
-# A window decoded alone seeks (AAC and the resampler warm up over its first frames) and mirrors
-# samples at both edges; the stream's filterbank sees the real audio there.
-EDGE_FRAMES = 10
-
-
-@pytest.fixture(scope="module")
-def long_media(tmp_path_factory):
-    return write_media(tmp_path_factory.mktemp("stream") / "long.mp4", seconds=7.0)
-
-
-def cut(path, window, hop, faces):
-    info, events = file_source(path, FEATURES.sample_rate)
-    starts = np.arange(0.0, max(info.duration - window, 0.0) + 1e-6, hop).tolist()
-    cutter = WindowCutter(FEATURES, faces, info, starts, window)
-    return [w for e in events for w in cutter.feed(e)] + list(cutter.close()), cutter
-
-
-@pytest.mark.parametrize(("window", "hop"), [(3.0, 2.0), (2.5, 1.0), (3.0, 2.5)])
-def test_windows_are_what_decoding_each_window_gives(long_media, window, hop):
-    faces = FacePipeline(FEATURES)
-    windows, _ = cut(long_media, window, hop, faces)
-    starts = np.arange(0.0, max(media_duration(long_media) - window, 0.0) + 1e-6, hop)
-    assert [(s, e) for s, e, _ in windows] == [(float(s), float(s) + window) for s in starts]
-    for start, end, got in windows:
-        ref = extract(long_media, FEATURES, faces, start, end)
-        assert got.fbank.shape == ref.fbank.shape
-        np.testing.assert_allclose(got.fbank[EDGE_FRAMES:-3], ref.fbank[EDGE_FRAMES:-3], atol=1e-4)
-        assert got.frames_sampled == ref.frames_sampled and got.frames_with_face == ref.frames_with_face
-        # Tracking runs across windows instead of restarting: the boxes differ by a few % of a face.
-        assert max(abs(a - b) for a, b in zip(got.face["box"], ref.face["box"], strict=True)) < 0.1 * ref.face["box"][3]
-
-
-def test_stream_recognitions_match_recognize(colearn_export, long_media):
-    recognizer = Recognizer(colearn_export[0], threads=1)
-    streamed = list(recognizer.stream(long_media, 3.0, 2.0))
-    single = [recognizer.recognize(long_media, r.start, r.end) for r in streamed]
-    assert [(r.start, r.end) for r in streamed] == [(0.0, 3.0), (2.0, 5.0), (4.0, 7.0)]
-    for a, b in zip(streamed, single, strict=True):
-        assert a.modality == b.modality and a.frames_sampled == b.frames_sampled == 9
-        assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < 2e-2
-
-
-def test_max_seconds_ends_with_the_last_whole_window(colearn_export, long_media):
-    recognizer = Recognizer(colearn_export[0], threads=1)
-    spans = [(r.start, r.end) for r in recognizer.stream(long_media, 2.0, 1.0, max_seconds=4.0)]
-    assert spans == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)]
-
-
-def test_audio_kept_is_bounded_by_the_window(tmp_path):
-    path = write_media(tmp_path / "talk.m4a", seconds=30.0, video=False)
-    windows, cutter = cut(path, 2.0, 1.0, None)
-    assert len(windows) == 29 and all(w.has_audio for _, _, w in windows)
-    assert cutter.peak_buffered_samples <= (2.0 + 0.5) * FEATURES.sample_rate  # not 30 s
-
-
-def test_a_truncated_stream_keeps_the_windows_before_the_cut(colearn_export, tmp_path):
-    good = write_media(tmp_path / "good.ts", seconds=7.0).read_bytes()  # MPEG-TS: readable up to a cut
-    (tmp_path / "cut.ts").write_bytes(good[: int(len(good) * 0.6)])
-    args = ["infer", str(tmp_path / "cut.ts"), "--models", str(colearn_export[0]), "--window", "2", "--hop", "1"]
-    result = CliRunner().invoke(main, args)
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert result.exit_code == 0 and len(lines) >= 2, result.output
-    assert all(line["modality"] == "av" and line["frames_sampled"] == 6 for line in lines)
 
 
 def free_port() -> int:
@@ -247,3 +176,31 @@ def test_falling_behind_a_live_source_drops_whole_windows_and_says_so(colearn_ex
     assert max(r.behind_s for r in results) > 1.0  # the field says how far behind it was
     starts = [r.start for r in results]
     assert starts == sorted(starts) and len(starts) + results[-1].dropped_windows <= 11  # whole windows, in order
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_connecting_or_stalled_ends_within_a_second(colearn_export, tmp_path, sig):
+    """Before any data (still opening) and during a stall (no data for a while): exit 0 with the summary."""
+    import signal
+    import time
+
+    port = free_port()
+    receiver = receive(colearn_export[0], f"udp://127.0.0.1:{port}", "--window", "2", "--timeout", "60")
+    receiver.send_signal(getattr(signal, sig))
+    sent = time.monotonic()
+    _, err = receiver.communicate(timeout=30)
+    assert receiver.returncode == 0 and time.monotonic() - sent < 2.0, err
+    summary = json.loads(err.strip().splitlines()[-1])["summary"]
+    assert summary["ended"] == "interrupted" and summary["windows"] == 0
+
+    port = free_port()
+    receiver = receive(colearn_export[0], f"udp://127.0.0.1:{port}", "--window", "1", "--timeout", "60")
+    ts = write_media(tmp_path / "live.ts", seconds=3.0, size=(160, 120))
+    send(ts, f"udp://127.0.0.1:{port}?pkt_size=1316").wait(timeout=30)
+    assert receiver.stdout.readline()  # a window came out; now the stream is silent
+    time.sleep(1.5)
+    receiver.send_signal(getattr(signal, sig))
+    sent = time.monotonic()
+    _, err = receiver.communicate(timeout=30)
+    assert receiver.returncode == 0 and time.monotonic() - sent < 2.0, err
+    assert json.loads(err.strip().splitlines()[-1])["summary"]["ended"] == "interrupted"

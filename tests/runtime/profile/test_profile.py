@@ -41,11 +41,13 @@ def test_candidates_are_interleaved_and_rotated_per_round():
 
 @pytest.fixture(scope="module")
 def profiled(colearn_export, tmp_path_factory):
-    from avemo.runtime.profile.profiler import run_profile, write_outputs
+    from avemo.export.profile_cli import torch_baseline
+    from avemo.runtime.profile.cases import run_profile
+    from avemo.runtime.profile.report import write_outputs
 
     models = colearn_export[0]
     result = run_profile(models, ["torch", "ort", "trt"], ["fp32", "fp16", "int8"], ["av"], [1, 2], [0.5, 1.0],
-                         iters=6, rounds=2, warmup=1, threads=1, progress=False)  # fmt: skip
+                         iters=6, rounds=2, warmup=1, threads=1, progress=False, baseline=torch_baseline)  # fmt: skip
     out = tmp_path_factory.mktemp("profile")
     return result, write_outputs(result, out)
 
@@ -89,17 +91,18 @@ def test_profile_files_are_well_formed_and_name_the_machine(profiled):
 
 
 def test_rss_probe_runs_the_runtime_without_torch(colearn_export):
-    from avemo.runtime.profile.profiler import peak_rss
+    from avemo.export.profile_cli import torch_baseline
+    from avemo.runtime.profile.memory import peak_rss
 
     models, manifest, _ = colearn_export
     ort = peak_rss(models, "ort", "fp32", "av", 1, 1.0, 1, None)
-    baseline = peak_rss(models, "torch", "fp32", "av", 1, 1.0, 1, manifest["source"]["checkpoint"])
+    baseline = peak_rss(models, "torch", "fp32", "av", 1, 1.0, 1, manifest["source"]["checkpoint"], torch_baseline)
     assert not ort["torch_loaded"] and baseline["torch_loaded"]
     assert ort["peak_rss_mb"] > 10 and baseline["peak_rss_mb"] > 10
 
 
 def test_flop_count_matches_a_hand_count(tmp_path):
-    from avemo.runtime.profile.profiler import graph_flops
+    from avemo.runtime.profile.flops import graph_flops
 
     rng = np.random.default_rng(0)
     w_conv = numpy_helper.from_array(rng.random((8, 3, 3, 3), dtype=np.float32), "w_conv")
@@ -124,7 +127,7 @@ def test_flop_count_matches_a_hand_count(tmp_path):
 
 
 def test_pipeline_stages_add_up_on_a_real_file(colearn_export, tmp_path):
-    from avemo.runtime.profile.profiler import profile_pipeline
+    from avemo.runtime.profile.pipeline import profile_pipeline
     from tests.media_factory import write_media
 
     clip = write_media(tmp_path / "clip.mp4", seconds=2.0)
@@ -164,7 +167,7 @@ def test_profile_script_runs_with_only_the_runtime(colearn_export, tmp_path):
     import textwrap
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_latency.py"
+    script = Path(__file__).resolve().parents[3] / "scripts" / "profile_latency.py"
     code = textwrap.dedent(
         f"""
         import runpy, sys
@@ -208,9 +211,9 @@ def test_duration_bounds_each_candidate_and_iters_caps_it(monkeypatch):
 
 
 def test_profile_writes_each_shape_says_what_it_skips_and_keeps_it_on_ctrl_c(colearn_export, tmp_path, monkeypatch):
-    from avemo.runtime.profile import profiler
+    from avemo.runtime.profile import cases
 
-    out, real, seen = tmp_path / "p", profiler.interleaved_latency, []
+    out, real, seen = tmp_path / "p", cases.interleaved_latency, []
 
     def interrupted_at_the_second_shape(*args, **kwargs):
         if seen:
@@ -219,7 +222,7 @@ def test_profile_writes_each_shape_says_what_it_skips_and_keeps_it_on_ctrl_c(col
         seen.append(None)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(profiler, "interleaved_latency", interrupted_at_the_second_shape)
+    monkeypatch.setattr(cases, "interleaved_latency", interrupted_at_the_second_shape)
     args = ["profile", str(colearn_export[0]), "--backend", "ort,trt", "--batch", "1,2", "--seconds", "1",
             "--duration", "0.2", "--out", str(out)]  # fmt: skip
     done = CliRunner().invoke(main, args)
@@ -234,12 +237,12 @@ def test_profile_writes_each_shape_says_what_it_skips_and_keeps_it_on_ctrl_c(col
 def test_ctrl_c_during_the_probes_keeps_the_timings_and_says_what_is_missing(colearn_export, tmp_path, monkeypatch):
     """After the timing, Ctrl-C in the memory/FLOP/pipeline probes: exit 130 and the cases kept, not click's
     'Aborted!' with exit 1 (found by a user's run)."""
-    from avemo.runtime.profile import profiler
+    from avemo.runtime.profile import extras
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(profiler, "add_extras", interrupted)
+    monkeypatch.setattr(extras, "add_extras", interrupted)
     out = tmp_path / "p"
     args = ["profile", str(colearn_export[0]), "--backend", "ort", "--batch", "1", "--seconds", "1",
             "--duration", "0.1", "--out", str(out)]  # fmt: skip

@@ -1,0 +1,131 @@
+"""The one interface every backend keeps, and the one check of what is handed to it.
+
+A backend runs one graph: ``infer({input name: array}) -> probs [B, 6]``. It knows its inputs
+(``input_specs``: name, dtype, rank and, for a TensorRT engine, the profile's range per axis), checks
+what it is given with ``check_inputs`` before any work, releases what it holds on ``close()`` (or at the
+end of a ``with``) and refuses to run after it. ONNX Runtime, TensorRT and ONNX's reference evaluator
+(fp16 honoured) are the three kinds; ``avemo.runtime.backends.open_backend`` makes each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from avemo.contract import LENGTHS_OF
+from avemo.errors import AvemoError
+
+Shape = tuple[int, ...]
+_KINDS = {"i": "integer", "u": "integer", "f": "float", "b": "bool"}  # numpy dtype kinds a cast may join
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: its name, dtype and rank; ``low``/``high``: the smallest and largest shape an engine
+    profile takes (None: any size, as ONNX Runtime's dynamic axes)."""
+
+    name: str
+    dtype: np.dtype
+    rank: int
+    low: Shape | None = None
+    high: Shape | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the Recognizer, the profiler, parity and calibration need of a graph runner."""
+
+    path: Path
+    kind: str  # "onnxruntime", "tensorrt" or "onnx-reference": what reports name as the runner
+    input_specs: tuple[InputSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]: ...
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Backend: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BackendBase:
+    """Shared by the backends: names from the specs, ``with``, and a closed backend that refuses to run."""
+
+    path: Path
+    input_specs: tuple[InputSpec, ...] = ()
+    closed: bool = False
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.input_specs]
+
+    def checked(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.refuse_closed()
+        return check_inputs(inputs, self.input_specs, self.path.name)
+
+    def refuse_closed(self) -> None:
+        if self.closed:
+            raise AvemoError(f"{self.path.name}: the backend is closed")
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_inputs(
+    inputs: Mapping[str, np.ndarray], specs: tuple[InputSpec, ...], where: str, finite: bool = False
+) -> dict[str, np.ndarray]:
+    """The inputs as the graph takes them (its dtypes, C-contiguous), or one AvemoError naming the problem:
+    a missing input, a dtype of another kind (float for int), a wrong rank, batch sizes that disagree, a
+    length outside 1..frames of its data, a shape beyond the profile's maximum and, with ``finite``, NaN or
+    Inf. Extra inputs are ignored (a batch may carry both modalities into a one-modality graph)."""
+    missing = [s.name for s in specs if s.name not in inputs]
+    if missing:
+        raise AvemoError(f"{where}: missing inputs {missing}")
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        given = np.asarray(inputs[spec.name])
+        if _KINDS.get(given.dtype.kind) != _KINDS.get(spec.dtype.kind):
+            raise AvemoError(f"{where}: {spec.name} is {given.dtype}, the graph takes {spec.dtype}")
+        if given.ndim != spec.rank:
+            raise AvemoError(f"{where}: {spec.name} has {given.ndim} dimensions, the graph takes {spec.rank}")
+        if spec.high is not None:
+            _check_profile(spec, given.shape, where)
+        if finite and given.dtype.kind == "f" and not (rows := np.isfinite(given).reshape(len(given), -1).all(1)).all():
+            raise AvemoError(f"{where}: {spec.name} holds NaN or Inf (clips {np.flatnonzero(~rows).tolist()})")
+        out[spec.name] = np.ascontiguousarray(given, dtype=spec.dtype)
+    batches = {name: len(array) for name, array in out.items()}
+    if len(set(batches.values())) > 1:
+        raise AvemoError(f"{where}: inputs disagree on the batch size: {batches}")
+    for data, lengths in LENGTHS_OF.items():
+        if lengths in out and data in out:
+            frames = out[data].shape[1]
+            if (out[lengths] < 1).any() or (out[lengths] > frames).any():
+                raise AvemoError(
+                    f"{where}: {lengths} {out[lengths].tolist()} must lie in 1..{frames} (the frames in {data})"
+                )
+    return out
+
+
+def _check_profile(spec: InputSpec, shape: Shape, where: str) -> None:
+    assert spec.high is not None
+    for axis, (n, high) in enumerate(zip(shape, spec.high, strict=True)):
+        if n > high:
+            what, hint = (
+                ("clips per batch", "call with fewer clips")
+                if axis == 0
+                else ("frames", "recognise long media in windows (--window)")
+            )
+            raise AvemoError(f"{where}: {spec.name}: {n} {what}, more than the engine's profile takes ({high}); {hint}")
