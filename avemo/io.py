@@ -127,13 +127,6 @@ def alive(pid: int) -> bool:
     return True
 
 
-def install_tree(new: Path, target: Path, manifest: str, data: object) -> None:
-    """Write the ``manifest`` file ``data`` into the tree ``new`` (last: a tree without one is never swapped
-    in), then put the tree at ``target`` (``replace_tree``)."""
-    atomic_write_json(Path(new) / manifest, jsonable(data))
-    replace_tree(new, target)
-
-
 def replace_tree(new: Path, target: Path) -> None:
     """Put the complete tree ``new`` at ``target``: at every instant ``target`` is the old tree or the new one,
     whole. One atomic exchange of the two names where the kernel and file system offer it, else two renames

@@ -1,6 +1,6 @@
 """Face precision and recall per detector on labelled clips made here, and where the time goes.
 
-Each scene of ``tests/face_clips.py`` (a real face photo moving, scaling 60-320 px, turning up to
+Each scene of ``avemo.runtime.media.scenes`` (a real face photo moving, scaling 60-320 px, turning up to
 25 degrees and dimming to 35 %, over a flat, periodic or textured background, with a second smaller
 face, or no face at all) is written as a 1280x720 H.264 clip; the true face boxes of every frame are
 known from how it is drawn. Per detector and scene, over the 3-fps samples:
@@ -16,10 +16,10 @@ and window searches counted. ``--decode`` also times 3-fps decoding of the perio
 every frame decoded vs the sampler's skipping of unneeded B-frames. ``--media FILE`` (repeatable)
 instead runs the Recognizer's feature extraction on a file and gives each stage's CPU ms (median
 of 3) and the chosen face: face search against decoding on any clip. ``--patterns N``: the face
-over N random smooth backgrounds (``tests.face_clips.random_pattern``), 8 sampled frames each.
+over N random smooth backgrounds (``avemo.runtime.media.scenes.random_pattern``), 8 sampled frames each.
 
     .venv/bin/python scripts/bench_faces.py --decode 3 --json docs/bench/faces-precision.json
-    .venv/bin/python -m tests.face_clips /tmp/hard720.mp4 periodic 10
+    .venv/bin/python -m avemo.runtime.media.scenes /tmp/hard720.mp4 periodic 10
     .venv/bin/python scripts/bench_faces.py --media /tmp/hard720.mp4
     .venv/bin/python scripts/bench_faces.py --scenes "" --patterns 60 --seed 1   # random backgrounds only
 """
@@ -37,14 +37,12 @@ import av
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.face_clips
-
 from avemo.config import FeatureConfig
 from avemo.machine import describe
 from avemo.runtime.faces import FacePipeline, features_for_detector
 from avemo.runtime.faces.tracking import iou
 from avemo.runtime.media.decode import TickSampler, sample_frames
-from tests.face_clips import SCENES, Scene, random_pattern, write_clip
+from avemo.runtime.media.scenes import SCENES, Scene, random_pattern, write_clip
 
 MATCH = 0.5  # IoU for a face to count as the true one
 OVERLAP = 0.3  # below this IoU with every true face, a detection is a false face

@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.media_factory
 
 from avemo.config import FeatureConfig
 from avemo.machine import describe
@@ -26,8 +23,9 @@ from avemo.runtime.faces.tracking import REDETECT_EVERY, FaceTracker
 from avemo.runtime.media.audio import fbank
 from avemo.runtime.media.decode import decode_audio, sample_frames
 from avemo.runtime.media.extract import extract
+from avemo.runtime.media.sample import write_media
 from avemo.train.mosei import prepare
-from tests.media_factory import write_media, write_mosei_tree
+from avemo.train.synth import write_mosei_tree
 
 
 def timed(fn, repeats: int) -> list[float]:  # noqa: ANN001

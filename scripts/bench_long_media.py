@@ -19,9 +19,7 @@ import time
 from pathlib import Path
 
 from avemo.machine import describe
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.media_factory makes the files
-from tests.media_factory import write_long_audio
+from avemo.runtime.media.sample import write_long_audio
 
 OLD = (
     "import sys; from avemo.runtime.recognizer import Recognizer; r = Recognizer(sys.argv[1], threads=1); "

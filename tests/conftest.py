@@ -8,6 +8,7 @@ import sys
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from avemo.config import PRESETS
@@ -102,3 +103,16 @@ def build_with_double(manifest, precision="fp32", modalities=None, device_id=0):
         build_engine(manifest, m, precision, device, device_id=device_id, log=lambda *_: None)
         for m in modalities or manifest.modalities
     ]
+
+
+def long_clip_features(features, seconds: float = 35.0):
+    """MediaFeatures of a clip of ``seconds`` (fbank frames and face crops at 3 fps with their times), made
+    without media: for clips longer than the model's engines take at once."""
+    from avemo.runtime.media.extract import MediaFeatures
+
+    rng = np.random.default_rng(8)
+    size = features.face_size
+    times = [i / features.fps for i in range(int(seconds * features.fps))]
+    crops = [rng.integers(0, 255, (size, size, 3), np.uint8) for _ in times]
+    fbank = rng.normal(0, 3, (int(seconds * features.frames_per_second), features.num_mel_bins)).astype(np.float32)
+    return MediaFeatures(fbank, crops, len(times), [], {}, times)

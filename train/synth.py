@@ -20,6 +20,7 @@ Written with the same CacheWriter as `avemo prepare`, read by the same dataset.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,3 +166,34 @@ def write_synthetic_cache(
             if progress:
                 progress(1)
     return writer.pack()
+
+
+def write_mosei_tree(root: Path, videos: dict[str, dict], folds: dict[str, list[str]]) -> tuple[Path, Path]:
+    """A few-clip MOSEI tree: labels .csd in the SDK layout, full-length mp4s, and a folds JSON.
+
+    ``videos[id]`` holds ``intervals`` [[s, e], ...], ``emotions`` [[6 scores], ...] and
+    optional ``media`` kwargs for write_media (``None`` writes no file; ``b"..."`` writes raw bytes).
+    """
+    import h5py  # the train extra's
+
+    from avemo.runtime.media.sample import write_media
+
+    vdir = root / "Raw" / "Videos" / "Full" / "Combined"
+    vdir.mkdir(parents=True)
+    with h5py.File(root / "CMU_MOSEI_Labels.csd", "w") as f:
+        data = f.create_group("All Labels").create_group("data")
+        f["All Labels"].create_group("metadata")
+        for vid, spec in videos.items():
+            g = data.create_group(vid)
+            emotions = np.asarray(spec["emotions"], np.float64)
+            sentiment = np.zeros((len(emotions), 1))
+            g["features"] = np.concatenate([sentiment, emotions], axis=1)
+            g["intervals"] = np.asarray(spec["intervals"], np.float64)
+            media = spec.get("media", {})
+            if isinstance(media, bytes):
+                (vdir / f"{vid}.mp4").write_bytes(media)
+            elif media is not None:
+                write_media(vdir / f"{vid}.mp4", **media)
+    folds_path = root / "folds.json"
+    folds_path.write_text(json.dumps(folds))
+    return root, folds_path

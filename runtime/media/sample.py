@@ -1,4 +1,4 @@
-"""Sample media: short clips with speech-like audio and real face photos (`avemo sample`, the demo, the tests).
+"""Sample media: clips with speech-like audio and real face photos (`avemo sample`, the demo, tests, benchmarks).
 
 The faces are two public-domain photographs shipped with avemo (avemo/data/SAMPLE-FACES.md), so
 the face detectors find real faces, not drawings; the audio is voiced harmonics under a syllable
@@ -187,6 +187,44 @@ def write_sample(path: Path, seconds: float = 4.0, faces: int = 1, size: tuple[i
     return write_media(path, seconds=seconds, size=size)
 
 
+def write_long_audio(path: Path, seconds: float, rate: int = 16000, bitrate: int = 12000) -> Path:
+    """A long, low-bitrate AAC file (an hour is a few MB), encoded a minute at a time: memory stays flat."""
+    av = _av()
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        stream.bit_rate = bitrate
+        minute = speech_like(60.0, rate)  # repeated: generating hours of samples would dominate the run
+        for start in range(0, int(seconds * rate), minute.shape[1]):
+            chunk = minute[:, : min(minute.shape[1], int(seconds * rate) - start)]
+            for i in range(0, chunk.shape[1], 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[:, i : i + 1024]), "fltp", "mono")
+                frame.sample_rate, frame.pts = rate, start + i
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def send(path: Path, url: str, seconds: float | None = None) -> None:
+    """Remux ``path`` (MPEG-TS) to ``url`` at real-time pace, like `ffmpeg -re -i path -c copy -f mpegts url`;
+    ``seconds``: stop after that much media time (a stream that breaks off)."""
+    import time
+
+    av = _av()
+    probe = {"probesize": "50000000", "analyzeduration": "20000000"}  # 720p TS: find the audio's parameters too
+    with av.open(str(path), options=probe) as source, av.open(url, "w", format="mpegts") as sink:
+        streams = {s.index: sink.add_stream_from_template(s) for s in source.streams if s.type in ("audio", "video")}
+        started = time.monotonic()
+        for packet in source.demux(*[s for s in source.streams if s.index in streams]):
+            if packet.dts is None:
+                continue
+            t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
+            if seconds is not None and t >= seconds:
+                break
+            time.sleep(max(0.0, started + t - time.monotonic()))
+            packet.stream = streams[packet.stream.index]
+            sink.mux(packet)
+
+
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in value.lower().split("x"))
@@ -222,3 +260,11 @@ def sample(out: Path, seconds: float, faces: str, size: tuple[int, int]) -> None
     if out.parent != Path() and not out.parent.is_dir():
         raise click.BadParameter(f"folder {out.parent} does not exist", param_hint="OUT")
     click.echo(write_sample(out, seconds, int(faces), size))
+
+
+if __name__ == "__main__":  # `python -m avemo.runtime.media.sample send FILE.ts URL [SECONDS]`: a live stream to try
+    import sys
+
+    if len(sys.argv) not in (4, 5) or sys.argv[1] != "send":
+        sys.exit("usage: python -m avemo.runtime.media.sample send FILE.ts URL [SECONDS]")
+    send(Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else None)

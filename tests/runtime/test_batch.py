@@ -16,8 +16,8 @@ from avemo.contract import LABELS, MANIFEST_FILE
 from avemo.errors import AvemoError
 from avemo.runtime import recognizer as recognizer_module
 from avemo.runtime.batch import ResultsFile, expand_media
+from avemo.runtime.media.sample import write_media
 from avemo.runtime.stream.live import is_live
-from tests.media_factory import write_media
 
 
 @pytest.fixture(scope="module")

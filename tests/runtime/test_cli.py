@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from avemo.cli import main
-from tests.media_factory import write_media
+from avemo.runtime.media.sample import write_media
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from avemo.config import PRESETS
 from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit
 from avemo.train.mosei import load_folds, prepare, read_segments
-from tests.media_factory import write_mosei_tree
+from avemo.train.synth import write_mosei_tree
 
 FEATURES = PRESETS["tiny"].features
 HAPPY, SAD = [1.0, 0, 0, 0, 0, 0], [0, 0.7, 0, 0, 0, 0]

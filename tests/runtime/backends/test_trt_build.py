@@ -177,7 +177,7 @@ def test_real_gpu_device_is_described():
 
 def test_commands_run_end_to_end_with_the_doubles_on_the_path(colearn_export, tmp_path):
     """The contract: with PYTHONPATH=tests/fakes, build, infer --backend trt and doctor run as commands."""
-    from tests.media_factory import write_media
+    from avemo.runtime.media.sample import write_media
 
     models = tmp_path / "models"
     shutil.copytree(colearn_export[0], models)

@@ -77,8 +77,8 @@ def test_clips_shorter_than_the_profile_are_padded_exactly_and_longer_ones_refus
 
 def test_recognizer_closes_engines_before_the_context_and_frees_every_byte(trt_double, tmp_path):
     """Item 2 (and 8): one primary context, one shared activation area, everything released by close()."""
+    from avemo.runtime.media.sample import write_media
     from avemo.runtime.recognizer import Recognizer
-    from tests.media_factory import write_media
 
     manifest, tensorrt, cuda = trt_double("10.3.0", DISCRETE)
     _build(manifest, "fp32")
@@ -181,8 +181,8 @@ def test_dla_option_is_gone():
 def test_auto_backend_runs_the_engines_that_exist_and_says_which(trt_double, tmp_path):
     """Item 11: `avemo build` makes fp16 engines; `--backend auto` without --precision runs them."""
     manifest, _, _ = trt_double("10.3.0")
+    from avemo.runtime.media.sample import write_media
     from avemo.runtime.recognizer import Recognizer
-    from tests.media_factory import write_media
 
     with Recognizer(manifest.root, backend="auto") as before:
         assert before.backend == "ort" and "no fp16/int8/fp32 engines" in before.backend_reason
@@ -282,7 +282,7 @@ def test_auto_falls_back_to_onnx_runtime_where_the_gpu_does_not_answer(trt_doubl
 def test_long_clips_are_cut_alike_on_both_backends(trt_double):
     """Item 1: a 35-s clip (past the 30-s profile) gives the same answer on TensorRT as on ONNX Runtime."""
     from avemo.runtime.recognizer import Recognizer
-    from tests.media_factory import long_clip_features
+    from tests.conftest import long_clip_features
 
     manifest, _, _ = trt_double("10.3.0", DISCRETE)
     _build(manifest, "fp32")

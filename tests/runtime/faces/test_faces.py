@@ -1,4 +1,4 @@
-"""No false face chosen: hysteresis, plausibility, the choice among tracks, on generated media (face_clips)."""
+"""No false face chosen: hysteresis, plausibility, the choice among tracks, on generated scenes (media/scenes)."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,8 @@ from avemo.config import FeatureConfig
 from avemo.runtime.faces import Face, FacePipeline, open_detector, preference
 from avemo.runtime.faces.tracking import KEEP_SCORE, MAX_GAP, START_SCORE, FaceTracker, iou, plausible
 from avemo.runtime.media.extract import extract
-from tests.face_clips import Scene, write_clip
-from tests.media_factory import face_photo
+from avemo.runtime.media.sample import face_photo
+from avemo.runtime.media.scenes import Scene, write_clip
 
 FEATURES = FeatureConfig()
 

@@ -1,4 +1,4 @@
-"""Decoding, frame sampling, face crops and filterbanks on media made here (tests/media_factory.py)."""
+"""Decoding, frame sampling, face crops and filterbanks on media made here (runtime/media/sample.py)."""
 
 import dataclasses
 import subprocess
@@ -17,7 +17,7 @@ from avemo.runtime.faces.tracking import FaceTracker
 from avemo.runtime.media.audio import fbank
 from avemo.runtime.media.decode import decode_audio, sample_frames
 from avemo.runtime.media.extract import extract
-from tests.media_factory import face_photo, second_face_photo, write_media, write_two_faces
+from avemo.runtime.media.sample import face_photo, second_face_photo, write_media, write_two_faces
 
 FEATURES = FeatureConfig()
 
@@ -313,7 +313,7 @@ def _numpy_fbank(x, rate=16000, bins=80, frame=400, shift=160, nfft=512):
 
 
 def test_fbank_matches_an_independent_numpy_implementation():
-    from tests.media_factory import speech_like
+    from avemo.runtime.media.sample import speech_like
 
     x = speech_like(1.0, 16000)[0]
     ours = fbank(x, FEATURES)

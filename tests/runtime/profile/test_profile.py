@@ -127,8 +127,8 @@ def test_flop_count_matches_a_hand_count(tmp_path):
 
 
 def test_pipeline_stages_add_up_on_a_real_file(colearn_export, tmp_path):
+    from avemo.runtime.media.sample import write_media
     from avemo.runtime.profile.pipeline import profile_pipeline
-    from tests.media_factory import write_media
 
     clip = write_media(tmp_path / "clip.mp4", seconds=2.0)
     result = profile_pipeline(colearn_export[0], clip, repeats=2)

@@ -49,9 +49,9 @@ def test_media_instances_share_out_the_cores(colearn_export, tmp_path):
 def test_media_longer_than_the_limit_is_refused(colearn_export, tmp_path):
     import tempfile
 
+    from avemo.runtime.media.sample import write_media
     from avemo.runtime.recognizer import Recognizer
     from avemo.runtime.serving.triton_model import MediaModel
-    from tests.media_factory import write_media
 
     model = MediaModel()  # as initialize() makes it, without Triton
     model.recognizer, model.max_seconds = Recognizer(colearn_export[0]), 2.0

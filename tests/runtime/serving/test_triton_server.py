@@ -155,7 +155,7 @@ def test_concurrent_requests_of_different_lengths_batch_exactly(server, reposito
 
 @needs_server
 def test_media_model_equals_avemo_infer(server, repository, tmp_path):
-    from tests.media_factory import write_media
+    from avemo.runtime.media.sample import write_media
 
     _, client = server
     clip = write_media(tmp_path / "clip.mp4", seconds=3.0)
@@ -251,7 +251,7 @@ def _metric(running: TritonServer, series: str) -> float:
 @needs_server
 def test_good_requests_log_nothing(server, repository, tmp_path):
     """Each output once logged a traceback (the Python backend names a used DLPack capsule wrongly)."""
-    from tests.media_factory import write_media
+    from avemo.runtime.media.sample import write_media
 
     running, client = server
     from avemo.runtime.models.manifest import load_manifest
@@ -306,8 +306,8 @@ def test_perf_analyzer_input_data_drives_every_model(server, repository, tmp_pat
 
     import tritonclient.grpc as grpc
 
+    from avemo.runtime.media.sample import write_media
     from avemo.runtime.serving.perf_data import main as write_perf_data
-    from tests.media_factory import write_media
 
     _, client = server
     clip = write_media(tmp_path / "clip.mp4", seconds=2.0)

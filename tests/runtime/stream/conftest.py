@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.media_factory import write_media
+from avemo.runtime.media.sample import write_media
 
 
 @pytest.fixture(scope="module")

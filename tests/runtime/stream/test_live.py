@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from avemo.cli import main
+from avemo.runtime.media.sample import write_media
 from avemo.runtime.recognizer import Recognizer
-from tests.media_factory import write_media
 
 
 def free_port() -> int:
@@ -38,7 +38,7 @@ def send(path, url, seconds=None):
     import sys
 
     extra = [] if seconds is None else [str(seconds)]
-    return subprocess.Popen([sys.executable, "-m", "tests.media_factory", "send", str(path), url, *extra])
+    return subprocess.Popen([sys.executable, "-m", "avemo.runtime.media.sample", "send", str(path), url, *extra])
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from avemo.config import FeatureConfig
 from avemo.runtime.faces import FacePipeline
 from avemo.runtime.media.decode import media_duration
 from avemo.runtime.media.extract import extract
+from avemo.runtime.media.sample import write_media
 from avemo.runtime.recognizer import Recognizer
 from avemo.runtime.stream.run import stream_windows
 from avemo.runtime.stream.sources import file_source
 from avemo.runtime.stream.windows import WindowCutter
-from tests.media_factory import write_media
 
 FEATURES = FeatureConfig()
 # A window decoded alone seeks (AAC and the resampler warm up over its first frames) and mirrors
@@ -111,7 +111,7 @@ def test_one_pass_recognition_equals_the_whole_file_decode(colearn_export, tmp_p
 def test_one_pass_memory_does_not_grow_with_the_file(colearn_export, tmp_path):
     """Peak RSS of a fresh process recognising a 10-min file vs a 1-min one (the numbers for 1 h and 2 h:
     scripts/bench_long_media.py, docs/BENCHMARKS.md). The whole-file decode grew by ~500 MB here."""
-    from tests.media_factory import write_long_audio
+    from avemo.runtime.media.sample import write_long_audio
 
     code = (  # VmHWM: this process's own high-water mark (ru_maxrss would count the forking pytest's)
         "import re, sys; from avemo.runtime.recognizer import Recognizer; "

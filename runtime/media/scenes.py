@@ -12,7 +12,8 @@ x0.35-1.2). Its true box in every frame follows from how the frame is drawn. Sce
   ``camera``) standing still at the top left;
 - ``no face``: the periodic pattern alone.
 
-Used by ``scripts/bench_faces.py`` (precision and recall per detector) and the face tests.
+Used by ``scripts/bench_faces.py`` (precision and recall per detector) and the face tests; needs OpenCV and
+PyAV (the runtime extra).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tests.media_factory import face_photo, second_face_photo, speech_like
+from avemo.runtime.media.sample import face_photo, second_face_photo, speech_like
 
 SCENES = ("plain", "periodic", "texture", "second face", "no face")
 SIZE = (1280, 720)  # the frame the poses are drawn for; other sizes scale everything
@@ -152,7 +153,7 @@ def write_clip(
     return truth
 
 
-if __name__ == "__main__":  # `python -m tests.face_clips OUT.mp4 SCENE [SECONDS]`: a 720p clip with audio
+if __name__ == "__main__":  # `python -m avemo.runtime.media.scenes OUT.mp4 SCENE [SECONDS]`: a 720p clip with audio
     import sys
 
     write_clip(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 10.0, audio=True)

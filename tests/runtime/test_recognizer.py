@@ -10,9 +10,9 @@ import pytest
 
 from avemo.errors import AvemoError
 from avemo.export.exporter import export_run
+from avemo.runtime.media.sample import write_media
 from avemo.runtime.recognizer import ClipInput, Recognizer
 from tests.conftest import make_checkpoint
-from tests.media_factory import write_media
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_a_long_clip_is_the_length_weighted_mean_of_its_windows(colearn_export):
     from avemo.contract import LABELS
     from avemo.runtime.media.audio import add_deltas
     from avemo.runtime.recognizer import ClipInput, Recognizer
-    from tests.media_factory import long_clip_features
+    from tests.conftest import long_clip_features
 
     recognizer = Recognizer(colearn_export[0])
     feats = long_clip_features(recognizer.features, seconds=35.0)
