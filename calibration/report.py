@@ -19,7 +19,7 @@ from avemo.runtime.profile.timing import interleaved_latency, summarize
 from avemo.train.cache import CacheSplit
 from avemo.train.metrics import emotion_f1
 
-#: The issue's target: A+V mean macro F1 may drop at most this many points against fp32.
+#: The accuracy target (docs/DEPLOYMENT.md): A+V mean macro F1 may drop at most this many points against fp32.
 MAX_MF1_DROP = 0.5
 
 

@@ -21,7 +21,7 @@ import onnx
 
 from avemo.errors import AvemoError
 
-#: The layers the search decides on (and the issue counts).
+#: The layers the search decides on (and the budget counts).
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 #: Below this share of LAYER_OPS nodes still int8 the budget is called unmet: the model would no longer be INT8.
 MIN_QUANTIZED_SHARE = 0.5

@@ -132,7 +132,7 @@ def triton_serve(
     has Triton's Python backend only: serve `avemo export-triton --backend
     python` repositories with it. The onnxruntime and tensorrt repositories,
     and any machine without the wheel (aarch64, Jetson), need NVIDIA's
-    container (see the README).
+    container (see docs/SERVING.md).
 
     It watches the models' Python processes: when one dies (killed for
     memory, crashed), Triton would go on reporting the model READY and fail

@@ -1,7 +1,7 @@
 """A small gRPC client for avemo's Triton models (tests, `scripts/bench_triton.py`, users with avemo).
 
-A client without avemo needs only `tritonclient[grpc]` and numpy: see the
-README's serving section for the same calls written out.
+A client without avemo needs only `tritonclient[grpc]` and numpy: see
+docs/SERVING.md for the same calls written out.
 """
 
 from __future__ import annotations
