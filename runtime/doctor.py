@@ -178,7 +178,7 @@ def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int
     from avemo.runtime.backends.engines import check_engine, engine_path
     from avemo.runtime.backends.trt import current_device
     from avemo.runtime.models.parity import sample_inputs
-    from avemo.runtime.profile.timing import interleaved_latency
+    from avemo.runtime.timing import interleaved_latency
 
     if precision not in manifest.precisions:
         doctor.skip(f"TensorRT {precision}", f"no {precision} graphs in {manifest.root} (export or calibrate first)")

@@ -34,7 +34,7 @@ from avemo.runtime.faces import FacePipeline
 from avemo.runtime.media.audio import add_deltas
 from avemo.runtime.media.extract import MediaFeatures, extract
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.profile.timing import stage
+from avemo.runtime.timing import stage
 
 THRESHOLD = 0.5
 LIVE_FIELDS = ("latency_ms", "behind_s", "dropped_windows")  # only in results from live sources

@@ -25,14 +25,24 @@ _KINDS = {"i": "integer", "u": "integer", "f": "float", "b": "bool"}  # numpy dt
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One graph input: its name, dtype and rank; ``low``/``high``: the smallest and largest shape an engine
-    profile takes (None: any size, as ONNX Runtime's dynamic axes)."""
+    """One graph input: its name, dtype and shape (an int per fixed axis, None per dynamic one);
+    ``low``/``high``: the smallest and largest shape an engine profile takes (None: any size, as ONNX
+    Runtime's dynamic axes)."""
 
     name: str
     dtype: np.dtype
-    rank: int
+    shape: tuple[int | None, ...]
     low: Shape | None = None
     high: Shape | None = None
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+def fixed_axes(shape: list[Any] | tuple[Any, ...]) -> tuple[int | None, ...]:
+    """A graph's declared shape (named or unknown dynamic axes, int fixed ones) as InputSpec wants it."""
+    return tuple(d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None for d in shape)
 
 
 @runtime_checkable
@@ -101,11 +111,19 @@ def check_inputs(
             raise AvemoError(f"{where}: {spec.name} is {given.dtype}, the graph takes {spec.dtype}")
         if given.ndim != spec.rank:
             raise AvemoError(f"{where}: {spec.name} has {given.ndim} dimensions, the graph takes {spec.rank}")
+        if len(given) == 0:
+            raise AvemoError(f"{where}: {spec.name} holds no clips (an empty batch)")
+        wrong = [(axis, n, d) for axis, (n, d) in enumerate(zip(given.shape, spec.shape, strict=True)) if d and n != d]
+        if wrong:
+            axis, n, d = wrong[0]
+            raise AvemoError(f"{where}: {spec.name} has {n} on axis {axis}, the graph takes {d}")
         if spec.high is not None:
             _check_profile(spec, given.shape, where)
-        if finite and given.dtype.kind == "f" and not (rows := np.isfinite(given).reshape(len(given), -1).all(1)).all():
+        with np.errstate(over="ignore"):  # cast first: a float64 too large for float32 becomes Inf, found below
+            array = np.ascontiguousarray(given, dtype=spec.dtype)
+        if finite and array.dtype.kind == "f" and not (rows := np.isfinite(array).reshape(len(array), -1).all(1)).all():
             raise AvemoError(f"{where}: {spec.name} holds NaN or Inf (clips {np.flatnonzero(~rows).tolist()})")
-        out[spec.name] = np.ascontiguousarray(given, dtype=spec.dtype)
+        out[spec.name] = array
     batches = {name: len(array) for name, array in out.items()}
     if len(set(batches.values())) > 1:
         raise AvemoError(f"{where}: inputs disagree on the batch size: {batches}")

@@ -11,7 +11,7 @@ import numpy as np
 from avemo.contract import ORT_PROVIDERS
 from avemo.deps import require
 from avemo.errors import AvemoError
-from avemo.runtime.backends.base import BackendBase, InputSpec
+from avemo.runtime.backends.base import BackendBase, InputSpec, fixed_axes
 
 #: ONNX Runtime's tensor type names -> numpy (the types avemo's graphs and YuNet take).
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -60,9 +60,11 @@ class OrtBackend(BackendBase):
             self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for a bad file
             raise AvemoError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+        unknown = [f"{i.name} ({i.type})" for i in self.session.get_inputs() if i.type not in ORT_TYPES]
+        if unknown:
+            raise AvemoError(f"{path}: inputs of a type avemo does not feed: {', '.join(unknown)}")
         self.input_specs = tuple(
-            InputSpec(i.name, np.dtype(ORT_TYPES.get(i.type, np.float32)), len(i.shape))
-            for i in self.session.get_inputs()
+            InputSpec(i.name, np.dtype(ORT_TYPES[i.type]), fixed_axes(i.shape)) for i in self.session.get_inputs()
         )
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

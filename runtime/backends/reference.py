@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from avemo.errors import AvemoError
-from avemo.runtime.backends.base import BackendBase, InputSpec
+from avemo.runtime.backends.base import BackendBase, InputSpec, fixed_axes
 from avemo.runtime.models.numerics import onnx_module, reference_evaluator
 
 
@@ -33,7 +33,7 @@ class ReferenceBackend(BackendBase):
             InputSpec(
                 i.name,
                 np.dtype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)),
-                len(i.type.tensor_type.shape.dim),
+                fixed_axes([d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]),
             )
             for i in model.graph.input
         )
@@ -45,3 +45,7 @@ class ReferenceBackend(BackendBase):
         with np.errstate(over="ignore", invalid="ignore"):
             out = self.session.run(None, feeds)[0]
         return np.asarray(out, np.float32)
+
+    def close(self) -> None:
+        super().close()
+        self.__dict__.pop("session", None)  # the evaluator holds the graph's weights

@@ -20,7 +20,7 @@ import numpy as np
 
 from avemo.contract import PROBS
 from avemo.errors import AvemoError
-from avemo.runtime.backends.base import BackendBase, InputSpec
+from avemo.runtime.backends.base import BackendBase, InputSpec, fixed_axes
 from avemo.runtime.backends.engines import (
     Device,
     batch_limit,
@@ -111,7 +111,11 @@ class TrtBackend(BackendBase):
         self.limits = profiles(manifest, modality, self.max_batch)
         self.input_specs = tuple(
             InputSpec(
-                s["name"], np.dtype(s["dtype"]), len(s["shape"]), self.limits[s["name"]][0], self.limits[s["name"]][2]
+                s["name"],
+                np.dtype(s["dtype"]),
+                fixed_axes(s["shape"]),
+                self.limits[s["name"]][0],
+                self.limits[s["name"]][2],
             )
             for s in manifest.inputs(modality)
         )

@@ -12,7 +12,7 @@ from avemo.config import FeatureConfig
 from avemo.runtime.faces import ClipCollector, FacePipeline
 from avemo.runtime.media.audio import fbank
 from avemo.runtime.media.decode import decode_audio, sample_frames
-from avemo.runtime.profile.timing import stage
+from avemo.runtime.timing import stage
 
 MIN_AUDIO_SECONDS = 0.05  # shorter than a few frames is treated as no audio
 

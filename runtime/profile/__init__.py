@@ -1,1 +1,1 @@
-"""Latency profiling: timing on a noisy machine, cases, memory, FLOPs, the media pipeline, reports."""
+"""Latency profiling: cases (timed with ``avemo.runtime.timing``), memory, FLOPs, the media pipeline, reports."""

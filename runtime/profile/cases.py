@@ -22,7 +22,7 @@ from avemo.machine import machine_info
 from avemo.runtime.backends import Backend, open_backend
 from avemo.runtime.models.manifest import Manifest, load_manifest
 from avemo.runtime.models.parity import sample_inputs
-from avemo.runtime.profile.timing import interleaved_latency, summarize
+from avemo.runtime.timing import interleaved_latency, summarize
 
 #: MLPerf Inference's minimum query count for a single-stream run; `--iters` may lower it.
 MLPERF_MIN_QUERIES = 1024

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from avemo.runtime.profile.timing import stage
+from avemo.runtime.timing import stage
 
 
 def profile_pipeline(

@@ -127,8 +127,9 @@ def plot_latency(result: dict[str, Any], path: Path) -> None:
             line = sorted((c for c in mine if (c["backend"], c["precision"]) == key), key=lambda c: c["seconds"])
             xs = [c["seconds"] for c in line]
             p50 = np.array([c["p50_ms"] for c in line])
-            lo = p50 - np.array([np.percentile(c["samples_ms"], 10) for c in line])
-            hi = np.array([c["p90_ms"] for c in line]) - p50
+            # Samples are stored rounded: a one-sample case's p10 may exceed its exact p50 by the rounding.
+            lo = np.maximum(0.0, p50 - np.array([np.percentile(c["samples_ms"], 10) for c in line]))
+            hi = np.maximum(0.0, np.array([c["p90_ms"] for c in line]) - p50)
             ax.errorbar(xs, p50, yerr=[lo, hi], marker="o", capsize=3, label=f"{key[0]} {key[1]}")
         ax.set(
             title=f"{MODALITY_TITLES[graph]}, batch {batch}", xlabel="clip seconds", ylabel="latency ms (p50, p10-p90)"

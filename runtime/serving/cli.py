@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from avemo.contract import BACKENDS, PRECISIONS
+from avemo.runtime.serving.repository import TRITON_BACKENDS
 
 DEAD_MODEL_EXIT = 3  # a model's process died: stopped for a supervisor to restart (1: bad input or start)
 
@@ -18,7 +19,7 @@ DEAD_MODEL_EXIT = 3  # a model's process died: stopped for a supervisor to resta
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Repository to write.")
 @click.option(
     "--backend",
-    type=click.Choice(["onnxruntime", "tensorrt", "python"]),
+    type=click.Choice(tuple(TRITON_BACKENDS)),
     default="onnxruntime",
     show_default=True,
     help="onnxruntime serves the ONNX graphs; tensorrt the engines built with `avemo build` on the serving GPU; "

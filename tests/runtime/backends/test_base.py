@@ -24,6 +24,8 @@ def _bad_inputs(good: dict[str, np.ndarray]) -> list[tuple[dict[str, np.ndarray]
         ({**good, "faces": faces[:1]}, "inputs disagree on the batch size"),
         ({**good, "face_lengths": lengths * 0}, r"face_lengths \[0, 0\] must lie in 1\.\."),
         ({**good, "face_lengths": lengths + faces.shape[1]}, f"must lie in 1..{faces.shape[1]}"),
+        ({**good, "faces": faces[..., 1:, :]}, f"faces has {faces.shape[3] - 1} on axis 3, the graph takes"),
+        ({k: v[:0] for k, v in good.items()}, "holds no clips"),
     ]
 
 
@@ -52,8 +54,8 @@ def test_every_backend_kind_keeps_the_interface_and_refuses_bad_inputs_alike(trt
 
 
 def test_check_inputs_bounds_by_the_profile_and_names_non_finite_clips():
-    spec = InputSpec("audio_feats", np.dtype(np.float32), 3, low=(1, 8, 4), high=(4, 100, 4))
-    lengths = InputSpec("audio_lengths", np.dtype(np.int64), 1)
+    spec = InputSpec("audio_feats", np.dtype(np.float32), (None, None, 4), low=(1, 8, 4), high=(4, 100, 4))
+    lengths = InputSpec("audio_lengths", np.dtype(np.int64), (None,))
     audio = np.zeros((2, 120, 4), np.float32)
     with pytest.raises(AvemoError, match=r"120 frames, more than the engine's profile takes \(100\).*--window"):
         check_inputs({"audio_feats": audio, "audio_lengths": np.array([5, 5])}, (spec, lengths), "g")
@@ -62,10 +64,13 @@ def test_check_inputs_bounds_by_the_profile_and_names_non_finite_clips():
     poisoned = np.zeros((3, 10, 4), np.float32)
     poisoned[1, 2, 0] = np.nan
     ok = {"audio_feats": poisoned, "audio_lengths": np.array([10, 10, 10], np.int32)}
-    free = (InputSpec("audio_feats", np.dtype(np.float32), 3), lengths)
+    free = (InputSpec("audio_feats", np.dtype(np.float32), (None, None, 4)), lengths)
     assert check_inputs(ok, free, "g")["audio_lengths"].dtype == np.int64  # cast within its kind; NaN not looked for
     with pytest.raises(AvemoError, match=r"audio_feats holds NaN or Inf \(clips \[1\]\)"):
         check_inputs(ok, free, "g", finite=True)
+    huge = {**ok, "audio_feats": np.full((3, 10, 4), 1e300)}  # finite in float64, Inf once cast to float32
+    with pytest.raises(AvemoError, match="holds NaN or Inf"), np.errstate(over="ignore"):
+        check_inputs(huge, free, "g", finite=True)
 
 
 def test_unknown_backend_kinds_are_refused_by_name(colearn_export):

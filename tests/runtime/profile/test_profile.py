@@ -15,7 +15,7 @@ from avemo.cli import main
 
 
 def test_summary_statistics_match_numpy():
-    from avemo.runtime.profile.timing import summarize
+    from avemo.runtime.timing import summarize
 
     samples = np.random.default_rng(0).gamma(2.0, 3.0, 257)
     stats = summarize(samples)
@@ -29,7 +29,7 @@ def test_summary_statistics_match_numpy():
 
 
 def test_candidates_are_interleaved_and_rotated_per_round():
-    from avemo.runtime.profile.timing import interleaved_latency
+    from avemo.runtime.timing import interleaved_latency
 
     order: list[str] = []
     calls = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
@@ -192,7 +192,7 @@ def test_profile_script_runs_with_only_the_runtime(colearn_export, tmp_path):
 
 def test_duration_bounds_each_candidate_and_iters_caps_it(monkeypatch):
     """On a fake clock each call advances: a 3-s call gets one timed call, a 10-ms one its share of 1 s."""
-    from avemo.runtime.profile import timing
+    from avemo.runtime import timing
 
     now = [0]
     monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: now[0])
@@ -251,3 +251,14 @@ def test_ctrl_c_during_the_probes_keeps_the_timings_and_says_what_is_missing(col
     kept = json.loads((out / "profile.json").read_text())
     assert kept["interrupted"] and len(kept["cases"]) == 1
     assert any("interrupted during the memory/FLOP/pipeline probes" in n for n in kept["notes"])
+
+
+def test_plot_takes_a_one_sample_case_whose_stored_sample_rounds_above_its_p50(tmp_path):
+    """A 0.2-s run gives PyTorch one timed call; samples are stored rounded to 4 decimals, so its p10 could
+    exceed its exact p50 and matplotlib refused the negative error bar (found by a review run)."""
+    from avemo.runtime.profile.report import plot_latency
+
+    case = {"graph": "av", "batch": 1, "seconds": 1.0, "backend": "torch", "precision": "fp32",
+            "p50_ms": 695.315357, "p90_ms": 695.315357, "samples_ms": [695.3154]}  # fmt: skip
+    plot_latency({"cases": [case], "machine": {"summary": "test"}}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
