@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 import weakref
@@ -57,6 +58,30 @@ def colearn_export(tmp_path_factory):
     ckpt, model = make_checkpoint(root / "colearn.pt", micro, "colearn")
     manifest = export_run(ckpt, root / "models", ("fp16",), log=lambda *_: None)
     return root / "models", manifest, model
+
+
+#: AVEMO_DOUBLE_GPUS values: a desktop GPU, and two GPUs of different kinds.
+DISCRETE = "NVIDIA GeForce RTX 4090:8.9:24576:0"
+TWO_GPUS = "NVIDIA GeForce RTX 4090:8.9:24576:0;NVIDIA H100 80GB HBM3:9.0:81920:0"
+
+
+def assert_close(a, b, atol=1e-5):
+    np.testing.assert_allclose(a, b, rtol=0, atol=atol)
+
+
+@pytest.fixture
+def models(colearn_export, tmp_path):
+    """A private copy of the exported tiny model (to edit, break or replace)."""
+    target = tmp_path / "models"
+    shutil.copytree(colearn_export[0], target)
+    return target
+
+
+def edit_manifest(models: Path, change) -> None:
+    """Apply ``change`` to the manifest.json of ``models`` as raw JSON (no checks: tests make it hostile)."""
+    data = json.loads((models / "manifest.json").read_text())
+    change(data)
+    (models / "manifest.json").write_text(json.dumps(data))
 
 
 def double_modules() -> list[str]:

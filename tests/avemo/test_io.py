@@ -17,22 +17,11 @@ from avemo.cli import main
 from avemo.contract import MANIFEST_FILE
 from avemo.io import recover_tree, sha256_file
 from avemo.runtime.models.manifest import load_manifest
+from tests.conftest import edit_manifest
 
 FAULTS = Path(__file__).resolve().parents[1] / "faults"  # its sitecustomize kills at a chosen rename
 
 
-@pytest.fixture
-def models(colearn_export, tmp_path):
-    """A private copy of the exported tiny model."""
-    target = tmp_path / "models"
-    shutil.copytree(colearn_export[0], target)
-    return target
-
-
-def _edit(models: Path, change) -> None:
-    data = json.loads((models / MANIFEST_FILE).read_text())
-    change(data)
-    (models / MANIFEST_FILE).write_text(json.dumps(data))
 
 
 REPLACE = """
@@ -65,7 +54,7 @@ def _another_model(models: Path, out: Path) -> Path:
         data["files"] = {k: v for k, v in data["files"].items() if not k.startswith("fp16/")}
         data["files"]["notes/extra.txt"] = sha256_file(out / "notes" / "extra.txt")
 
-    _edit(out, change)
+    edit_manifest(out, change)
     return out
 
 

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 
-import pytest
 from click.testing import CliRunner
 
 from avemo.cli import main
-
-
-@pytest.fixture
-def models(colearn_export, tmp_path):
-    """A private copy of the exported tiny model."""
-    target = tmp_path / "models"
-    shutil.copytree(colearn_export[0], target)
-    return target
 
 
 def test_calibrate_bad_clip_lists_and_keep_patterns_are_one_line(models, tiny_cache, tmp_path):

@@ -1,12 +1,6 @@
 """`avemo doctor` on a new device, driven by the TensorRT and pycuda TEST DOUBLES in tests/fakes/ (and without a GPU).
 
-The doubles are not TensorRT: their engines run the ONNX graph in ONNX Runtime
-(in ONNX's reference evaluator where it carries fp16, so fp16 is honoured as a
-strongly typed engine honours it), and they enforce TensorRT's and CUDA's rules (profiles, names, dtypes, strong
-typing, TF32, contexts and lifetimes, device memory). What these tests show is
-that avemo's code obeys those rules and moves real tensors through buffers,
-shapes, copies and streams; not how fast or how exactly a GPU computes. The
-real-GPU test at the end skips unless real tensorrt and pycuda import.
+The doubles are not TensorRT; what each enforces is in its header (tests/fakes) and docs/TESTING.md.
 """
 
 from __future__ import annotations
@@ -14,19 +8,12 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 from click.testing import CliRunner
 
 from avemo.cli import main
-from tests.conftest import FAKES
+from tests.conftest import DISCRETE, FAKES
 
 ROOT = FAKES.parents[1]
-DISCRETE = "NVIDIA GeForce RTX 4090:8.9:24576:0"
-TWO_GPUS = "NVIDIA GeForce RTX 4090:8.9:24576:0;NVIDIA H100 80GB HBM3:9.0:81920:0"
-
-
-def _close(a, b, atol=1e-5):
-    np.testing.assert_allclose(a, b, rtol=0, atol=atol)
 
 
 def test_doctor_builds_missing_engines_checks_parity_times_and_reports(trt_double, tmp_path):

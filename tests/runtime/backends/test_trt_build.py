@@ -1,12 +1,6 @@
 """Building TensorRT engines (avemo build, avemo-export, checks before install), with the doubles in tests/fakes/.
 
-The doubles are not TensorRT: their engines run the ONNX graph in ONNX Runtime
-(in ONNX's reference evaluator where it carries fp16, so fp16 is honoured as a
-strongly typed engine honours it), and they enforce TensorRT's and CUDA's rules (profiles, names, dtypes, strong
-typing, TF32, contexts and lifetimes, device memory). What these tests show is
-that avemo's code obeys those rules and moves real tensors through buffers,
-shapes, copies and streams; not how fast or how exactly a GPU computes. The
-real-GPU test at the end skips unless real tensorrt and pycuda import.
+The doubles are not TensorRT; what each enforces is in its header (tests/fakes) and docs/TESTING.md.
 """
 
 from __future__ import annotations
@@ -26,16 +20,10 @@ from avemo.cli import main
 from avemo.errors import AvemoError
 from avemo.runtime.models.manifest import load_manifest
 from avemo.runtime.models.parity import sample_inputs
-from tests.conftest import FAKES
+from tests.conftest import FAKES, assert_close
 from tests.conftest import build_with_double as _build
 
 ROOT = FAKES.parents[1]
-DISCRETE = "NVIDIA GeForce RTX 4090:8.9:24576:0"
-TWO_GPUS = "NVIDIA GeForce RTX 4090:8.9:24576:0;NVIDIA H100 80GB HBM3:9.0:81920:0"
-
-
-def _close(a, b, atol=1e-5):
-    np.testing.assert_allclose(a, b, rtol=0, atol=atol)
 
 
 def test_stale_engine_is_refused_at_load(trt_double):
@@ -82,7 +70,7 @@ def test_fp32_engines_clear_tf32(trt_double):
     inputs = sample_inputs(manifest.features, "a", 2, 2.0, 9)
     with TrtBackend(manifest, "a", "fp16") as engine:
         got = engine.infer(inputs)
-    _close(got, ReferenceBackend(manifest.graph_path("a", "fp16")).infer(inputs), atol=1e-6)
+    assert_close(got, ReferenceBackend(manifest.graph_path("a", "fp16")).infer(inputs), atol=1e-6)
 
 
 def test_engine_that_misses_parity_is_not_installed(trt_double):

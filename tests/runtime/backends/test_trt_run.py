@@ -1,12 +1,6 @@
 """Running TensorRT engines (TrtBackend, the Recognizer on TensorRT, resolution), with the doubles in tests/fakes/.
 
-The doubles are not TensorRT: their engines run the ONNX graph in ONNX Runtime
-(in ONNX's reference evaluator where it carries fp16, so fp16 is honoured as a
-strongly typed engine honours it), and they enforce TensorRT's and CUDA's rules (profiles, names, dtypes, strong
-typing, TF32, contexts and lifetimes, device memory). What these tests show is
-that avemo's code obeys those rules and moves real tensors through buffers,
-shapes, copies and streams; not how fast or how exactly a GPU computes. The
-real-GPU test at the end skips unless real tensorrt and pycuda import.
+The doubles are not TensorRT; what each enforces is in its header (tests/fakes) and docs/TESTING.md.
 """
 
 from __future__ import annotations
@@ -25,16 +19,10 @@ from avemo.cli import main
 from avemo.errors import AvemoError
 from avemo.runtime.backends.ort import OrtBackend
 from avemo.runtime.models.parity import sample_inputs
-from tests.conftest import FAKES
+from tests.conftest import DISCRETE, FAKES, TWO_GPUS, assert_close
 from tests.conftest import build_with_double as _build
 
 ROOT = FAKES.parents[1]
-DISCRETE = "NVIDIA GeForce RTX 4090:8.9:24576:0"
-TWO_GPUS = "NVIDIA GeForce RTX 4090:8.9:24576:0;NVIDIA H100 80GB HBM3:9.0:81920:0"
-
-
-def _close(a, b, atol=1e-5):
-    np.testing.assert_allclose(a, b, rtol=0, atol=atol)
 
 
 def test_engines_answer_as_onnx_runtime_does_through_buffers_and_streams(trt_double):
@@ -47,7 +35,7 @@ def test_engines_answer_as_onnx_runtime_does_through_buffers_and_streams(trt_dou
         with TrtBackend(manifest, modality, "fp32") as engine:
             for batch, seconds, seed in ((1, 1.0, 1), (3, 4.0, 2)):
                 inputs = sample_inputs(manifest.features, modality, batch, seconds, seed)
-                _close(engine.infer(inputs), ort.infer(inputs))
+                assert_close(engine.infer(inputs), ort.infer(inputs))
 
 
 def test_clips_shorter_than_the_profile_are_padded_exactly_and_longer_ones_refused(trt_double):
@@ -67,7 +55,7 @@ def test_clips_shorter_than_the_profile_are_padded_exactly_and_longer_ones_refus
         "face_lengths": np.array([1]),
     }
     with TrtBackend(manifest, "av", "fp32") as engine:
-        _close(engine.infer(short), OrtBackend(manifest.graph_path("av")).infer(short))
+        assert_close(engine.infer(short), OrtBackend(manifest.graph_path("av")).infer(short))
         too_long = dict(short, faces=np.zeros((1, lo["face_frames"][2] + 1, 3, size, size), np.float32))
         with pytest.raises(
             AvemoError, match=r"faces: 91 frames, more than the engine's profile takes \(90\).*--window"
@@ -107,7 +95,7 @@ def test_integrated_gpu_uses_mapped_memory_without_device_copies(trt_double):
     with TrtBackend(manifest, "v", "fp32") as engine:
         assert engine.io_bytes == 0 and cuda.USED[0] == engine.device_memory
         inputs = sample_inputs(manifest.features, "v", 2, 2.0, 3)
-        _close(engine.infer(inputs), OrtBackend(manifest.graph_path("v")).infer(inputs))
+        assert_close(engine.infer(inputs), OrtBackend(manifest.graph_path("v")).infer(inputs))
 
 
 def test_close_from_another_thread_waits_for_the_call_in_flight(trt_double):
@@ -257,7 +245,7 @@ def test_batch_limit_is_chosen_for_the_device_and_respected(trt_double, tmp_path
         got = [list(r.probs.values()) for r in trt.infer(clips)]
         want = [list(r.probs.values()) for r in ort.infer(clips)]
         assert {r.timings_ms["batch"] for r in trt.infer(clips)} == {4, 2}
-    _close(np.array(got), np.array(want))
+    assert_close(np.array(got), np.array(want))
     result = CliRunner().invoke(main, ["build", str(manifest.root), "--precision", "fp32", "--max-batch", "2"])
     assert result.exit_code == 0 and "up to 2 clips per call" in result.output, result.output
     assert json.loads(av.with_suffix(".json").read_text())["max_batch"] == 2
@@ -290,6 +278,6 @@ def test_long_clips_are_cut_alike_on_both_backends(trt_double):
     with Recognizer(manifest.root, backend="trt") as trt, Recognizer(manifest.root, backend="ort") as ort:
         on_trt, on_ort = (r.recognize_features(feats, "clip", (None, None), 0.0) for r in (trt, ort))
     assert on_trt.backend == "trt" and on_ort.backend == "ort"
-    _close(np.array(list(on_trt.probs.values())), np.array(list(on_ort.probs.values())))
+    assert_close(np.array(list(on_trt.probs.values())), np.array(list(on_ort.probs.values())))
     assert on_trt.modality == on_ort.modality == "av"
     assert "35.0 s is longer than the 30 s the model takes at once: recognised in 2 windows" in on_trt.notes[0]

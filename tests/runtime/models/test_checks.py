@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,20 +14,7 @@ from avemo.contract import MANIFEST_FILE
 from avemo.errors import AvemoError
 from avemo.io import sha256_file
 from avemo.runtime.models.manifest import load_manifest
-
-
-@pytest.fixture
-def models(colearn_export, tmp_path):
-    """A private copy of the exported tiny model."""
-    target = tmp_path / "models"
-    shutil.copytree(colearn_export[0], target)
-    return target
-
-
-def _edit(models: Path, change) -> None:
-    data = json.loads((models / MANIFEST_FILE).read_text())
-    change(data)
-    (models / MANIFEST_FILE).write_text(json.dumps(data))
+from tests.conftest import edit_manifest
 
 
 def _one_line_error(models: Path, match: str) -> None:
@@ -51,18 +37,18 @@ def test_manifest_files_cannot_leave_the_folder(models, tmp_path):
     for rel in ("../secret.txt", str(secret), "fp16/../../secret.txt"):
         copy = tmp_path / f"m{abs(hash(rel))}"
         shutil.copytree(models, copy)
-        _edit(copy, lambda d, rel=rel: d["files"].__setitem__(rel, digest))
+        edit_manifest(copy, lambda d, rel=rel: d["files"].__setitem__(rel, digest))
         _one_line_error(copy, r"files\[.*secret.txt'\] = .* leaves the model folder")
 
 
 def test_a_symlink_leaving_the_folder_is_refused(models, tmp_path):
     secret, digest = _outside_file(tmp_path)
     (models / "notes.txt").symlink_to(secret)
-    _edit(models, lambda d: d["files"].__setitem__("notes.txt", digest))
+    edit_manifest(models, lambda d: d["files"].__setitem__("notes.txt", digest))
     _one_line_error(models, r"files\['notes.txt'\] = 'notes.txt' is a symlink leaving the model folder")
     (models / "notes.txt").unlink()
     (models / "notes.txt").symlink_to("fp16/avemo.weights")  # inside: allowed
-    _edit(models, lambda d: d["files"].__setitem__("notes.txt", sha256_file(models / "fp16/avemo.weights")))
+    edit_manifest(models, lambda d: d["files"].__setitem__("notes.txt", sha256_file(models / "fp16/avemo.weights")))
     load_manifest(models)
 
 
@@ -104,7 +90,7 @@ def test_malformed_manifest_values_are_one_line_naming_the_key(models, key, valu
         else:
             data[last] = value
 
-    _edit(models, change)
+    edit_manifest(models, change)
     _one_line_error(models, match)
 
 
