@@ -20,8 +20,8 @@ from avemo.calibration.quantize import QuantJob, quantize_set
 from avemo.calibration.search import Trial, layer_keys, quantized_layers, search
 from avemo.contract import PRECISION_DIRS, graph_file
 from avemo.runtime.backends import open_onnx
+from avemo.runtime.backends.parity import sample_inputs
 from avemo.runtime.models.manifest import Manifest
-from avemo.runtime.models.parity import sample_inputs
 from avemo.runtime.profile.flops import node_flops
 from avemo.train.cache import CacheSplit
 from avemo.train.metrics import emotion_f1

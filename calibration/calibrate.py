@@ -38,8 +38,8 @@ from avemo.errors import AvemoError
 from avemo.export.fp16 import FP32_OPS
 from avemo.io import atomic_write_bytes, atomic_write_json, jsonable, new_tree, replace_tree, tree_hashes
 from avemo.machine import package_version
+from avemo.runtime.backends.parity import check_parity, load_references, parity_samples
 from avemo.runtime.models.manifest import Manifest, load_manifest, write_manifest
-from avemo.runtime.models.parity import check_parity, load_references, parity_samples
 from avemo.train.cache import CacheSplit
 
 CALIBRATION_FILE = "calibration.json"

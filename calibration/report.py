@@ -13,8 +13,8 @@ from tqdm import tqdm
 from avemo.calibration.data import batches, usable
 from avemo.contract import LABELS, MODALITY_TITLES, graph_file
 from avemo.runtime.backends import open_onnx
+from avemo.runtime.backends.parity import sample_inputs
 from avemo.runtime.models.manifest import Manifest
-from avemo.runtime.models.parity import sample_inputs
 from avemo.runtime.timing import interleaved_latency, summarize
 from avemo.train.cache import CacheSplit
 from avemo.train.metrics import emotion_f1

@@ -34,8 +34,7 @@ from avemo.export.graphs import export_graph
 from avemo.export.weights import share_weights
 from avemo.export.wrappers import wrap
 from avemo.io import new_tree, replace_tree, sha256_file, tree_hashes
-from avemo.runtime.models.manifest import write_manifest
-from avemo.runtime.models.parity import (
+from avemo.runtime.backends.parity import (
     References,
     Samples,
     check_parity,
@@ -43,6 +42,7 @@ from avemo.runtime.models.parity import (
     parity_summary,
     save_references,
 )
+from avemo.runtime.models.manifest import write_manifest
 from avemo.train.checkpoint import load_model, train_config_of
 
 

@@ -12,7 +12,7 @@ import onnx
 
 #: Ops left in fp32: normalisation and softmax/reductions overflow or lose too much in fp16; Div is the
 #: input normalisation ((x - mean) / std, std clamped at 1e-3 can leave fp16's range). No op here may
-#: compute lengths or indices: the model keeps those integer or boolean (`runtime/models/numerics.py` checks).
+#: compute lengths or indices: the model keeps those integer or boolean (`runtime/backends/numerics.py` checks).
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Exp", "Log", "Pow", "Sqrt", "Div")
 
 

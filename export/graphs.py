@@ -11,7 +11,7 @@ import torch
 from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, GRAPH_INPUTS, PROBS, profile_ranges
 from avemo.errors import AvemoError
 from avemo.export.wrappers import wrap
-from avemo.runtime.models.parity import sample_inputs
+from avemo.runtime.backends.parity import sample_inputs
 from avemo.train.model import CrossModalTransformer
 
 # Without torchvision, torch.onnx warns per graph that it skips torchvision's detection ops; avemo uses none.

@@ -38,8 +38,8 @@ def verify(models: Path, threads: int | None) -> None:
     Example:
       avemo verify models/
     """
+    from avemo.runtime.backends.parity import check_parity, load_references, parity_samples
     from avemo.runtime.models.manifest import load_manifest
-    from avemo.runtime.models.parity import check_parity, load_references, parity_samples
 
     manifest = load_manifest(models, verify=True)
     click.echo(f"{models}: {len(manifest.files)} files match manifest.json")

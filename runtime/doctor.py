@@ -132,8 +132,8 @@ def run_doctor(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every check; writes OUT/doctor.json and doctor.md (OUT: ``models``); returns the report."""
+    from avemo.runtime.backends.parity import check_parity, load_references, parity_samples
     from avemo.runtime.models.manifest import load_manifest
-    from avemo.runtime.models.parity import check_parity, load_references, parity_samples
 
     doctor = Doctor(log)
     env, no_trt = environment(device_id)
@@ -176,8 +176,8 @@ def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int
     from avemo.runtime.backends import open_backend
     from avemo.runtime.backends.build import build_engine, check_built_engine
     from avemo.runtime.backends.engines import check_engine, engine_path
+    from avemo.runtime.backends.parity import sample_inputs
     from avemo.runtime.backends.trt import current_device
-    from avemo.runtime.models.parity import sample_inputs
     from avemo.runtime.timing import interleaved_latency
 
     if precision not in manifest.precisions:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from avemo.contract import AUDIO_FEATS, FACES, graph_file
 from avemo.runtime.backends import open_onnx
+from avemo.runtime.backends.parity import padding_invariance, parity_samples
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.parity import padding_invariance, parity_samples
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from avemo.machine import describe
+from avemo.runtime.backends.parity import sample_inputs
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.parity import sample_inputs
 from avemo.runtime.serving.client import AvemoTritonClient
 from avemo.runtime.serving.repository import export_triton
 from avemo.runtime.serving.server import TritonServer, free_port, stubs_of

@@ -1,5 +1,6 @@
-"""The package's shape, checked from its source: layers import one way, no module cycle, small files and
-functions, the runtime free of training code, every backend made in runtime/backends, a README that is a tour.
+"""The package's shape, checked from its source: layers import one way, no module cycle, runtime's subpackages
+one-way, small files and functions, the runtime free of training code, every backend made in
+runtime/backends, a README that is a tour.
 
 The scan reads the source with ``ast`` (imports anywhere in a module count, lazy ones too) and is itself
 tested on a small tree with one fault of each kind, so that a check that could never fail would show.
@@ -53,6 +54,12 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     return targets
 
 
+def subpackage(module: str) -> str:
+    """``avemo.runtime.backends.trt`` -> ``avemo.runtime.backends``; other modules stand for themselves."""
+    parts = module.split(".")
+    return ".".join(parts[:3]) if parts[:2] == ["avemo", "runtime"] and len(parts) > 3 else module
+
+
 def layer(module: str) -> int:
     names = list(LAYERS.values())
     return max(i for i, prefix in enumerate(names) if module == prefix or module.startswith(prefix + "."))
@@ -95,6 +102,10 @@ def scan(root: Path) -> list[str]:
     known = modules(root)
     graph = defaultdict(set, {name: imports(name, path, known) for name, path in known.items()})
     problems = [f"import cycle: {' <-> '.join(c)}" for c in cycles(graph)]
+    packages: dict[str, set[str]] = defaultdict(set)  # runtime's subpackages, each seen as one node
+    for name, targets in graph.items():
+        packages[subpackage(name)] |= {subpackage(t) for t in targets} - {subpackage(name)}
+    problems += [f"package cycle: {' <-> '.join(c)}" for c in cycles(packages)]
     for name, targets in graph.items():
         for target in sorted(targets):
             # The core's command table names the subpackages' commands (imported on use): its one upward edge.
@@ -137,6 +148,11 @@ def test_the_scan_finds_each_kind_of_fault(tmp_path):
         "avemo/__init__.py": "",
         "runtime/__init__.py": "",
         "runtime/a.py": "from avemo.runtime import b\n",
+        "runtime/p/__init__.py": "",
+        "runtime/p/x.py": "from avemo.runtime.q import y\n",
+        "runtime/q/__init__.py": "",
+        "runtime/q/y.py": "x = 1\n",
+        "runtime/q/z.py": "from avemo.runtime.p import x\n",
         "runtime/b.py": "import avemo.runtime.a\nx = 'avemo.train.trainer'\n",
         "runtime/c.py": "from avemo.train import model\n",
         "runtime/d.py": "OrtBackend(path)\n",
@@ -156,6 +172,7 @@ def test_the_scan_finds_each_kind_of_fault(tmp_path):
     found = "\n".join(scan(tmp_path))
     for expected in (
         "import cycle: avemo.runtime.a <-> avemo.runtime.b",
+        "package cycle: avemo.runtime.p <-> avemo.runtime.q",
         "layering: avemo.runtime.c imports avemo.train.model",
         "runtime/b.py: the runtime names avemo.train",
         "runtime/d.py: makes a OrtBackend outside runtime/backends",

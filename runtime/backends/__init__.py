@@ -1,9 +1,10 @@
 """Backends behind one interface (``base.Backend``): ONNX Runtime, TensorRT, ONNX's reference evaluator.
 
-Every backend avemo makes comes from here: ``open_backend`` for a graph of a model folder (what
-``--backend auto|trt|ort`` resolves to, ``resolve_backend``), ``open_onnx`` for a loose ONNX file
-(calibration's candidates, parity checks). The heavy packages (onnxruntime, onnx, tensorrt, pycuda)
-are imported only when a backend of that kind is opened.
+Beside them, what runs graphs to judge them: the fp16 lint and reference evaluator (``numerics``) and the
+parity checks of a model folder's graphs (``parity``). Every backend avemo makes comes from here:
+``open_backend`` for a graph of a model folder (what ``--backend auto|trt|ort`` resolves to,
+``resolve_backend``), ``open_onnx`` for a loose ONNX file (calibration's candidates, parity checks). The
+heavy packages (onnxruntime, onnx, tensorrt, pycuda) are imported only when a backend of that kind is opened.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def open_onnx(path: Path, kind: str = "ort", threads: int | None = None, provide
     if kind not in ONNX_KINDS:
         raise AvemoError(f"unknown ONNX backend {kind!r}; expected one of {ONNX_KINDS}")
     if kind == "checker":
-        from avemo.runtime.models.numerics import has_fp16
+        from avemo.runtime.backends.numerics import has_fp16
 
         kind = "reference" if has_fp16(path) else "ort"
     if kind == "reference":

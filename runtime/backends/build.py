@@ -171,7 +171,7 @@ def check_built_engine(
     manifest: Manifest, modality: str, precision: str, engine: Path, device_id: int = 0, max_batch: int | None = None
 ) -> tuple[dict[str, Any], int]:
     """Run the parity samples through a freshly built engine; (parity report, device memory) or AvemoError."""
-    from avemo.runtime.models.parity import load_references, max_abs_diff, parity_samples
+    from avemo.runtime.backends.parity import load_references, max_abs_diff, parity_samples
 
     samples = parity_samples(manifest.features, [modality])[modality]
     references = load_references(manifest.root / PARITY_FILE)[modality]

@@ -1,7 +1,7 @@
 """ONNX's reference evaluator as a backend: every fp16 rounding honoured, as a strongly typed TensorRT engine.
 
 Slow (NumPy, one op at a time: seconds for a 30-s clip, docs/BENCHMARKS.md), exact in the graph's own
-types, products accumulated in fp32 as TensorRT's are (``avemo.runtime.models.numerics``). Every fp16
+types, products accumulated in fp32 as TensorRT's are (``avemo.runtime.backends.numerics``). Every fp16
 parity claim is checked with it. External data is read relative to the graph.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from avemo.errors import AvemoError
 from avemo.runtime.backends.base import BackendBase, InputSpec, fixed_axes
-from avemo.runtime.models.numerics import onnx_module, reference_evaluator
+from avemo.runtime.backends.numerics import onnx_module, reference_evaluator
 
 
 class ReferenceBackend(BackendBase):

@@ -1,1 +1,2 @@
-"""A model folder as the runtime reads it: the manifest, its checks, the graphs' numerics and parity."""
+"""A model folder as the runtime reads it: the manifest (read through accessors, written by one writer) and
+its checks. Below the backends: nothing here runs a graph."""

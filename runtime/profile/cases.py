@@ -20,8 +20,8 @@ from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, PROF
 from avemo.errors import AvemoError
 from avemo.machine import machine_info
 from avemo.runtime.backends import Backend, open_backend
+from avemo.runtime.backends.parity import sample_inputs
 from avemo.runtime.models.manifest import Manifest, load_manifest
-from avemo.runtime.models.parity import sample_inputs
 from avemo.runtime.timing import interleaved_latency, summarize
 
 #: MLPerf Inference's minimum query count for a single-stream run; `--iters` may lower it.

@@ -14,8 +14,8 @@ from avemo.contract import MANIFEST_FILE, PARITY_FILE, WEIGHTS_FILE, graph_file
 from avemo.errors import AvemoError
 from avemo.export.exporter import export_run
 from avemo.runtime.backends.ort import OrtBackend
+from avemo.runtime.backends.parity import ParityError, check_parity, load_references, parity_samples, sample_inputs
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.parity import ParityError, check_parity, load_references, parity_samples, sample_inputs
 from tests.conftest import make_checkpoint as _checkpoint
 
 

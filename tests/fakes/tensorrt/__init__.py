@@ -15,7 +15,7 @@ enforces what real TensorRT enforces, as documented for 10.x / 11.x:
   CUDA context; on 11.x the precision flags do not exist (AttributeError);
 - numerics as a strongly typed engine computes them: a network that carries
   fp16 (an AutoCast fp16 or int8/fp16 Q/DQ graph) runs in ONNX's reference
-  evaluator as avemo's ``runtime/models/numerics.py`` sets it up, every fp16 op in
+  evaluator as avemo's ``runtime/backends/numerics.py`` sets it up, every fp16 op in
   fp16 and fp16 products accumulated in fp32 (ONNX Runtime on CPU would compute
   the fp16 ops in fp32 and hide fp16 rounding); fp32 networks run in ONNX Runtime;
 - TF32 is on by default, as in TensorRT: with it, the fp32 operands of Conv,

@@ -113,7 +113,10 @@ class ICudaEngine(_Owned):
 
 def engine_runner(path: str, tf32: bool) -> Any:
     """What computes an engine built from the ONNX file at ``path`` (``run(None, feeds)``): see the header."""
-    from avemo.runtime.models.numerics import has_fp16, reference_evaluator  # avemo's fp16 reference: fp16 ops in fp16
+    from avemo.runtime.backends.numerics import (  # avemo's fp16 reference: fp16 ops in fp16
+        has_fp16,
+        reference_evaluator,
+    )
 
     if not (has_fp16(Path(path)) or tf32):
         import onnxruntime as ort
@@ -213,7 +216,7 @@ class IExecutionContext(_Owned):
             raw = _cuda.resolve(self.addresses[name], int(np.prod(shape)) * dtype.itemsize)
             value = np.frombuffer(raw, dtype).reshape(shape).copy()
             feeds[name] = value
-        with np.errstate(over="ignore", invalid="ignore"):  # the evaluator's Sigmoid: see runtime/models/numerics.py
+        with np.errstate(over="ignore", invalid="ignore"):  # the evaluator's Sigmoid: see runtime/backends/numerics.py
             results = engine.session().run(None, feeds)
         for (name, tensor), value in zip(
             ((n, t) for n, t in engine.tensors.items() if t[0] == TensorIOMode.OUTPUT), results, strict=True

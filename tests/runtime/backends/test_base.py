@@ -9,8 +9,8 @@ import pytest
 
 from avemo.errors import AvemoError
 from avemo.runtime.backends import Backend, InputSpec, check_inputs, open_backend, open_onnx, resolve_backend
+from avemo.runtime.backends.parity import sample_inputs
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.parity import sample_inputs
 from tests.conftest import build_with_double
 
 

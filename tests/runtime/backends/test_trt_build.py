@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from avemo.cli import main
 from avemo.errors import AvemoError
+from avemo.runtime.backends.parity import sample_inputs
 from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.parity import sample_inputs
 from tests.conftest import FAKES, assert_close
 from tests.conftest import build_with_double as _build
 

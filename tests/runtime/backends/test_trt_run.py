@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from avemo.cli import main
 from avemo.errors import AvemoError
 from avemo.runtime.backends.ort import OrtBackend
-from avemo.runtime.models.parity import sample_inputs
+from avemo.runtime.backends.parity import sample_inputs
 from tests.conftest import DISCRETE, FAKES, TWO_GPUS, assert_close
 from tests.conftest import build_with_double as _build
 

@@ -29,8 +29,8 @@ def models(colearn_export, tmp_path):
 
 def test_onnxruntime_repository_configs_match_the_manifest_and_graphs_run(models, tmp_path):
     from avemo.runtime.backends.ort import OrtBackend
+    from avemo.runtime.backends.parity import sample_inputs
     from avemo.runtime.models.manifest import load_manifest
-    from avemo.runtime.models.parity import sample_inputs
     from avemo.runtime.serving.repository import export_triton
 
     manifest = load_manifest(models)

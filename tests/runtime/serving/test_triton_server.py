@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from avemo.cli import main
 from avemo.errors import AvemoError
 from avemo.runtime.backends.ort import OrtBackend
-from avemo.runtime.models.parity import sample_inputs
+from avemo.runtime.backends.parity import sample_inputs
 from avemo.runtime.serving.repository import export_triton
 from avemo.runtime.serving.server import TritonServer, find_tritonserver, free_port
 

@@ -25,17 +25,17 @@ from onnx import TensorProto, helper
 from avemo.cli import main
 from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, INVARIANCE_TOLERANCE, graph_file
 from avemo.errors import AvemoError
+from avemo.runtime.backends.numerics import check_graph_numerics, fp16_integer_arithmetic
 from avemo.runtime.backends.ort import OrtBackend
-from avemo.runtime.backends.reference import ReferenceBackend
-from avemo.runtime.models.manifest import load_manifest
-from avemo.runtime.models.numerics import check_graph_numerics, fp16_integer_arithmetic
-from avemo.runtime.models.parity import (
+from avemo.runtime.backends.parity import (
     FP16_ROUNDING_FRAMES,
     ParityError,
     check_parity,
     load_references,
     parity_samples,
 )
+from avemo.runtime.backends.reference import ReferenceBackend
+from avemo.runtime.models.manifest import load_manifest
 from tests.conftest import FAKES, TINY, double_modules, make_checkpoint
 
 
@@ -198,7 +198,7 @@ def test_verify_fails_on_the_old_graphs_and_passes_the_fixed_ones(sensitised):
 def test_padding_invariance_fails_the_old_graph_in_the_reference_and_not_in_onnxruntime(sensitised, monkeypatch):
     """Without the lint, the invariance check alone still fails the old fp16 graph, but only in the reference
     evaluator: ONNX Runtime (what the checks used before) passes it."""
-    import avemo.runtime.models.parity as parity
+    import avemo.runtime.backends.parity as parity
 
     old, new = sensitised
     manifest = load_manifest(old, verify=False)
@@ -262,7 +262,7 @@ def test_fp16_answer_does_not_change_when_padded_into_a_batch(colearn_export, le
 def test_fp32_answers_do_not_change_when_padded_into_a_batch(colearn_export, lengths, faces):
     """ONNX Runtime (exact for fp32), A+V: every clip of a ragged batch gives its answer alone."""
     from avemo.contract import FACE_LENGTHS, FACES
-    from avemo.runtime.models.parity import case_inputs, padding_invariance
+    from avemo.runtime.backends.parity import case_inputs, padding_invariance
 
     models, _, _ = colearn_export
     faces = faces[: len(lengths)]

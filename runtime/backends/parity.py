@@ -9,7 +9,7 @@ longest clip (30 s), the largest batch with ragged lengths, a single face
 frame, and audio lengths that an fp16 graph rounds wrong if it does length
 arithmetic in floats. A graph that carries fp16 runs in ONNX's reference
 evaluator, which honours every fp16 rounding as a strongly typed TensorRT
-engine does (`runtime/models/numerics.py`); fp32 graphs run in ONNX Runtime.
+engine does (`runtime/backends/numerics.py`); fp32 graphs run in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from avemo.contract import (
 )
 from avemo.errors import AvemoError
 from avemo.runtime.backends import open_onnx
-from avemo.runtime.models.numerics import check_graph_numerics
+from avemo.runtime.backends.numerics import check_graph_numerics
 
 #: (batch, seconds) of the random ragged samples: batch 1, a short clip, a long batch, the largest batch.
 PARITY_SHAPES: tuple[tuple[int, float], ...] = ((1, 0.6), (3, 2.0), (2, 8.0), (PROFILE_BATCH[2], 1.0))
