@@ -16,12 +16,11 @@ failure is logged (JSONL) without stopping the run.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import re
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +32,7 @@ from avemo.config import FeatureConfig
 from avemo.contract import DEFAULT_FACE_DETECTOR, LABELS
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json
+from avemo.process import child_pool
 from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 from avemo.train.synth import MOSEI_SPLIT_SIZES, MOSEI_TRAIN_POSITIVES
 
@@ -232,9 +232,7 @@ def _run(
         for job in jobs:
             yield _process(*job)
         return
-    # spawn, not fork: forking a process whose OpenCV/FFmpeg thread pools already ran can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(*args, 1)) as pool:
+    with child_pool(workers, _init_worker, (*args, 1)) as pool:  # workers end with this process, even killed
         futures: list[Future] = [pool.submit(_process, *job) for job in jobs]
         try:
             for future in as_completed(futures):

@@ -1,6 +1,9 @@
 """`avemo prepare` end to end on a synthetic MOSEI tree, bad inputs included, then training on its cache."""
 
 import json
+import signal
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit
 from avemo.train.mosei import load_folds, prepare, read_segments
 from avemo.train.synth import write_mosei_tree
+from tests.conftest import kill_leaves_no_orphans
 
 FEATURES = PRESETS["tiny"].features
 HAPPY, SAD = [1.0, 0, 0, 0, 0, 0], [0, 0.7, 0, 0, 0, 0]
@@ -168,3 +172,11 @@ def test_prepared_cache_trains_through_the_cli(mosei, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_prepare_takes_its_workers_with_it(mosei, tmp_path, sig):
+    root, folds_path = mosei
+    command = [str(Path(sys.executable).parent / "avemo"), "prepare", "--mosei-root", str(root), "--quiet"]
+    command += ["--out", str(tmp_path / "cache"), "--preset", "tiny", "--folds", str(folds_path), "--workers", "2"]
+    kill_leaves_no_orphans(command, sig, workers=2)
