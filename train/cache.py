@@ -72,6 +72,8 @@ class CacheWriter:
     def __init__(self, root: Path, features: FeatureConfig, source: str) -> None:
         self.root = Path(root)
         self.features = features
+        if self.root.exists() and not self.root.is_dir():
+            raise AvemoError(f"{self.root}: exists and is not a directory; name a new or existing cache directory")
         meta_path = self.root / CACHE_META_FILE
         if meta_path.exists():
             existing = read_meta(self.root)

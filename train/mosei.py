@@ -31,7 +31,7 @@ import numpy as np
 from avemo.config import FeatureConfig
 from avemo.contract import DEFAULT_FACE_DETECTOR, LABELS
 from avemo.errors import AvemoError
-from avemo.io import atomic_write_json
+from avemo.io import MAX_JSON_BYTES, atomic_write_json
 from avemo.process import child_pool
 from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 from avemo.train.synth import MOSEI_SPLIT_SIZES, MOSEI_TRAIN_POSITIVES
@@ -53,13 +53,36 @@ class Segment:
 
 
 def load_folds(path: Path | None = None) -> dict[str, str]:
-    """video id -> split, from the official folds (packaged) or a user's JSON of the same shape."""
+    """video id -> split, from the official folds (packaged) or a user's JSON of the same shape:
+    ``{"train": [ids], "valid": [ids], "test": [ids]}``; AvemoError (one line) for anything else."""
     if path is None:
-        text = resources.files("avemo").joinpath("data/cmu_mosei_standard_folds.json").read_text()
-    else:
-        text = Path(path).read_text()
-    folds = json.loads(text)
-    return {vid: split for split in SPLITS for vid in folds[split]}
+        return _parse_folds(resources.files("avemo").joinpath("data/cmu_mosei_standard_folds.json").read_text())
+    try:
+        if Path(path).stat().st_size > MAX_JSON_BYTES:
+            raise AvemoError(f"{path}: too large for a folds file")
+        return _parse_folds(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AvemoError(f"{path}: unreadable folds file ({getattr(exc, 'strerror', None) or exc})") from None
+    except AvemoError as exc:
+        raise AvemoError(f"{path}: {exc}") from None
+
+
+def _parse_folds(text: str) -> dict[str, str]:
+    try:
+        folds = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise AvemoError(f"not JSON ({str(exc)[:200]})") from None
+    if not isinstance(folds, dict) or set(SPLITS) - set(folds):
+        raise AvemoError(f"not a folds file: expected a JSON object with lists {', '.join(map(repr, SPLITS))}")
+    found: dict[str, str] = {}
+    for split in SPLITS:
+        ids = folds[split]
+        if not isinstance(ids, list) or not all(isinstance(v, str) and v for v in ids):
+            raise AvemoError(f"not a folds file: {split!r} must be a list of video ids (strings)")
+        for vid in ids:
+            if found.setdefault(vid, split) != split:
+                raise AvemoError(f"video {vid!r} is in both {found[vid]!r} and {split!r}")
+    return found
 
 
 def find_labels_file(root: Path) -> Path:

@@ -180,3 +180,33 @@ def test_killing_prepare_takes_its_workers_with_it(mosei, tmp_path, sig):
     command = [str(Path(sys.executable).parent / "avemo"), "prepare", "--mosei-root", str(root), "--quiet"]
     command += ["--out", str(tmp_path / "cache"), "--preset", "tiny", "--folds", str(folds_path), "--workers", "2"]
     kill_leaves_no_orphans(command, sig, workers=2)
+
+
+def test_bad_folds_and_an_out_that_is_a_file_are_one_line_and_write_nothing(mosei, tmp_path):
+    root, folds_path = mosei
+    folds = tmp_path / "folds.json"
+    cases = {
+        '{"train": [': "not JSON",
+        "[]": "not a folds file: expected a JSON object",
+        '{"train": [], "valid": []}': "not a folds file: expected a JSON object",
+        '{"train": "vidA", "valid": [], "test": []}': "'train' must be a list of video ids",
+        '{"train": [1], "valid": [], "test": []}': "'train' must be a list of video ids",
+        '{"train": ["vidA"], "valid": ["vidA"], "test": []}': "video 'vidA' is in both 'train' and 'valid'",
+        "[" * 100000: "not JSON",
+    }
+    out = tmp_path / "cache"
+    base = ["prepare", "--mosei-root", str(root), "--preset", "tiny", "--quiet"]
+    for text, message in cases.items():
+        folds.write_text(text)
+        result = CliRunner().invoke(main, [*base, "--out", str(out), "--folds", str(folds)])
+        assert result.exit_code == 1 and message in result.output, (text[:40], result.output)
+        assert result.output.count("\n") == 1 and str(folds) in result.output
+    folds.write_bytes(b"\xff\xfe{")
+    result = CliRunner().invoke(main, [*base, "--out", str(out), "--folds", str(folds)])
+    assert result.exit_code == 1 and "unreadable folds file" in result.output, result.output
+    assert not out.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    result = CliRunner().invoke(main, [*base, "--out", str(a_file), "--folds", str(folds_path)])
+    assert result.exit_code == 1 and "exists and is not a directory" in result.output, result.output
+    assert a_file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folds.json"]
