@@ -42,6 +42,11 @@ def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def cannot_write(path: Path, exc: OSError) -> AvemoError:
+    """The one-line error for a write that failed (a full disk, a read-only or missing folder)."""
+    return AvemoError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
 def read_versioned_json(path: Path, fmt: str, max_version: int, what: str, missing: str) -> dict[str, Any]:
     """Read a JSON file stamped with ``format`` and ``version``; one-line errors naming the file.
 

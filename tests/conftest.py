@@ -17,6 +17,7 @@ from avemo.train.synth import SynthSpec, write_synthetic_cache
 
 TINY = PRESETS["tiny"]
 FAKES = Path(__file__).resolve().parent / "fakes"  # the TensorRT and pycuda TEST DOUBLES
+FAULTS = Path(__file__).resolve().parent / "faults"  # on PYTHONPATH: kills at a chosen rename, a full disk
 
 
 @pytest.fixture(scope="session")
