@@ -31,7 +31,7 @@ import numpy as np
 from avemo.config import FeatureConfig
 from avemo.contract import DEFAULT_FACE_DETECTOR, LABELS
 from avemo.errors import AvemoError
-from avemo.io import MAX_JSON_BYTES, atomic_write_json
+from avemo.io import MAX_JSON_BYTES, atomic_write_bytes, atomic_write_json
 from avemo.process import child_pool
 from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 from avemo.train.synth import MOSEI_SPLIT_SIZES, MOSEI_TRAIN_POSITIVES
@@ -212,9 +212,12 @@ def prepare(
     csd = find_labels_file(root)
     segments, skipped = read_segments(csd, load_folds(folds_path))
     writer = CacheWriter(out, features, source="mosei")  # refuses a cache made with other settings
+    writer.discard_partial()  # what a killed run was writing: those clips are done again
     todo = [s for s in segments if not writer.has(s.split, s.clip_id)]
     print(f"{csd}: {len(segments)} segments, {len(segments) - len(todo)} already done, {len(todo)} to do")
     failures_path = Path(out) / "failures.jsonl"
+    pending = {s.clip_id for s in todo}
+    compact_failures(failures_path, pending)  # before appending: a truncated last line would spoil the next
     counts: Counter = Counter()
     start = time.perf_counter()
     jobs = [(s, *_media_paths(root, s.video_id)) for s in todo]
@@ -236,10 +239,29 @@ def prepare(
             raise AvemoError(
                 f"interrupted after {counts['done']} new clips; finished clips are kept: rerun to resume"
             ) from None
+        finally:
+            compact_failures(failures_path, {s.clip_id for s in todo if not writer.has(s.split, s.clip_id)})
     split_counts = writer.pack()
     summary = _summary(out, features, split_counts, skipped, counts, time.perf_counter() - start, len(jobs))
     atomic_write_json(Path(out) / "prepare_summary.json", summary)
     return summary
+
+
+def compact_failures(path: Path, pending: set[str]) -> None:
+    """Rewrite ``path`` (JSON lines ``{"clip", "reason"}``) with one line per clip, its latest, for the clips
+    of ``pending`` only (those done since, or no longer segments, are dropped); lines that do not parse (the
+    truncated last line of a killed run or a full disk) are dropped."""
+    if not path.is_file():
+        return
+    latest: dict[str, str] = {}
+    for line in path.read_bytes().splitlines():
+        try:
+            record = json.loads(line)
+            latest[record["clip"]] = str(record["reason"])
+        except (ValueError, TypeError, KeyError):
+            continue
+    kept = "".join(json.dumps({"clip": c, "reason": r}) + "\n" for c, r in latest.items() if c in pending)
+    atomic_write_bytes(path, kept.encode())
 
 
 def _run(

@@ -210,3 +210,26 @@ def test_bad_folds_and_an_out_that_is_a_file_are_one_line_and_write_nothing(mose
     result = CliRunner().invoke(main, [*base, "--out", str(a_file), "--folds", str(folds_path)])
     assert result.exit_code == 1 and "exists and is not a directory" in result.output, result.output
     assert a_file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folds.json"]
+
+
+def test_a_rerun_cleans_what_killed_runs_left_and_keeps_one_line_per_failure(mosei, tmp_path):
+    root, folds_path = mosei
+    out = tmp_path / "cache"
+    prepare(root, out, FEATURES, folds_path=folds_path, progress=False)
+    failed = {"vidCorrupt_0", "vidMissing_0", "vidOutside_0"}
+    stray = [out / "shards" / "train" / ".vidA_0.npz.k1ll3d.tmp", out / "train" / ".fbank.npy.k1ll3d.tmp"]
+    for path in stray:
+        path.write_bytes(b"half")
+    (out / ".train.avemo-new-4194999").mkdir()  # a killed pack's staging folder (no such process)
+    with (out / "failures.jsonl").open("a") as log:
+        log.write(json.dumps({"clip": "vidCorrupt_0", "reason": "again"}) + "\n")  # a duplicate
+        log.write(json.dumps({"clip": "vidA_0", "reason": "done since"}) + "\n")  # stale: done
+        log.write(json.dumps({"clip": "gone_0", "reason": "no longer a segment"}) + "\n")
+        log.write('{"clip": "vidMiss')  # the truncated line of a full disk
+    (out / "shards" / "train" / "vidSilent_0.npz").unlink()  # to do again: it succeeds
+    summary = prepare(root, out, FEATURES, folds_path=folds_path, progress=False)
+    assert summary["this_run"]["done"] == 1 and summary["this_run"]["failed"] == 3
+    lines = (out / "failures.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["clip"] for line in lines) == sorted(failed)  # each once, every line whole
+    assert not [p.name for p in out.rglob("*") if ".tmp" in p.name or ".avemo-" in p.name]
+    assert len(CacheSplit(out, "train")) == 5
