@@ -31,7 +31,7 @@ import numpy as np
 from avemo.config import FeatureConfig
 from avemo.contract import DEFAULT_FACE_DETECTOR, LABELS
 from avemo.errors import AvemoError
-from avemo.io import MAX_JSON_BYTES, atomic_write_bytes, atomic_write_json
+from avemo.io import DISK_ERRORS, MAX_JSON_BYTES, atomic_write_bytes, atomic_write_json, cannot_write
 from avemo.process import child_pool
 from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 from avemo.train.synth import MOSEI_SPLIT_SIZES, MOSEI_TRAIN_POSITIVES
@@ -178,6 +178,11 @@ def _process(segment: Segment, video: str | None, audio: str | None) -> dict[str
         fb = media.fbank if media.has_audio else np.zeros((0, features.num_mel_bins), np.float32)
         jpegs = [encode_jpeg(face, features.jpeg_quality) for face in media.faces]
         _worker["writer"].add(segment.split, Clip(segment.clip_id, fb, jpegs, np.array(segment.labels, np.float32)))
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:  # a bad input file: that segment's failure
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        else:  # the disk is full: every segment would fail; the run stops
+            result["fatal"] = str(cannot_write(exc.filename or segment.clip_id, exc))
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AvemoError) else str(exc)
     return result
@@ -224,6 +229,8 @@ def prepare(
     with failures_path.open("a") as failures, tqdm(total=len(jobs), unit="clip", disable=not progress) as bar:
         try:
             for result in _run(jobs, features, faces, out, workers):
+                if "fatal" in result:
+                    raise AvemoError(f"{result['fatal']}; finished clips are kept: rerun to resume")
                 bar.update(1)
                 counts["frames"] += result.get("frames", 0)
                 counts["frames without face"] += result.get("no_face", 0)

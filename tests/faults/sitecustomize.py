@@ -50,7 +50,7 @@ if _FULL:
             global _writes
             _writes += 1
             if _writes >= _FULL_AFTER:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.name))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write(2) says it: no file name
             return super().write(data)
 
     def _name(file):

@@ -1,7 +1,9 @@
 """`avemo prepare` end to end on a synthetic MOSEI tree, bad inputs included, then training on its cache."""
 
 import json
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit
 from avemo.train.mosei import load_folds, prepare, read_segments
 from avemo.train.synth import write_mosei_tree
-from tests.conftest import kill_leaves_no_orphans
+from tests.conftest import FAULTS, kill_leaves_no_orphans
 
 FEATURES = PRESETS["tiny"].features
 HAPPY, SAD = [1.0, 0, 0, 0, 0, 0], [0, 0.7, 0, 0, 0, 0]
@@ -233,3 +235,17 @@ def test_a_rerun_cleans_what_killed_runs_left_and_keeps_one_line_per_failure(mos
     assert sorted(json.loads(line)["clip"] for line in lines) == sorted(failed)  # each once, every line whole
     assert not [p.name for p in out.rglob("*") if ".tmp" in p.name or ".avemo-" in p.name]
     assert len(CacheSplit(out, "train")) == 5
+
+
+def test_a_full_disk_stops_prepare_in_one_line_and_logs_no_failures(mosei, tmp_path):
+    root, folds_path = mosei
+    out = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(FAULTS), "AVEMO_FULL_DISK": "*.npz*", "AVEMO_FULL_DISK_AFTER": "3"}
+    command = [str(Path(sys.executable).parent / "avemo"), "prepare", "--mosei-root", str(root), "--quiet"]
+    command += ["--out", str(out), "--preset", "tiny", "--folds", str(folds_path)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"Error: {out / 'shards'}") and "cannot write (No space left on device)" in line
+    assert len(list(out.glob("shards/*/*.npz"))) == 2 and not list(out.rglob("*.tmp"))  # 2 written before
+    assert "No space" not in (out / "failures.jsonl").read_text()
