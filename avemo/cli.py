@@ -13,6 +13,7 @@ import click
 
 from avemo import __version__
 from avemo.errors import AvemoError
+from avemo.io import DISK_ERRORS, cannot_write
 
 # name -> (module, attribute, one-line help shown by `avemo --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -59,7 +60,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def friendly(command: click.Command) -> click.Command:
-    """Show AvemoError (bad input) as a one-line message instead of a traceback."""
+    """Show AvemoError (bad input) and a full disk (or quota, or a read-only file system) as a one-line
+    message instead of a traceback; the atomic writers (avemo.io) leave no half-written file behind."""
     if getattr(command, "_avemo_friendly", False):
         return command
     invoke = command.invoke
@@ -69,6 +71,10 @@ def friendly(command: click.Command) -> click.Command:
             return invoke(ctx)
         except AvemoError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            raise click.ClickException(str(cannot_write(exc.filename or "", exc)).lstrip(": ")) from None
 
     command.invoke = guarded  # type: ignore[method-assign]
     command._avemo_friendly = True  # type: ignore[attr-defined]

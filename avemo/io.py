@@ -19,6 +19,7 @@ import numpy as np
 from avemo.errors import AvemoError
 
 MAX_JSON_BYTES = 64 << 20  # manifests and caches' metadata are kilobytes; more is not ours
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the disk's fault, not the input's: no retry helps
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -33,6 +34,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -40,6 +46,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def cannot_write(path: Path, exc: OSError) -> AvemoError:
+    """The one-line error for a write that failed (a full disk, a read-only or missing folder)."""
+    return AvemoError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
 def read_versioned_json(path: Path, fmt: str, max_version: int, what: str, missing: str) -> dict[str, Any]:

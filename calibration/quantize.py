@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import multiprocessing
 import re
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from avemo.deps import require
 from avemo.errors import AvemoError
 from avemo.export.fp16 import FP32_OPS
 from avemo.export.weights import share_weights
+from avemo.process import child_pool
 from avemo.train.cache import CacheSplit
 
 #: `--method`: what ModelOpt offers for INT8. (ONNX Runtime's own histogram calibrators,
@@ -92,7 +91,7 @@ def run_isolated(job: QuantJob, out: Path) -> dict[str, dict[str, onnx.ModelProt
     Importing ModelOpt patches ONNX Runtime's quantizer in place (plain ONNX
     Runtime calls then fail), so each tool gets a clean interpreter.
     """
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with child_pool(1) as pool:  # it ends with this process, even killed
         pool.submit(quantize, job, out).result()
     folders = ["", *([job.fp16_dir] if job.fp16_dir else [])]
     return {

@@ -26,7 +26,7 @@ import numpy as np
 from avemo import __version__
 from avemo.contract import PARITY_FILE, PRECISION_DIRS
 from avemo.errors import AvemoError
-from avemo.io import atomic_write_json
+from avemo.io import atomic_write_bytes, cannot_write
 from avemo.machine import describe, package_version
 
 TIMING_SHAPE = (1, 5.0)  # batch, seconds: one 5-s clip, the engines' optimum
@@ -228,8 +228,11 @@ def _finish(doctor: Doctor, env: dict[str, Any], models: Path, out: Path | None)
     out = Path(out or models)
     out.mkdir(parents=True, exist_ok=True)
     report = {"environment": env, "checks": doctor.checks, "failures": len(doctor.failures)}
-    atomic_write_json(out / "doctor.json", report)
-    (out / "doctor.md").write_text(markdown(report, models))
+    for name, data in (("doctor.json", json.dumps(report, indent=2) + "\n"), ("doctor.md", markdown(report, models))):
+        try:
+            atomic_write_bytes(out / name, data.encode())  # a full disk leaves the old file or none, never half
+        except OSError as exc:
+            raise cannot_write(out / name, exc) from None
     return report
 
 

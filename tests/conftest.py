@@ -18,6 +18,7 @@ from avemo.train.synth import SynthSpec, write_synthetic_cache
 
 TINY = PRESETS["tiny"]
 FAKES = Path(__file__).resolve().parent / "fakes"  # the TensorRT and pycuda TEST DOUBLES
+FAULTS = Path(__file__).resolve().parent / "faults"  # on PYTHONPATH: kills at a chosen rename, a full disk
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +142,44 @@ def long_clip_features(features, seconds: float = 35.0):
     crops = [rng.integers(0, 255, (size, size, 3), np.uint8) for _ in times]
     fbank = rng.normal(0, 3, (int(seconds * features.frames_per_second), features.num_mel_bins)).astype(np.float32)
     return MediaFeatures(fbank, crops, len(times), [], {}, times)
+
+
+def kill_leaves_no_orphans(command: list[str], sig: int, workers: int, seconds: float = 10.0) -> None:
+    """Start ``command``, wait until it runs ``workers`` spawned processes, kill it with ``sig``: every process
+    it started (workers, multiprocessing's resource tracker, theirs) must end within ``seconds``."""
+    import os
+    import subprocess
+    import time
+
+    from avemo.process import descendants, running
+
+    def spawned(pid: int) -> list[int]:
+        found = []
+        for child in descendants(pid):
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+            except OSError:
+                pass
+        return found
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(spawned(process.pid)) < workers:
+            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "its workers never started"
+            time.sleep(0.05)
+        started = descendants(process.pid)
+        os.kill(process.pid, sig)
+        process.wait(30)
+        deadline = time.monotonic() + seconds
+        while (left := [pid for pid in started if running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in left:  # no litter from a failing test
+            os.kill(pid, 9)
+        assert not left, f"{len(left)} of {len(started)} processes outlived their parent by {seconds} s"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

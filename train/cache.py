@@ -26,12 +26,14 @@ import numpy as np
 from avemo.config import PRESETS, FeatureConfig, ModelConfig, from_dict, to_dict
 from avemo.contract import CACHE_META_FILE, LABELS, NUM_LABELS
 from avemo.errors import AvemoError
-from avemo.io import atomic_write_bytes, atomic_write_json, read_versioned_json
+from avemo.io import atomic_write_bytes, atomic_write_json, new_tree, read_versioned_json, replace_tree
 from avemo.runtime.media.audio import add_deltas
 
 CACHE_FORMAT = "avemo-cache"
 CACHE_VERSION = 1
 SPLITS = ("train", "valid", "test")
+REPACK = "its arrays, index and clip list disagree (a run killed while packing?); rerun the command that made \
+the cache (`avemo prepare` or `avemo synth`, same --out) to repack it from its shards"
 
 
 @dataclass
@@ -72,6 +74,8 @@ class CacheWriter:
     def __init__(self, root: Path, features: FeatureConfig, source: str) -> None:
         self.root = Path(root)
         self.features = features
+        if self.root.exists() and not self.root.is_dir():
+            raise AvemoError(f"{self.root}: exists and is not a directory; name a new or existing cache directory")
         meta_path = self.root / CACHE_META_FILE
         if meta_path.exists():
             existing = read_meta(self.root)
@@ -108,8 +112,18 @@ class CacheWriter:
         )
         atomic_write_bytes(self.shard_path(split, clip.clip_id), buf.getvalue())
 
+    def discard_partial(self) -> int:
+        """Remove the temporary files a killed run left (half-written shards and split arrays); how many.
+        Call it while no other process writes this cache (before the workers start, or after them)."""
+        stray = list(self.root.glob("**/.*.tmp")) if self.root.is_dir() else []
+        for path in stray:
+            path.unlink(missing_ok=True)
+        return len(stray)
+
     def pack(self) -> dict[str, int]:
-        """(Re)build every split's packed arrays from its shards; returns clip counts."""
+        """(Re)build every split's packed arrays from its shards, each split's folder replaced as a whole
+        (a kill leaves the old split or the new one, never a mix); returns clip counts."""
+        self.discard_partial()
         counts = {}
         for split in SPLITS:
             shard_dir = self.root / "shards" / split
@@ -133,14 +147,14 @@ def _pack_split(out: Path, shard_paths: list[Path], bins: int) -> None:
         audio_offsets.append(audio_offsets[-1] + len(fbanks[-1]))
         face_offsets.append(face_offsets[-1] + len(face_sizes[-1]))
     sizes = np.concatenate(face_sizes) if face_sizes else np.zeros(0, np.int64)
-    out.mkdir(parents=True, exist_ok=True)
+    staging = new_tree(out)  # beside the split; what a killed pack left there is removed first
     for name, array in (
         ("fbank.npy", np.concatenate(fbanks).astype(np.float16)),
         ("faces.npy", np.concatenate(faces).astype(np.uint8)),
     ):
         buf = io.BytesIO()
         np.save(buf, array)
-        atomic_write_bytes(out / name, buf.getvalue())
+        atomic_write_bytes(staging / name, buf.getvalue())
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -149,8 +163,9 @@ def _pack_split(out: Path, shard_paths: list[Path], bins: int) -> None:
         face_offsets=np.array(face_offsets, np.int64),
         byte_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
     )
-    atomic_write_bytes(out / "index.npz", buf.getvalue())
-    atomic_write_json(out / "clips.json", ids)
+    atomic_write_bytes(staging / "index.npz", buf.getvalue())
+    atomic_write_json(staging / "clips.json", ids)
+    replace_tree(staging, out)
 
 
 def cache_source(root: Path) -> str:
@@ -228,17 +243,38 @@ class CacheSplit:
         d = self.root / split
         if not (d / "index.npz").exists():
             raise AvemoError(f"{d}: split {split!r} is missing from the cache (was it packed?)")
-        with np.load(d / "index.npz") as index:
-            self.labels = index["labels"]
-            self._audio_offsets = index["audio_offsets"]
-            self._face_offsets = index["face_offsets"]
-            self._byte_offsets = index["byte_offsets"]
-        self.ids: list[str] = json.loads((d / "clips.json").read_text())
-        self._fbank = np.load(d / "fbank.npy", mmap_mode="r")
-        self._faces = np.load(d / "faces.npy", mmap_mode="r")
+        try:
+            with np.load(d / "index.npz") as index:
+                self.labels = index["labels"]
+                self._audio_offsets = index["audio_offsets"]
+                self._face_offsets = index["face_offsets"]
+                self._byte_offsets = index["byte_offsets"]
+            self.ids: list[str] = json.loads((d / "clips.json").read_text())
+            self._fbank = np.load(d / "fbank.npy", mmap_mode="r")
+            self._faces = np.load(d / "faces.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError) as exc:  # missing or truncated: a kill, a full disk
+            raise AvemoError(f"{d}: {REPACK} ({type(exc).__name__}: {str(exc)[:200]})") from None
         bins = self.features.num_mel_bins
         if self._fbank.ndim != 2 or self._fbank.shape[1] != bins:
             raise AvemoError(f"{d / 'fbank.npy'}: feature dimension {self._fbank.shape[1:]} != {bins} mel bins")
+        if problem := self._disagreement():
+            raise AvemoError(f"{d}: {REPACK} ({problem})")
+
+    def _disagreement(self) -> str:
+        """What in the split's arrays, index and clip list does not fit together ("" when all does)."""
+        n = len(self.ids)
+        for name, offsets, total in (
+            ("audio_offsets", self._audio_offsets, len(self._fbank)),
+            ("face_offsets", self._face_offsets, len(self._byte_offsets) - 1),
+            ("byte_offsets", self._byte_offsets, self._faces.size),
+        ):
+            if name != "byte_offsets" and len(offsets) != n + 1:
+                return f"clips.json lists {n} clips, index.npz's {name} {len(offsets) - 1}"
+            if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != total or (np.diff(offsets) < 0).any():
+                return f"index.npz's {name} do not cover its array ({total} entries)"
+        if self.labels.shape != (n, NUM_LABELS):
+            return f"clips.json lists {n} clips, index.npz has labels of shape {self.labels.shape}"
+        return ""
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -16,12 +16,11 @@ failure is logged (JSONL) without stopping the run.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import re
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,7 +31,8 @@ import numpy as np
 from avemo.config import FeatureConfig
 from avemo.contract import DEFAULT_FACE_DETECTOR, LABELS
 from avemo.errors import AvemoError
-from avemo.io import atomic_write_json
+from avemo.io import DISK_ERRORS, MAX_JSON_BYTES, atomic_write_bytes, atomic_write_json, cannot_write
+from avemo.process import child_pool
 from avemo.train.cache import SPLITS, CacheWriter, Clip, encode_jpeg
 from avemo.train.synth import MOSEI_SPLIT_SIZES, MOSEI_TRAIN_POSITIVES
 
@@ -53,13 +53,36 @@ class Segment:
 
 
 def load_folds(path: Path | None = None) -> dict[str, str]:
-    """video id -> split, from the official folds (packaged) or a user's JSON of the same shape."""
+    """video id -> split, from the official folds (packaged) or a user's JSON of the same shape:
+    ``{"train": [ids], "valid": [ids], "test": [ids]}``; AvemoError (one line) for anything else."""
     if path is None:
-        text = resources.files("avemo").joinpath("data/cmu_mosei_standard_folds.json").read_text()
-    else:
-        text = Path(path).read_text()
-    folds = json.loads(text)
-    return {vid: split for split in SPLITS for vid in folds[split]}
+        return _parse_folds(resources.files("avemo").joinpath("data/cmu_mosei_standard_folds.json").read_text())
+    try:
+        if Path(path).stat().st_size > MAX_JSON_BYTES:
+            raise AvemoError(f"{path}: too large for a folds file")
+        return _parse_folds(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AvemoError(f"{path}: unreadable folds file ({getattr(exc, 'strerror', None) or exc})") from None
+    except AvemoError as exc:
+        raise AvemoError(f"{path}: {exc}") from None
+
+
+def _parse_folds(text: str) -> dict[str, str]:
+    try:
+        folds = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise AvemoError(f"not JSON ({str(exc)[:200]})") from None
+    if not isinstance(folds, dict) or set(SPLITS) - set(folds):
+        raise AvemoError(f"not a folds file: expected a JSON object with lists {', '.join(map(repr, SPLITS))}")
+    found: dict[str, str] = {}
+    for split in SPLITS:
+        ids = folds[split]
+        if not isinstance(ids, list) or not all(isinstance(v, str) and v for v in ids):
+            raise AvemoError(f"not a folds file: {split!r} must be a list of video ids (strings)")
+        for vid in ids:
+            if found.setdefault(vid, split) != split:
+                raise AvemoError(f"video {vid!r} is in both {found[vid]!r} and {split!r}")
+    return found
 
 
 def find_labels_file(root: Path) -> Path:
@@ -155,6 +178,11 @@ def _process(segment: Segment, video: str | None, audio: str | None) -> dict[str
         fb = media.fbank if media.has_audio else np.zeros((0, features.num_mel_bins), np.float32)
         jpegs = [encode_jpeg(face, features.jpeg_quality) for face in media.faces]
         _worker["writer"].add(segment.split, Clip(segment.clip_id, fb, jpegs, np.array(segment.labels, np.float32)))
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:  # a bad input file: that segment's failure
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        else:  # the disk is full: every segment would fail; the run stops
+            result["fatal"] = str(cannot_write(exc.filename or segment.clip_id, exc))
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AvemoError) else str(exc)
     return result
@@ -189,15 +217,20 @@ def prepare(
     csd = find_labels_file(root)
     segments, skipped = read_segments(csd, load_folds(folds_path))
     writer = CacheWriter(out, features, source="mosei")  # refuses a cache made with other settings
+    writer.discard_partial()  # what a killed run was writing: those clips are done again
     todo = [s for s in segments if not writer.has(s.split, s.clip_id)]
     print(f"{csd}: {len(segments)} segments, {len(segments) - len(todo)} already done, {len(todo)} to do")
     failures_path = Path(out) / "failures.jsonl"
+    pending = {s.clip_id for s in todo}
+    compact_failures(failures_path, pending)  # before appending: a truncated last line would spoil the next
     counts: Counter = Counter()
     start = time.perf_counter()
     jobs = [(s, *_media_paths(root, s.video_id)) for s in todo]
     with failures_path.open("a") as failures, tqdm(total=len(jobs), unit="clip", disable=not progress) as bar:
         try:
             for result in _run(jobs, features, faces, out, workers):
+                if "fatal" in result:
+                    raise AvemoError(f"{result['fatal']}; finished clips are kept: rerun to resume")
                 bar.update(1)
                 counts["frames"] += result.get("frames", 0)
                 counts["frames without face"] += result.get("no_face", 0)
@@ -213,10 +246,29 @@ def prepare(
             raise AvemoError(
                 f"interrupted after {counts['done']} new clips; finished clips are kept: rerun to resume"
             ) from None
+        finally:
+            compact_failures(failures_path, {s.clip_id for s in todo if not writer.has(s.split, s.clip_id)})
     split_counts = writer.pack()
     summary = _summary(out, features, split_counts, skipped, counts, time.perf_counter() - start, len(jobs))
     atomic_write_json(Path(out) / "prepare_summary.json", summary)
     return summary
+
+
+def compact_failures(path: Path, pending: set[str]) -> None:
+    """Rewrite ``path`` (JSON lines ``{"clip", "reason"}``) with one line per clip, its latest, for the clips
+    of ``pending`` only (those done since, or no longer segments, are dropped); lines that do not parse (the
+    truncated last line of a killed run or a full disk) are dropped."""
+    if not path.is_file():
+        return
+    latest: dict[str, str] = {}
+    for line in path.read_bytes().splitlines():
+        try:
+            record = json.loads(line)
+            latest[record["clip"]] = str(record["reason"])
+        except (ValueError, TypeError, KeyError):
+            continue
+    kept = "".join(json.dumps({"clip": c, "reason": r}) + "\n" for c, r in latest.items() if c in pending)
+    atomic_write_bytes(path, kept.encode())
 
 
 def _run(
@@ -232,9 +284,7 @@ def _run(
         for job in jobs:
             yield _process(*job)
         return
-    # spawn, not fork: forking a process whose OpenCV/FFmpeg thread pools already ran can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(*args, 1)) as pool:
+    with child_pool(workers, _init_worker, (*args, 1)) as pool:  # workers end with this process, even killed
         futures: list[Future] = [pool.submit(_process, *job) for job in jobs]
         try:
             for future in as_completed(futures):

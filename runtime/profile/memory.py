@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import resource
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from avemo.process import child_pool
 from avemo.runtime.models.manifest import load_manifest
 from avemo.runtime.profile.cases import Baseline, load_runner, profile_inputs
 
@@ -19,7 +18,7 @@ def peak_rss(
 ) -> dict[str, Any]:  # fmt: skip
     """Peak resident memory of a fresh process that loads one backend and runs it (and whether torch got loaded)."""
     args = (models, backend, precision, graph, batch, seconds, threads, checkpoint, baseline)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with child_pool(1) as pool:  # a fresh process, ended with this one
         return pool.submit(_rss_child, *args).result()
 
 

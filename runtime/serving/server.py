@@ -16,7 +16,7 @@ the same version, stdlib and site-packages would not match).
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import importlib.util
 import json
 import os
@@ -35,12 +35,12 @@ from pathlib import Path
 from types import TracebackType
 
 from avemo.errors import AvemoError
+from avemo.process import children, die_with_parent
 
 WHEEL = "nvidia-pytriton==0.7.0"
 INSTALL = f"pip install --no-deps {WHEEL}"
 CONTAINER = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 (on Jetson: the <yy.mm>-py3-igpu image)"
 STUB = "triton_python_backend_stub"
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -84,27 +84,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with(parent: int) -> None:
-    """Popen's preexec_fn: the server gets SIGTERM (a clean stop) when ``parent`` dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
-
-
 def stubs_of(server: int) -> dict[int, str]:
     """{pid: model name} of the live Python-backend stubs a tritonserver runs (from /proc; {} elsewhere)."""
     stubs = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in children(server):
         try:
-            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-            if int(ppid) != server or state == "Z":  # a zombie is dead, only not yet reaped
-                continue
-            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):  # gone meanwhile
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
             continue
         if len(args) > 1 and os.fsdecode(args[0]).endswith(STUB):  # args[1]: REPO/MODEL/VERSION/model.py
-            stubs[int(stat.parent.name)] = Path(os.fsdecode(args[1])).parent.parent.name
+            stubs[pid] = Path(os.fsdecode(args[1])).parent.parent.name
     return stubs
 
 
@@ -197,7 +186,7 @@ class TritonServer:
             stderr=subprocess.STDOUT,
             env=self.environment(),
             start_new_session=True,  # the stubs share its session: stop() can kill them all
-            preexec_fn=lambda parent=os.getpid(): _die_with(parent),  # the thread that starts it must outlive it
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),  # the thread that starts it must outlive it
         )
         log.close()
         try:

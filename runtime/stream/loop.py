@@ -40,7 +40,11 @@ def print_windows(
         echo(json_line({"summary": summary.to_json()}), err=True)
         if plot and kept:
             target = plot if len(sources) == 1 else plot.with_name(f"{plot.stem}-{Path(name).stem}{plot.suffix}")
-            plot_timeline(kept, target, title=Path(name).name)
+            try:
+                plot_timeline(kept, target, title=Path(name).name)
+            except AvemoError as exc:  # a full disk: said in one line, and the run fails
+                echo(f"Error: {exc}", err=True)
+                failed += 1
         if stop.is_set():
             break
     return failed

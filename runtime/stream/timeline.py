@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 from avemo.contract import LABELS
 from avemo.deps import require
+from avemo.errors import AvemoError
+from avemo.io import atomic_write_bytes, cannot_write
 
 
 def plot_timeline(results: list[Any], path: Path, title: str) -> None:
-    """The six emotion probabilities of ``results`` (Recognitions) over time (window centres), as a PNG."""
+    """The six emotion probabilities of ``results`` (Recognitions) over time (window centres), as a PNG (or
+    the format ``path``'s suffix names), written atomically; AvemoError (one line) if it cannot be written."""
     matplotlib = require("matplotlib", "pip install matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -23,5 +27,14 @@ def plot_timeline(results: list[Any], path: Path, title: str) -> None:
     ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=title)
     ax.legend(ncol=6, fontsize=8, loc="upper center")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    image = io.BytesIO()
+    try:
+        fig.savefig(image, dpi=100, format=Path(path).suffix[1:].lower() or "png")
+    except ValueError as exc:  # a format matplotlib does not write
+        raise AvemoError(f"{path}: {exc}") from None
+    finally:
+        plt.close(fig)
+    try:
+        atomic_write_bytes(path, image.getvalue())  # a full disk leaves no half or empty picture
+    except OSError as exc:
+        raise cannot_write(path, exc) from None

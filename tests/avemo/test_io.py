@@ -17,12 +17,7 @@ from avemo.cli import main
 from avemo.contract import MANIFEST_FILE
 from avemo.io import recover_tree, sha256_file
 from avemo.runtime.models.manifest import load_manifest
-from tests.conftest import edit_manifest
-
-FAULTS = Path(__file__).resolve().parents[1] / "faults"  # its sitecustomize kills at a chosen rename
-
-
-
+from tests.conftest import FAULTS, edit_manifest
 
 REPLACE = """
 import errno, json, shutil, sys

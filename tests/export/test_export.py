@@ -165,3 +165,21 @@ def test_avemo_export_console_script_gives_one_line_errors(tmp_path):
     )
     assert out.returncode == 1
     assert "junk.pt: corrupt or unreadable checkpoint" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name", ["*.onnx*", "*manifest.json*"])
+def test_a_full_disk_is_one_line_and_leaves_no_model(micro_config, tmp_path, name):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import FAULTS
+
+    ckpt, _ = _checkpoint(tmp_path / "m.pt", micro_config, "audio")
+    env = {**os.environ, "PYTHONPATH": str(FAULTS), "AVEMO_FULL_DISK": name}
+    command = [str(Path(sys.executable).parent / "avemo"), "export", str(ckpt), "--out", str(tmp_path / "m")]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1].endswith(": cannot write (No space left on device)"), run.stderr
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]  # no model, no staging folder

@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from click.testing import CliRunner
 
 from avemo.cli import main
 from avemo.runtime.media.sample import write_media
+from tests.conftest import FAULTS
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +136,18 @@ def test_bad_media_names_are_error_lines_and_json_stays_valid_unicode(colearn_ex
     assert lines[2]["modality"] == "a" and lines[2]["source"].endswith("caf\\xe9.wav")
     for line in lines:
         json.dumps(line, ensure_ascii=False).encode("utf-8")  # a lone surrogate would not encode
+
+
+def test_a_full_disk_under_the_plot_is_one_line_and_leaves_no_empty_picture(colearn_export, media, tmp_path):
+    plot = tmp_path / "timeline.png"
+    env = {**os.environ, "PYTHONPATH": str(FAULTS), "AVEMO_FULL_DISK": "*timeline.png*"}
+    command = [str(Path(sys.executable).parent / "avemo"), "infer", str(media["both"]), "--models"]
+    command += [str(colearn_export[0]), "--window", "2", "--plot", str(plot)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1] == f"Error: {plot}: cannot write (No space left on device)", run.stderr
+    assert "Traceback" not in run.stderr and json.loads(run.stdout.splitlines()[0])["modality"] == "av"  # it stands
+    assert os.listdir(tmp_path) == []
+    run = subprocess.run([*command[:-1], str(tmp_path / "timeline.xyz")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Format 'xyz' is not supported" in run.stderr.splitlines()[-1], run.stderr
+    assert "Traceback" not in run.stderr and os.listdir(tmp_path) == []

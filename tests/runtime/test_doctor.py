@@ -6,12 +6,16 @@ The doubles are not TensorRT; what each enforces is in its header (tests/fakes) 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from avemo.cli import main
-from tests.conftest import DISCRETE, FAKES
+from tests.conftest import DISCRETE, FAKES, FAULTS
 
 ROOT = FAKES.parents[1]
 
@@ -52,6 +56,17 @@ def test_doctor_without_a_gpu_checks_onnx_and_says_what_it_could_not(colearn_exp
     assert status["TensorRT engines (build, parity, latency, memory)"] == "not checked"
     md = (out / "doctor.md").read_text()
     assert "tensorrt does not import here" in md and "pycuda does not import here" in md
+
+
+@pytest.mark.parametrize("name", ["doctor.json", "doctor.md"])
+def test_a_full_disk_is_one_line_and_leaves_no_empty_report(colearn_export, tmp_path, name):
+    out = tmp_path / "doctor"
+    env = {**os.environ, "PYTHONPATH": str(FAULTS), "AVEMO_FULL_DISK": f"*{name}*"}
+    command = [str(Path(sys.executable).parent / "avemo"), "doctor", str(colearn_export[0]), "--out", str(out)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == f"Error: {out / name}: cannot write (No space left on device)\n"
+    assert name not in os.listdir(out) and not [p for p in out.iterdir() if p.stat().st_size == 0 or ".tmp" in p.name]
 
 
 def test_doctor_describes_the_gpu_when_only_tensorrt_is_missing(trt_double, monkeypatch, tmp_path):

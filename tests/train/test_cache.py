@@ -2,6 +2,11 @@
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
+from itertools import count
 
 import numpy as np
 import pytest
@@ -9,6 +14,7 @@ import pytest
 from avemo.config import PRESETS
 from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit, CacheWriter, Clip, encode_jpeg
+from tests.conftest import FAULTS
 
 FEATURES = PRESETS["tiny"].features
 
@@ -93,3 +99,66 @@ def test_cache_from_a_newer_avemo_or_with_broken_metadata(tmp_path):
     (tmp_path / "cache.json").write_text("{not json")
     with pytest.raises(AvemoError, match="unreadable feature cache"):
         CacheSplit(tmp_path, "train")
+
+
+PACK = """
+import sys
+from avemo.config import PRESETS
+from avemo.train.cache import CacheWriter
+CacheWriter(sys.argv[1], PRESETS["tiny"].features, source="test").pack()
+"""
+
+
+def _whole(root, ids):
+    """The split at ``root`` loads, lists ``ids`` and each clip's arrays are its own."""
+    split = CacheSplit(root, "train", FEATURES)
+    assert split.ids == ids
+    frames = {"a": 20, "b": 0, "c": 7, "d": 11}
+    assert [split.audio_length(i) for i in range(len(ids))] == [frames[c] for c in ids]
+    assert len(split._fbank) == sum(frames[c] for c in ids)  # the arrays hold these clips, no more
+    assert split.faces(len(ids) - 1).shape[0] == {"a": 2, "b": 3, "c": 0, "d": 1}[ids[-1]]
+
+
+def test_a_kill_at_any_rename_of_a_repack_leaves_the_old_split_or_the_new(tmp_path):
+    writer = CacheWriter(tmp_path / "cache", FEATURES, source="test")
+    for clip_id, frames, faces in (("a", 20, 2), ("b", 0, 3), ("c", 7, 0)):
+        writer.add("train", _clip(clip_id, frames=frames, faces=faces))
+    writer.pack()
+    writer.add("train", _clip("d", frames=11, faces=1))
+    seen = set()
+    for n in count(1):
+        work = tmp_path / f"kill{n}"
+        shutil.copytree(tmp_path / "cache", work)
+        env = {**os.environ, "PYTHONPATH": str(FAULTS), "AVEMO_KILL_AFTER_RENAME": str(n)}
+        run = subprocess.run([sys.executable, "-c", PACK, str(work)], env=env, timeout=120)
+        ids = json.loads((work / "train" / "clips.json").read_text())
+        assert ids in (list("abc"), list("abcd"))
+        _whole(work, ids)
+        seen.add("".join(ids))
+        # The next pack (the rerun) cleans what the kill left and packs every clip.
+        CacheWriter(work, FEATURES, source="test").pack()
+        _whole(work, list("abcd"))
+        assert not [p.name for p in work.rglob("*") if ".tmp" in p.name or ".avemo-" in p.name]
+        if run.returncode == 0:
+            break
+        assert run.returncode == -9
+    assert seen == {"abc", "abcd"} and n > 2
+
+
+def test_a_split_whose_arrays_and_index_disagree_is_refused_and_repacked(tmp_path):
+    writer = CacheWriter(tmp_path, FEATURES, source="test")
+    writer.add("train", _clip("a", frames=20, faces=2))
+    writer.pack()
+    old_index = (tmp_path / "train" / "index.npz").read_bytes()
+    writer.add("train", _clip("b", frames=0, faces=3))
+    writer.pack()
+    (tmp_path / "train" / "index.npz").write_bytes(old_index)  # as a kill between two files' renames left it
+    with pytest.raises(AvemoError, match=r"train: its arrays, index and clip list disagree .* rerun"):
+        CacheSplit(tmp_path, "train")
+    (tmp_path / "train" / "fbank.npy").unlink()
+    with pytest.raises(AvemoError, match="disagree"):
+        CacheSplit(tmp_path, "train")
+    (tmp_path / "shards" / "train" / ".c.npz.x1y2.tmp").write_bytes(b"half a shard")
+    assert writer.pack()["train"] == 2  # the rerun
+    assert CacheSplit(tmp_path, "train").ids == ["a", "b"]
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -1,6 +1,11 @@
 """`avemo prepare` end to end on a synthetic MOSEI tree, bad inputs included, then training on its cache."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +17,7 @@ from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit
 from avemo.train.mosei import load_folds, prepare, read_segments
 from avemo.train.synth import write_mosei_tree
+from tests.conftest import FAULTS, kill_leaves_no_orphans
 
 FEATURES = PRESETS["tiny"].features
 HAPPY, SAD = [1.0, 0, 0, 0, 0, 0], [0, 0.7, 0, 0, 0, 0]
@@ -168,3 +174,78 @@ def test_prepared_cache_trains_through_the_cli(mosei, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_prepare_takes_its_workers_with_it(mosei, tmp_path, sig):
+    root, folds_path = mosei
+    command = [str(Path(sys.executable).parent / "avemo"), "prepare", "--mosei-root", str(root), "--quiet"]
+    command += ["--out", str(tmp_path / "cache"), "--preset", "tiny", "--folds", str(folds_path), "--workers", "2"]
+    kill_leaves_no_orphans(command, sig, workers=2)
+
+
+def test_bad_folds_and_an_out_that_is_a_file_are_one_line_and_write_nothing(mosei, tmp_path):
+    root, folds_path = mosei
+    folds = tmp_path / "folds.json"
+    cases = {
+        '{"train": [': "not JSON",
+        "[]": "not a folds file: expected a JSON object",
+        '{"train": [], "valid": []}': "not a folds file: expected a JSON object",
+        '{"train": "vidA", "valid": [], "test": []}': "'train' must be a list of video ids",
+        '{"train": [1], "valid": [], "test": []}': "'train' must be a list of video ids",
+        '{"train": ["vidA"], "valid": ["vidA"], "test": []}': "video 'vidA' is in both 'train' and 'valid'",
+        "[" * 100000: "not JSON",
+    }
+    out = tmp_path / "cache"
+    base = ["prepare", "--mosei-root", str(root), "--preset", "tiny", "--quiet"]
+    for text, message in cases.items():
+        folds.write_text(text)
+        result = CliRunner().invoke(main, [*base, "--out", str(out), "--folds", str(folds)])
+        assert result.exit_code == 1 and message in result.output, (text[:40], result.output)
+        assert result.output.count("\n") == 1 and str(folds) in result.output
+    folds.write_bytes(b"\xff\xfe{")
+    result = CliRunner().invoke(main, [*base, "--out", str(out), "--folds", str(folds)])
+    assert result.exit_code == 1 and "unreadable folds file" in result.output, result.output
+    assert not out.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    result = CliRunner().invoke(main, [*base, "--out", str(a_file), "--folds", str(folds_path)])
+    assert result.exit_code == 1 and "exists and is not a directory" in result.output, result.output
+    assert a_file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folds.json"]
+
+
+def test_a_rerun_cleans_what_killed_runs_left_and_keeps_one_line_per_failure(mosei, tmp_path):
+    root, folds_path = mosei
+    out = tmp_path / "cache"
+    prepare(root, out, FEATURES, folds_path=folds_path, progress=False)
+    failed = {"vidCorrupt_0", "vidMissing_0", "vidOutside_0"}
+    stray = [out / "shards" / "train" / ".vidA_0.npz.k1ll3d.tmp", out / "train" / ".fbank.npy.k1ll3d.tmp"]
+    for path in stray:
+        path.write_bytes(b"half")
+    (out / ".train.avemo-new-4194999").mkdir()  # a killed pack's staging folder (no such process)
+    with (out / "failures.jsonl").open("a") as log:
+        log.write(json.dumps({"clip": "vidCorrupt_0", "reason": "again"}) + "\n")  # a duplicate
+        log.write(json.dumps({"clip": "vidA_0", "reason": "done since"}) + "\n")  # stale: done
+        log.write(json.dumps({"clip": "gone_0", "reason": "no longer a segment"}) + "\n")
+        log.write('{"clip": "vidMiss')  # the truncated line of a full disk
+    (out / "shards" / "train" / "vidSilent_0.npz").unlink()  # to do again: it succeeds
+    summary = prepare(root, out, FEATURES, folds_path=folds_path, progress=False)
+    assert summary["this_run"]["done"] == 1 and summary["this_run"]["failed"] == 3
+    lines = (out / "failures.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["clip"] for line in lines) == sorted(failed)  # each once, every line whole
+    assert not [p.name for p in out.rglob("*") if ".tmp" in p.name or ".avemo-" in p.name]
+    assert len(CacheSplit(out, "train")) == 5
+
+
+def test_a_full_disk_stops_prepare_in_one_line_and_logs_no_failures(mosei, tmp_path):
+    root, folds_path = mosei
+    out = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(FAULTS), "AVEMO_FULL_DISK": "*.npz*", "AVEMO_FULL_DISK_AFTER": "3"}
+    command = [str(Path(sys.executable).parent / "avemo"), "prepare", "--mosei-root", str(root), "--quiet"]
+    command += ["--out", str(out), "--preset", "tiny", "--folds", str(folds_path)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"Error: {out / 'shards'}") and "cannot write (No space left on device)" in line
+    assert len(list(out.glob("shards/*/*.npz"))) == 2 and not list(out.rglob("*.tmp"))  # 2 written before
+    assert "No space" not in (out / "failures.jsonl").read_text()

@@ -20,6 +20,7 @@ from google.protobuf import text_format
 
 from avemo.cli import main
 from avemo.errors import AvemoError
+from avemo.process import children, running
 from avemo.runtime.serving.repository import export_triton
 from avemo.runtime.serving.server import free_port, stubs_of
 from tests.runtime.serving.test_triton_server import model_config_pb2, needs_server
@@ -89,31 +90,13 @@ def _until_ready(process: subprocess.Popen) -> list[str]:
     pytest.fail("".join(lines))
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            pass
-    return found
-
-
 def _gone(pids: list[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+        if not any(running(pid) for pid in pids):
             return True
         time.sleep(0.2)
     return False
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
 
 
 @needs_server
@@ -122,7 +105,7 @@ def test_a_dead_model_process_stops_triton_serve_with_exit_3(one_model_repo):
     process = _serve(one_model_repo, "--log-file", str(one_model_repo.parent / "log"))
     try:
         _until_ready(process)
-        (server,) = _children(process.pid)
+        (server,) = children(process.pid)
         (stub,) = stubs_of(server)
         os.kill(stub, signal.SIGKILL)  # as the OOM killer would
         assert process.wait(60) == 3
@@ -140,12 +123,12 @@ def test_killing_triton_serve_takes_the_server_with_it(one_model_repo):
     process = _serve(one_model_repo, "--log-file", str(one_model_repo.parent / "log"))
     try:
         _until_ready(process)
-        (server,) = _children(process.pid)
+        (server,) = children(process.pid)
         stubs = list(stubs_of(server))
         assert stubs
         process.kill()
         process.wait(10)
-        assert _gone([server, *stubs], 30), {pid: _state(pid) for pid in [server, *stubs]}
+        assert _gone([server, *stubs], 30), {pid: running(pid) for pid in [server, *stubs]}
     finally:
         if process.poll() is None:
             process.kill()
