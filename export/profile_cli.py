@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from avemo.runtime.profile.cases import Backend
+from avemo.runtime.backends import Backend
 from avemo.runtime.profile.cli import profile as runtime_profile
 
 

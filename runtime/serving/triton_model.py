@@ -186,9 +186,7 @@ class GraphModel:
         return responses
 
     def finalize(self) -> None:
-        close = getattr(self.graph, "close", None)
-        if close is not None:
-            close()
+        self.graph.close()  # every backend closes (TensorRT: its engine and buffers)
         self.failures.close()
 
 
