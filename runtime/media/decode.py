@@ -19,6 +19,7 @@ import numpy as np
 
 from avemo.deps import require
 from avemo.errors import AvemoError
+from avemo.runtime.media.continuity import Restart
 
 TICK_TOLERANCE = 1e-4  # of a tick (33 us at 3 fps): far below any frame interval, far above float error
 
@@ -60,13 +61,14 @@ class VideoFrame:
         return self.frame.to_ndarray(format="rgb24")
 
 
-Event = AudioChunk | VideoFrame
+Event = AudioChunk | VideoFrame | Restart
 
 
 def decode_packets(
     packets: Iterable[tuple[Any, float]], sample_rate: int, origin: float = 0.0, live: bool = False, name: str = ""
 ) -> Iterator[Event]:
     """Decode demuxed (packet, arrival time) pairs into events; times are stream times minus ``origin``.
+    A ``Restart`` in place of a packet (``continuity.continuous``) is passed on as an event.
 
     Audio is resampled to ``sample_rate`` mono (any layout down-mixed, any rate resampled by
     FFmpeg) and timed by its sample count from the first audio frame. In a file, media that
@@ -82,6 +84,9 @@ def decode_packets(
     while True:
         try:
             packet, arrival = next(items)  # demuxing a truncated file can fail too
+            if isinstance(packet, Restart):
+                yield Restart(packet.time - origin, arrival)
+                continue
             frames = packet.decode()
         except StopIteration:
             break

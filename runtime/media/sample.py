@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -206,23 +207,40 @@ def write_long_audio(path: Path, seconds: float, rate: int = 16000, bitrate: int
 
 def send(path: Path, url: str, seconds: float | None = None) -> None:
     """Remux ``path`` (MPEG-TS) to ``url`` at real-time pace, like `ffmpeg -re -i path -c copy -f mpegts url`;
-    ``seconds``: stop after that much media time (a stream that breaks off)."""
+    ``seconds``: stop after that much media time (a stream that breaks off). Where the file's timestamps
+    restart (recordings joined), the sender restarts as an encoder would: a new muxer, timestamps from
+    the new base, pace kept."""
     import time
+
+    from avemo.runtime.media.continuity import Continuity
 
     av = _av()
     probe = {"probesize": "50000000", "analyzeduration": "20000000"}  # 720p TS: find the audio's parameters too
-    with av.open(str(path), options=probe) as source, av.open(url, "w", format="mpegts") as sink:
-        streams = {s.index: sink.add_stream_from_template(s) for s in source.streams if s.type in ("audio", "video")}
-        started = time.monotonic()
-        for packet in source.demux(*[s for s in source.streams if s.index in streams]):
-            if packet.dts is None:
-                continue
-            t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
-            if seconds is not None and t >= seconds:
-                break
-            time.sleep(max(0.0, started + t - time.monotonic()))
-            packet.stream = streams[packet.stream.index]
-            sink.mux(packet)
+    with av.open(str(path), options=probe) as source:
+        chosen = [s for s in source.streams if s.type in ("audio", "video")]
+        continuity, started = Continuity(source), time.monotonic()
+        sinks: dict[int, tuple[Any, dict[int, Any]]] = {}  # segment -> its muxer and streams
+        try:
+            for packet in source.demux(*chosen):
+                if packet.dts is None:
+                    continue
+                own = packet.pts, packet.dts  # this recording's times, sent as they are
+                continuity.place(packet)  # paced on one timeline
+                segment = continuity.segment.get(packet.stream.index, 0)
+                if segment not in sinks:  # a restart: a new muxer, as a restarted encoder starts one
+                    sink = av.open(url, "w", format="mpegts")
+                    sinks[segment] = sink, {s.index: sink.add_stream_from_template(s) for s in chosen}
+                t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
+                if seconds is not None and t >= seconds:
+                    break
+                time.sleep(max(0.0, started + t - time.monotonic()))
+                packet.pts, packet.dts = own
+                sink, streams = sinks[segment]
+                packet.stream = streams[packet.stream.index]
+                sink.mux(packet)
+        finally:
+            for sink, _ in sinks.values():
+                sink.close()
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from avemo.deps import require
 from avemo.errors import AvemoError
+from avemo.runtime.media.continuity import Restart, continuous
 from avemo.runtime.media.decode import Event, decode_packets
 from avemo.runtime.stream.devices import CameraSource, MergedSource
 from avemo.runtime.stream.readers import END, POLL, queued, stop_reader
@@ -142,9 +143,12 @@ class LiveSource:
         pace = self.spec.startswith("lavfi:")
         started = time.monotonic()
         try:
-            for packet in self._container.demux(*self._streams):
+            for packet in continuous(self._container.demux(*self._streams), self._container):
                 if self._stop.is_set():
                     break
+                if isinstance(packet, Restart):  # a new timeline segment: passed on for the output to say
+                    self._queue.put((packet, time.monotonic()))
+                    continue
                 if packet.pts is not None and packet.time_base is not None:
                     t = float(packet.pts * packet.time_base)
                     if self._origin is None:

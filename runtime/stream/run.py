@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from avemo.config import FeatureConfig
 from avemo.errors import AvemoError
 from avemo.runtime.faces import FacePipeline
@@ -86,8 +84,9 @@ def stream_windows(
     step = hop or window
     if not is_live(str(source)):
         info, events = file_source(Path(source), features.sample_rate, video=video)
-        starts = np.arange(0.0, max((info.duration or 0.0) - window, 0.0) + 1e-6, step).tolist()
-        cutter = WindowCutter(features, faces, info, until(starts, max_seconds, window), window)
+        # Starts go on while the data does: a file whose timestamps restart runs past its reported duration.
+        starts = until((k * step for k in itertools.count()), max_seconds, window)
+        cutter = WindowCutter(features, faces, info, starts, window, max((info.duration or 0.0) - window, 0.0))
         yield from _windows(str(source), events, cutter, None, window, stop, max_behind)
         return
     offset, dropped = 0.0, 0  # stream time and windows lost before the current connection

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from avemo.runtime.media.continuity import continuous
 from avemo.runtime.media.decode import Event, container_duration, decode_packets, open_media
 
 
@@ -20,8 +21,8 @@ class SourceInfo:
 
 def file_source(path: Path, sample_rate: int, video: bool = True) -> tuple[SourceInfo, Iterator[Event]]:
     """Audio (resampled to ``sample_rate`` mono, as ``decode_audio`` does) and every video frame
-    (``video=False``: none decoded), in demux order. A corrupt or truncated tail ends the events
-    (what decoded is kept)."""
+    (``video=False``: none decoded), in demux order, on one timeline (a ``Restart`` event where the
+    file's timestamps restart). A corrupt or truncated tail ends the events (what decoded is kept)."""
     container = open_media(path)  # fails now on a missing or unreadable file; the events close it
     streams = select_streams(container, video)
     types = {s.type for s in streams}
@@ -31,7 +32,8 @@ def file_source(path: Path, sample_rate: int, video: bool = True) -> tuple[Sourc
 
 def _file_events(container: Any, streams: list[Any], sample_rate: int, name: str) -> Iterator[Event]:
     with container:
-        yield from decode_packets(((packet, 0.0) for packet in container.demux(*streams)), sample_rate, name=name)
+        packets = continuous(container.demux(*streams), container)  # restarting timestamps: one timeline
+        yield from decode_packets(((packet, 0.0) for packet in packets), sample_rate, name=name)
 
 
 def select_streams(container: Any, video: bool) -> list[Any]:

@@ -22,6 +22,7 @@ import numpy as np
 from avemo.config import FeatureConfig
 from avemo.runtime.faces import ClipCollector, FacePipeline
 from avemo.runtime.media.audio import OnlineFbank, frame_count
+from avemo.runtime.media.continuity import Restart
 from avemo.runtime.media.decode import AudioChunk, Event, TickSampler, VideoFrame
 from avemo.runtime.media.extract import MediaFeatures, audio_features, finish
 from avemo.runtime.stream.sources import SourceInfo
@@ -39,7 +40,12 @@ class Window:
 
 class WindowCutter:
     """``feed(event)`` / ``close()`` yield ``(start, end, MediaFeatures)`` for each window, in order,
-    as soon as the source has moved past its end (both streams) or ended."""
+    as soon as the source has moved past its end (both streams) or ended. A window that spans a
+    ``Restart`` of the source's timestamps says so in its notes.
+
+    ``full_only_after`` (a file cut into ``--window`` windows): when the source ends, a window that
+    starts after this many seconds (the container's duration less one window) or after the data's
+    end less one window is dropped rather than handed out short, unless it is the first."""
 
     def __init__(
         self,
@@ -48,8 +54,12 @@ class WindowCutter:
         info: SourceInfo,
         starts: Iterable[float],
         window: float,
+        full_only_after: float | None = None,
     ) -> None:
         self.features, self.faces, self.info, self.window = features, faces, info, window
+        self.full_only_after = full_only_after
+        self.restarts: list[Restart] = []  # of the open windows' span and later
+        self.handed_out = 0
         self._starts = iter(starts)  # windows not opened yet: a list for a file, endless for a live source
         self._next_start: float | None = next(self._starts, None)
         self.dropped = 0  # windows skipped because processing fell behind a live source (drop_before)
@@ -71,6 +81,8 @@ class WindowCutter:
     def feed(self, event: Event) -> Iterator[tuple[float, float, MediaFeatures]]:
         if isinstance(event, AudioChunk):
             self._add_audio(event)
+        elif isinstance(event, Restart):
+            self.restarts.append(event)
         else:
             self._add_video(event)
         yield from self._complete(final=False)
@@ -87,7 +99,10 @@ class WindowCutter:
             self._open = deque(w for w in self._open if w.end <= reached + 1e-6)
             self._next_start = None
         else:  # windows that start before the data's end (starts may go on for ever: a file's one pass)
-            self._open_until(max(self._audio_time, self._video_time))
+            self._open_until(reached)
+            if self.full_only_after is not None:
+                last = max(self.full_only_after, reached - self.window) + 1e-6
+                self._open = deque(w for i, w in enumerate(self._open) if w.start <= last or i + self.handed_out == 0)
         yield from self._complete(final=True)
 
     @property
@@ -202,6 +217,9 @@ class WindowCutter:
                     return  # its last filterbank frames need a few more milliseconds of audio
             self._open.popleft()
             feats, notes = audio_features(samples, self.features, frames=frames)
+            self.handed_out += 1
+            notes += [r.note() for r in self.restarts if w.start <= r.time < w.end]
+            self.restarts = [r for r in self.restarts if r.time >= (self._open[0].start if self._open else w.end)]
             if w.collector is None:
                 yield w.start, w.end, MediaFeatures(feats, [], 0, notes)
             else:

@@ -2,6 +2,7 @@
 read as they arrive; stalls, breaks, reconnection, Ctrl-C and falling behind."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -204,3 +205,23 @@ def test_a_signal_while_connecting_or_stalled_ends_within_a_second(colearn_expor
     _, err = receiver.communicate(timeout=30)
     assert receiver.returncode == 0 and time.monotonic() - sent < 2.0, err
     assert json.loads(err.strip().splitlines()[-1])["summary"]["ended"] == "interrupted"
+
+
+def test_a_live_stream_whose_timestamps_restart_goes_on_in_a_new_segment(colearn_export, tmp_path):
+    """An encoder restarting mid-stream (the sender starts a new muxer where the joined file's times restart)."""
+    one = write_media(tmp_path / "one.ts", seconds=3.0, size=(160, 120)).read_bytes()
+    (tmp_path / "joined.ts").write_bytes(one + one)
+    port = free_port()
+    receiver = receive(colearn_export[0], f"udp://127.0.0.1:{port}", "--window", "2", "--hop", "1",
+                       "--max-seconds", "5", "--timeout", "8")  # fmt: skip
+    sender = send(tmp_path / "joined.ts", f"udp://127.0.0.1:{port}?pkt_size=1316")
+    out, err = receiver.communicate(timeout=60)
+    assert sender.wait(timeout=30) == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert receiver.returncode == 0, out + err
+    assert [(line["start"], line["end"]) for line in lines] == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0), (3.0, 5.0)]
+    assert lines[-1]["frames_sampled"] == 6  # frames after the restart (about 3 s in) are placed, not lost
+    said = [re.findall(r"timestamps restarted at ([0-9.]+) s", " ".join(line["notes"])) for line in lines]
+    seam = float(next(s for s in said if s)[0])
+    assert 2.5 < seam < 3.5  # where the first recording ended (stream time counts from the first packet)
+    assert [bool(s) for s in said] == [line["start"] <= seam < line["end"] for line in lines]  # said where it is
