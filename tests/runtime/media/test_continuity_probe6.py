@@ -3,7 +3,6 @@
 Media is made here: MPEG-TS recordings joined byte for byte (`cat a.ts b.ts`), some remuxed with packets dropped or
 timestamps moved, and A/V marker clips (a white flash and a 1-kHz beep at the same instant) to measure sync."""
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
