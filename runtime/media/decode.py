@@ -68,51 +68,76 @@ def decode_packets(
     packets: Iterable[tuple[Any, float]], sample_rate: int, origin: float = 0.0, live: bool = False, name: str = ""
 ) -> Iterator[Event]:
     """Decode demuxed (packet, arrival time) pairs into events; times are stream times minus ``origin``.
-    A ``Restart`` in place of a packet (``continuity.continuous``) is passed on as an event.
 
     Audio is resampled to ``sample_rate`` mono (any layout down-mixed, any rate resampled by
-    FFmpeg) and timed by its sample count from the first audio frame. In a file, media that
-    does not decode from the start is an AvemoError naming ``name``, and a corrupt or truncated
-    tail ends the events (what decoded is kept); in a live stream a packet that does not decode
-    (lost datagrams) is skipped.
+    FFmpeg) and timed by its sample count from the first audio frame, and again from the first
+    frame after a ``Restart`` of the audio (``continuity.continuous`` puts those in place of
+    packets; the first of each restart is passed on as an event). In a file, media that does not
+    decode from the start is an AvemoError naming ``name``, a packet that does not decode later
+    is skipped (a cut recording before the next), and a demuxing error ends the events (what
+    decoded is kept); in a live stream a packet that does not decode (lost datagrams) is skipped.
     """
-    av = _av()
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    first: float | None = None  # time of the first audio frame: sample i lies at first + i / rate
-    emitted, decoded = 0, False
+    audio = _AudioClock(sample_rate, origin)
+    decoded = False
     items = iter(packets)
     while True:
         try:
-            packet, arrival = next(items)  # demuxing a truncated file can fail too
-            if isinstance(packet, Restart):
-                yield Restart(packet.time - origin, arrival)
-                continue
-            frames = packet.decode()
+            packet, arrival = next(items)  # demuxing a truncated file can fail
         except StopIteration:
             break
-        except av.error.FFmpegError as exc:
-            if live:
+        except _av().error.FFmpegError as exc:
+            if live or decoded:
+                break  # a truncated or corrupt tail: keep what decoded
+            raise AvemoError(f"{name}: corrupt media ({exc})") from None
+        if isinstance(packet, Restart):
+            if packet.kind == "audio":
+                yield from audio.restart()
+            if packet.new:
+                yield Restart(packet.time - origin, arrival)
+            continue
+        try:
+            frames = packet.decode()
+        except _av().error.FFmpegError as exc:
+            if live or decoded:
                 continue
-            if not decoded:
-                raise AvemoError(f"{name}: corrupt media ({exc})") from None
-            break  # a truncated or corrupt tail: keep what decoded
+            raise AvemoError(f"{name}: corrupt media ({exc})") from None
         for frame in frames:
             decoded = True
             if packet.stream.type == "video":
                 if frame.time is not None:
                     yield VideoFrame(float(frame.time) - origin, frame, arrival)
                 continue
-            if first is None:
-                first = (float(frame.time) if frame.time is not None else origin) - origin
-            for out in resampler.resample(frame):
-                samples = out.to_ndarray().reshape(-1).astype(np.float32)
-                yield AudioChunk(first + emitted / sample_rate, samples, arrival)
-                emitted += len(samples)
-    if first is not None:
-        for out in resampler.resample(None):
+            yield from audio.chunks(frame, arrival)
+    yield from audio.restart()
+
+
+class _AudioClock:
+    """Audio resampled to mono at ``sample_rate``, timed by sample count from the first frame (of each
+    segment)."""
+
+    def __init__(self, sample_rate: int, origin: float) -> None:
+        self.sample_rate, self.origin = sample_rate, origin
+        self.resampler = _av().AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        self.first: float | None = None  # time of the segment's first audio frame: sample i at first + i / rate
+        self.emitted = 0
+
+    def chunks(self, frame: Any, arrival: float) -> Iterator[AudioChunk]:
+        if self.first is None:
+            self.first = (float(frame.time) if frame.time is not None else self.origin) - self.origin
+        yield from self._out(self.resampler.resample(frame), arrival)
+
+    def restart(self) -> Iterator[AudioChunk]:
+        """The samples the resampler still holds; the next frame starts the count again."""
+        if self.first is not None:
+            yield from self._out(self.resampler.resample(None), 0.0)
+            self.resampler = _av().AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
+        self.first, self.emitted = None, 0
+
+    def _out(self, frames: list[Any], arrival: float) -> Iterator[AudioChunk]:
+        for out in frames:
             samples = out.to_ndarray().reshape(-1).astype(np.float32)
-            yield AudioChunk(first + emitted / sample_rate, samples)
-            emitted += len(samples)
+            yield AudioChunk(self.first + self.emitted / self.sample_rate, samples, arrival)
+            self.emitted += len(samples)
 
 
 def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | None = None) -> np.ndarray | None:

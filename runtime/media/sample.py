@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
@@ -219,7 +218,7 @@ def send(path: Path, url: str, seconds: float | None = None) -> None:
     with av.open(str(path), options=probe) as source:
         chosen = [s for s in source.streams if s.type in ("audio", "video")]
         continuity, started = Continuity(source), time.monotonic()
-        sinks: dict[int, tuple[Any, dict[int, Any]]] = {}  # segment -> its muxer and streams
+        sink, streams, current = None, {}, -1  # the muxer of the recording being sent
         try:
             for packet in source.demux(*chosen):
                 if packet.dts is None:
@@ -227,19 +226,22 @@ def send(path: Path, url: str, seconds: float | None = None) -> None:
                 own = packet.pts, packet.dts  # this recording's times, sent as they are
                 continuity.place(packet)  # paced on one timeline
                 segment = continuity.segment.get(packet.stream.index, 0)
-                if segment not in sinks:  # a restart: a new muxer, as a restarted encoder starts one
-                    sink = av.open(url, "w", format="mpegts")
-                    sinks[segment] = sink, {s.index: sink.add_stream_from_template(s) for s in chosen}
+                if segment < current:
+                    continue  # the old recording's encoder has stopped: a late packet of it is not sent
+                if segment > current:  # a restart: the old muxer flushed and closed, a new one started
+                    if sink is not None:
+                        sink.close()
+                    sink, current = av.open(url, "w", format="mpegts"), segment
+                    streams = {s.index: sink.add_stream_from_template(s) for s in chosen}
                 t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
                 if seconds is not None and t >= seconds:
                     break
                 time.sleep(max(0.0, started + t - time.monotonic()))
                 packet.pts, packet.dts = own
-                sink, streams = sinks[segment]
                 packet.stream = streams[packet.stream.index]
                 sink.mux(packet)
         finally:
-            for sink, _ in sinks.values():
+            if sink is not None:
                 sink.close()
 
 

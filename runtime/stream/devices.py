@@ -11,6 +11,7 @@ thread, both timed on the same monotonic clock from the moment capture starts.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -101,10 +102,10 @@ class MergedSource:
         offset: float | None = None
         try:
             for event in events:
-                if shift_audio and isinstance(event, AudioChunk):
-                    if offset is None:  # the microphone's first sample: when its packet arrived
-                        offset = event.arrival - self.origin - event.time
-                    event = AudioChunk(event.time + offset, event.samples, event.arrival)
+                if shift_audio and isinstance(event, AudioChunk) and offset is None:
+                    offset = event.arrival - self.origin - event.time  # the microphone's first sample: its arrival
+                if shift_audio and offset is not None:  # its samples and its restarts alike
+                    event = dataclasses.replace(event, time=event.time + offset)
                 self._queue.put(event)
         except AvemoError as exc:
             self._queue.put(exc)

@@ -85,7 +85,7 @@ def stream_windows(
     if not is_live(str(source)):
         info, events = file_source(Path(source), features.sample_rate, video=video)
         # Starts go on while the data does: a file whose timestamps restart runs past its reported duration.
-        starts = until((k * step for k in itertools.count()), max_seconds, window)
+        starts = until((k * float(step) for k in itertools.count()), max_seconds, window)
         cutter = WindowCutter(features, faces, info, starts, window, max((info.duration or 0.0) - window, 0.0))
         yield from _windows(str(source), events, cutter, None, window, stop, max_behind)
         return

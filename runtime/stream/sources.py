@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avemo.runtime.media.continuity import continuous
+from avemo.runtime.media.continuity import TS_DISCONT, continuous
 from avemo.runtime.media.decode import Event, container_duration, decode_packets, open_media
 
 
@@ -31,9 +31,14 @@ def file_source(path: Path, sample_rate: int, video: bool = True) -> tuple[Sourc
 
 
 def _file_events(container: Any, streams: list[Any], sample_rate: int, name: str) -> Iterator[Event]:
+    # A transport clock (MPEG-TS: a capture starting at 600 s, 26 h, or just before the 33-bit wrap, which
+    # FFmpeg makes negative) counts from the file's first timestamp, as a live source's from its first packet;
+    # other formats' times are the media's own (an mp4 edit list's small negative start included).
+    clock = getattr(container.format, "flags", 0) & TS_DISCONT and container.start_time is not None
+    origin = container.start_time / 1_000_000 if clock else 0.0  # AV_TIME_BASE
     with container:
         packets = continuous(container.demux(*streams), container)  # restarting timestamps: one timeline
-        yield from decode_packets(((packet, 0.0) for packet in packets), sample_rate, name=name)
+        yield from decode_packets(((packet, 0.0) for packet in packets), sample_rate, origin, name=name)
 
 
 def select_streams(container: Any, video: bool) -> list[Any]:

@@ -59,6 +59,7 @@ class WindowCutter:
         self.features, self.faces, self.info, self.window = features, faces, info, window
         self.full_only_after = full_only_after
         self.restarts: list[Restart] = []  # of the open windows' span and later
+        self.restarted = False
         self.handed_out = 0
         self._starts = iter(starts)  # windows not opened yet: a list for a file, endless for a live source
         self._next_start: float | None = next(self._starts, None)
@@ -83,6 +84,7 @@ class WindowCutter:
             self._add_audio(event)
         elif isinstance(event, Restart):
             self.restarts.append(event)
+            self.restarted = True
         else:
             self._add_video(event)
         yield from self._complete(final=False)
@@ -100,8 +102,8 @@ class WindowCutter:
             self._next_start = None
         else:  # windows that start before the data's end (starts may go on for ever: a file's one pass)
             self._open_until(reached)
-            if self.full_only_after is not None:
-                last = max(self.full_only_after, reached - self.window) + 1e-6
+            if self.full_only_after is not None:  # after a restart the container's length says nothing
+                last = max(0.0 if self.restarted else self.full_only_after, reached - self.window) + 1e-6
                 self._open = deque(w for i, w in enumerate(self._open) if w.start <= last or i + self.handed_out == 0)
         yield from self._complete(final=True)
 
@@ -138,13 +140,20 @@ class WindowCutter:
 
     def _add_audio(self, chunk: AudioChunk) -> None:
         rate = self.features.sample_rate
+        samples = chunk.samples
         if self._samples_time is None:
             self._samples_time = self._first_audio = chunk.time
-        self._samples = np.concatenate([self._samples, chunk.samples])
+        else:  # audio re-timed after a restart: silence fills a gap (a second at a time), an overlap is cut
+            gap = round((chunk.time - self._audio_time) * rate)
+            while gap > rate:
+                self._add_audio(AudioChunk(self._audio_time, np.zeros(rate, np.float32)))
+                gap -= rate
+            samples = np.concatenate([np.zeros(gap, np.float32), samples]) if gap > 0 else samples[-gap:]
+        self._samples = np.concatenate([self._samples, samples])
         if self._fbank is not None:
-            self._fbank.accept(chunk.samples)
+            self._fbank.accept(samples)
             self._frames = np.concatenate([self._frames, self._fbank.frames()])
-        self._audio_time = chunk.time + len(chunk.samples) / rate
+        self._audio_time = max(self._audio_time, chunk.time + len(chunk.samples) / rate)
         self._open_until(self._audio_time)
         keep_from = (
             self._open[0].start
