@@ -2,7 +2,8 @@
 
 Written against the TensorRT 10/11 Python API (``build_serialized_network``, strongly typed networks on
 11.x); the network flags per precision are ``avemo.runtime.backends.engines.build_flags``. A built engine
-runs the parity samples (``check_built_engine``) before it replaces anything. Neither tensorrt nor pycuda
+runs the parity samples (``check_built_engine``) before it replaces anything. Each engine gets one
+optimisation profile per length bucket (``PROFILE_BUCKETS``), recorded in its sidecar. Neither tensorrt nor pycuda
 installs on our build machines: the tests drive this code with test doubles (``tests/fakes``).
 """
 
@@ -20,11 +21,12 @@ from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
 from avemo.runtime.backends.engines import (
     Device,
+    Profile,
     batch_limit,
+    bucket_profiles,
     build_flags,
     default_max_batch,
     engine_path,
-    profiles,
     write_sidecar,
 )
 from avemo.runtime.backends.gpu import active, gpu_info, needs_trt
@@ -61,7 +63,7 @@ def build_engine(
     candidate = path.with_name(path.name + ".partial")
     with active(device_id):
         plan, cache = _serialized_engine(
-            onnx_path, build_flags(trt.__version__, precision), profiles(manifest, modality, max_batch),
+            onnx_path, build_flags(trt.__version__, precision), bucket_profiles(manifest, modality, max_batch),
             workspace_mb, timing_cache, log,
         )  # fmt: skip
         atomic_write_bytes(candidate, plan)
@@ -112,7 +114,7 @@ def build_engines(
 def _serialized_engine(
     onnx_path: Path,
     flags: tuple[list[str], list[str], list[str]],
-    limits: dict[str, tuple[Any, Any, Any]],
+    limits: list[Profile],
     workspace_mb: int,
     timing_cache: Path | None,
     log: Callable[[str], None],
@@ -140,11 +142,12 @@ def _serialized_engine(
             config.set_flag(getattr(trt.BuilderFlag, name))
         for name in clear_flags:
             config.clear_flag(getattr(trt.BuilderFlag, name))
-        profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in limits.items():
-            profile.set_shape(name, lo, opt, hi)
-        if config.add_optimization_profile(profile) < 0:
-            raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {limits}")
+        for limit in limits:  # in bucket order: index k is bucket k (TrtBackend selects it by index)
+            profile = builder.create_optimization_profile()
+            for name, (lo, opt, hi) in limit.items():
+                profile.set_shape(name, lo, opt, hi)
+            if config.add_optimization_profile(profile) < 0:
+                raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {limit}")
         cache = _timing_cache(config, timing_cache, log)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
