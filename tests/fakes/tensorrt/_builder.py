@@ -243,7 +243,9 @@ class Builder(_Owned):
                     low, _, high = profile[tensor.name]
                     fixed = [(d, lo, hi) for d, lo, hi in zip(tensor.shape, low, high, strict=False) if d != -1]
                     if len(low) != len(tensor.shape) or any(d != lo or d != hi for d, lo, hi in fixed):
-                        _error(self.logger, f"{tensor.name}: profile {profile[tensor.name]} does not fit {tensor.shape}")
+                        _error(
+                            self.logger, f"{tensor.name}: profile {profile[tensor.name]} does not fit {tensor.shape}"
+                        )
                         return None
         largest = max(
             sum(int(np.prod(p[t.name][2])) * np.dtype(nptype(t.dtype)).itemsize for t in network.inputs if t.name in p)
@@ -268,5 +270,3 @@ class Builder(_Owned):
         if config.cache is not None:
             config.cache.entries += 1
         return IHostMemory(_MAGIC + json.dumps(plan).encode())
-
-

@@ -9,8 +9,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from avemo.errors import AvemoError
 from avemo.contract import PROFILE_BUCKETS
+from avemo.errors import AvemoError
 from avemo.runtime.backends.engines import (
     Device,
     bucket_profiles,
