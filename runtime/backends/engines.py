@@ -122,7 +122,9 @@ def profiles(manifest: Manifest, modality: str, max_batch: int | None = None) ->
 
 def _profile(manifest: Manifest, modality: str, axes: dict[str, tuple[int, int, int]]) -> Profile:
     spec = manifest.inputs(modality)
-    return {i["name"]: tuple(_dims(i["shape"], axes, k) for k in range(3)) for i in spec}  # type: ignore[misc]
+    return {
+        i["name"]: (_dims(i["shape"], axes, 0), _dims(i["shape"], axes, 1), _dims(i["shape"], axes, 2)) for i in spec
+    }
 
 
 def bucket_profiles(
@@ -131,9 +133,8 @@ def bucket_profiles(
     """One profile per clip-length bucket (``PROFILE_BUCKETS``): each takes clips from the shortest up to its
     seconds (the last up to the manifest's maximum) and 1..``max_batch`` clips, tuned (opt) for its full length
     at its batch. ``buckets`` None: the single ``profiles`` range of an engine built before buckets."""
-    whole = profiles(manifest, modality, max_batch)
     if not buckets:
-        return [whole]
+        return [profiles(manifest, modality, max_batch)]
     axes = manifest.profiles
     high = batch_limit(manifest, max_batch)
     rates = {"audio_frames": manifest.features.frames_per_second, "face_frames": manifest.features.fps}

@@ -9,6 +9,7 @@ import threading
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from avemo.contract import INVARIANCE_TOLERANCE
 from avemo.runtime.backends import write_padded
@@ -139,18 +140,24 @@ def test_an_engine_built_with_one_profile_still_runs(trt_double):
     assert tensorrt.PROFILE_SWITCHES == []
 
 
-def test_padding_within_a_bucket_changes_no_answer(colearn_export):
-    """A clip alone against the same clip padded to its bucket's shape, in ONNX Runtime (fp32)."""
+@pytest.mark.parametrize(
+    ("precision", "kind", "cases"),
+    [("fp32", "ort", ((0.3, 1), (3.7, 2), (7.0, 3), (26.0, 4))), ("fp16", "reference", ((3.7, 2), (7.0, 3)))],
+)
+def test_padding_within_a_bucket_changes_no_answer(colearn_export, precision, kind, cases):
+    """A clip alone against the same clip padded to its bucket's shape: fp32 in ONNX Runtime, fp16 in the
+    reference evaluator (every fp16 rounding, as a strongly typed engine computes)."""
+    from avemo.runtime.backends import open_onnx
     from avemo.runtime.models.manifest import load_manifest
 
     manifest = load_manifest(colearn_export[0])
-    ort = OrtBackend(manifest.graph_path("av"))
+    runner = open_onnx(manifest.graph_path("av", precision), kind)
     limits = bucket_profiles(manifest, "av")
-    for seconds, seed in ((0.3, 1), (3.7, 2), (7.0, 3), (26.0, 4)):
+    for seconds, seed in cases:
         alone = sample_inputs(manifest.features, "av", 1, seconds, seed)
         _, shapes = pick_profile(limits, {k: v.shape for k, v in alone.items()})
         padded = {k: np.empty(shapes[k], v.dtype) for k, v in alone.items()}
         for name, array in alone.items():
             write_padded(padded[name], array)
         assert padded["audio_feats"].shape[1] > alone["audio_feats"].shape[1]
-        assert np.abs(ort.infer(padded) - ort.infer(alone)).max() <= INVARIANCE_TOLERANCE["fp32"]
+        assert np.abs(runner.infer(padded) - runner.infer(alone)).max() <= INVARIANCE_TOLERANCE[precision]
