@@ -63,6 +63,14 @@ PROFILE_MIN_AUDIO_FRAMES: Final[int] = 8  # 80 ms: two frames after the audio en
 PROFILE_MIN_FACE_FRAMES: Final[int] = 1  # a clip often has a single usable face crop
 
 
+#: Engine optimisation profiles, one per clip-length bucket: (longest clip seconds, clips per call the
+#: profile is tuned for; None: the engine's batch limit). Live sources run 5-s windows one at a time
+#: (`--window 5`, the README's and JETSON.md's live examples); files run 30-s windows (the profile
+#: maximum, PROFILE_SECONDS) batched up to the device's limit (16, or 4 on an 8-GiB Jetson). The last
+#: bucket must reach PROFILE_SECONDS' maximum. TensorRT picks kernels per profile for its opt shape.
+PROFILE_BUCKETS: Final[tuple[tuple[float, int | None], ...]] = ((5.0, 1), (30.0, None))
+
+
 def profile_ranges(frames_per_second: float, fps: float) -> dict[str, tuple[int, int, int]]:
     """min/opt/max of every dynamic axis, for TensorRT optimisation profiles and export checks."""
     _, opt, high = PROFILE_SECONDS

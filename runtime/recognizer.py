@@ -23,13 +23,14 @@ from avemo.contract import (
     AUDIO_POOLING,
     FACE_LENGTHS,
     FACES,
+    GRAPH_INPUTS,
     LABELS,
     MAX_POSITIONS,
     MODALITY_TITLES,
     PROFILE_BATCH,
 )
 from avemo.errors import AvemoError
-from avemo.runtime.backends import Backend, open_backend, resolve_backend
+from avemo.runtime.backends import Backend, open_backend, resolve_backend, write_padded
 from avemo.runtime.faces import FacePipeline
 from avemo.runtime.media.audio import add_deltas
 from avemo.runtime.media.extract import MediaFeatures, extract
@@ -176,7 +177,10 @@ class Recognizer:
             for start in range(0, len(indices), step):
                 chunk = indices[start : start + step]
                 t0 = time.perf_counter()
-                probs = self.backends[modality].infer(batch_inputs([clips[i] for i in chunk], modality))
+                batch = [clips[i] for i in chunk]
+                with self.backends[modality].staging(batch_shapes(batch, modality)) as staged:
+                    fill_batch(staged.arrays, batch)  # the one host pass: straight where the backend reads
+                    probs = staged.run()
                 ms = 1000 * (time.perf_counter() - t0)
                 for i, p in zip(chunk, probs, strict=True):
                     results[i] = self._result(modality, p, {"inference": ms, "batch": len(chunk)})
@@ -354,19 +358,35 @@ class Recognizer:
         return Recognition(modality, named, self.backend, labels, timings_ms=timings, notes=list(self.model_notes))
 
 
-def batch_inputs(clips: list[ClipInput], modality: str) -> dict[str, np.ndarray]:
-    """Zero-padded batch inputs of the graph for ``modality``."""
-    out: dict[str, np.ndarray] = {}
-    if "a" in modality:
-        lengths = np.array([len(c.audio) for c in clips], np.int64)
-        audio = np.zeros((len(clips), int(lengths.max()), clips[0].audio.shape[1]), np.float32)
-        for j, c in enumerate(clips):
-            audio[j, : len(c.audio)] = c.audio
-        out[AUDIO_FEATS], out[AUDIO_LENGTHS] = audio, lengths
-    if "v" in modality:
-        lengths = np.array([len(c.faces) for c in clips], np.int64)
-        faces = np.zeros((len(clips), int(lengths.max()), *clips[0].faces.shape[1:]), np.float32)
-        for j, c in enumerate(clips):
-            faces[j, : len(c.faces)] = c.faces
-        out[FACES], out[FACE_LENGTHS] = faces, lengths
+_FIELDS = {AUDIO_FEATS: ("audio", AUDIO_LENGTHS), FACES: ("faces", FACE_LENGTHS)}  # input -> (clip field, lengths)
+
+
+def batch_shapes(clips: list[ClipInput], modality: str) -> dict[str, tuple[int, ...]]:
+    """The shape of each input of ``modality``'s graph holding ``clips`` (padded to the longest)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for name in GRAPH_INPUTS[modality]:
+        if name in _FIELDS:
+            field_, lengths = _FIELDS[name]
+            parts = [getattr(c, field_) for c in clips]
+            out[name] = (len(clips), max(len(p) for p in parts), *parts[0].shape[1:])
+            out[lengths] = (len(clips),)
     return out
+
+
+def fill_batch(arrays: dict[str, np.ndarray], clips: list[ClipInput]) -> None:
+    """Write ``clips`` into batch ``arrays`` of at least ``batch_shapes`` (any dtypes): each clip's rows,
+    zeros after them, and the lengths; every element written once."""
+    for name, (field_, lengths) in _FIELDS.items():
+        if name in arrays:
+            for j, clip in enumerate(clips):
+                write_padded(arrays[name][j], getattr(clip, field_))
+            arrays[lengths][...] = [len(getattr(c, field_)) for c in clips]
+
+
+def batch_inputs(clips: list[ClipInput], modality: str) -> dict[str, np.ndarray]:
+    """Zero-padded batch inputs of the graph for ``modality`` (the clips' dtypes; int64 lengths)."""
+    shapes = batch_shapes(clips, modality)
+    dtypes = {name: getattr(clips[0], field_).dtype for name, (field_, _) in _FIELDS.items()}
+    arrays = {name: np.empty(shape, dtypes.get(name, np.int64)) for name, shape in shapes.items()}
+    fill_batch(arrays, clips)
+    return arrays

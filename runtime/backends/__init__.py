@@ -15,12 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from avemo.contract import BACKENDS, ENGINE_PREFERENCE
 from avemo.errors import AvemoError
-from avemo.runtime.backends.base import Backend, BackendBase, InputSpec, check_inputs
+from avemo.runtime.backends.base import Backend, BackendBase, InputSpec, Staged, check_inputs, write_padded
 
 if TYPE_CHECKING:
     from avemo.runtime.models.manifest import Manifest
 
-__all__ = ["Backend", "BackendBase", "InputSpec", "check_inputs", "open_backend", "open_onnx", "resolve_backend"]
+__all__ = [
+    "Backend",
+    "BackendBase",
+    "InputSpec",
+    "Staged",
+    "check_inputs",
+    "open_backend",
+    "open_onnx",
+    "resolve_backend",
+    "write_padded",
+]
 
 #: ``open_onnx`` kinds: ONNX Runtime; the reference evaluator; "checker": the reference evaluator where the
 #: graph carries fp16 (ONNX Runtime on CPU computes fp16 ops in fp32 and hides their rounding), else ORT.

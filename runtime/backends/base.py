@@ -1,6 +1,7 @@
 """The one interface every backend keeps, and the one check of what is handed to it.
 
-A backend runs one graph: ``infer({input name: array}) -> probs [B, 6]``. It knows its inputs
+A backend runs one graph: ``infer({input name: array}) -> probs [B, 6]``, or a batch written once where it
+reads it (``staging``: TensorRT's page-locked buffers, no copy in between). It knows its inputs
 (``input_specs``: name, dtype, rank and, for a TensorRT engine, the profile's range per axis), checks
 what it is given with ``check_inputs`` before any work, releases what it holds on ``close()`` (or at the
 end of a ``with``) and refuses to run after it. ONNX Runtime, TensorRT and ONNX's reference evaluator
@@ -9,7 +10,8 @@ end of a ``with``) and refuses to run after it. ONNX Runtime, TensorRT and ONNX'
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -45,6 +47,25 @@ def fixed_axes(shape: list[Any] | tuple[Any, ...]) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None for d in shape)
 
 
+class Staged:
+    """A batch being written where its backend reads it: fill ``arrays`` (every element: ``write_padded``
+    rows), then ``run()`` once."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], run: Callable[[dict[str, np.ndarray]], np.ndarray]) -> None:
+        self.arrays, self._run = arrays, run
+
+    def run(self) -> np.ndarray:
+        return self._run(self.arrays)
+
+
+def write_padded(out: np.ndarray, data: np.ndarray) -> None:
+    """``data`` into the leading corner of ``out`` and zeros in the rest: each element of ``out`` written once."""
+    out[tuple(slice(0, n) for n in data.shape)] = data
+    for axis, n in enumerate(data.shape):
+        if n < out.shape[axis]:
+            out[(*(slice(0, m) for m in data.shape[:axis]), slice(n, None))] = 0
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the Recognizer, the profiler, parity and calibration need of a graph runner."""
@@ -57,6 +78,8 @@ class Backend(Protocol):
     def input_names(self) -> list[str]: ...
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+    def staging(self, shapes: Mapping[str, Shape]) -> AbstractContextManager[Staged]: ...
 
     def close(self) -> None: ...
 
@@ -79,6 +102,14 @@ class BackendBase:
     def checked(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.refuse_closed()
         return check_inputs(inputs, self.input_specs, self.path.name)
+
+    @contextmanager
+    def staging(self, shapes: Mapping[str, Shape]) -> Iterator[Staged]:
+        """Arrays of at least ``shapes`` (the inputs' dtypes, not cleared) to write a batch into, and its run.
+        Here plain arrays of exactly those shapes, run by ``infer``; TensorRT hands out its page-locked buffers,
+        padded to a length bucket."""
+        self.refuse_closed()
+        yield Staged({s.name: np.empty(shapes[s.name], s.dtype) for s in self.input_specs}, self.infer)
 
     def refuse_closed(self) -> None:
         if self.closed:
@@ -117,8 +148,7 @@ def check_inputs(
         if wrong:
             axis, n, d = wrong[0]
             raise AvemoError(f"{where}: {spec.name} has {n} on axis {axis}, the graph takes {d}")
-        if spec.high is not None:
-            _check_profile(spec, given.shape, where)
+        check_profile(spec, given.shape, where)
         with np.errstate(over="ignore"):  # cast first: a float64 too large for float32 becomes Inf, found below
             array = np.ascontiguousarray(given, dtype=spec.dtype)
         if finite and array.dtype.kind == "f" and not (rows := np.isfinite(array).reshape(len(array), -1).all(1)).all():
@@ -137,8 +167,10 @@ def check_inputs(
     return out
 
 
-def _check_profile(spec: InputSpec, shape: Shape, where: str) -> None:
-    assert spec.high is not None
+def check_profile(spec: InputSpec, shape: Shape, where: str) -> None:
+    """Refuse a shape beyond the engine profile's maximum (nothing to check without one), saying what to do."""
+    if spec.high is None:
+        return
     for axis, (n, high) in enumerate(zip(shape, spec.high, strict=True)):
         if n > high:
             what, hint = (

@@ -2,7 +2,8 @@
 
 Written against the TensorRT 10/11 Python API (``build_serialized_network``, strongly typed networks on
 11.x); the network flags per precision are ``avemo.runtime.backends.engines.build_flags``. A built engine
-runs the parity samples (``check_built_engine``) before it replaces anything. Neither tensorrt nor pycuda
+runs the parity samples (``check_built_engine``) before it replaces anything. Each engine gets one
+optimisation profile per length bucket (``PROFILE_BUCKETS``), recorded in its sidecar. Neither tensorrt nor pycuda
 installs on our build machines: the tests drive this code with test doubles (``tests/fakes``).
 """
 
@@ -15,16 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from avemo.contract import PARITY_FILE, PARITY_TOLERANCE
+from avemo.contract import PARITY_FILE, PARITY_TOLERANCE, PROFILE_BUCKETS
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
 from avemo.runtime.backends.engines import (
+    Buckets,
     Device,
+    Profile,
     batch_limit,
+    bucket_profiles,
     build_flags,
     default_max_batch,
     engine_path,
-    profiles,
     write_sidecar,
 )
 from avemo.runtime.backends.gpu import active, gpu_info, needs_trt
@@ -42,13 +45,15 @@ def build_engine(
     device_id: int = 0,
     log: Callable[[str], None] = print,
     max_batch: int | None = None,
+    buckets: Buckets | None = PROFILE_BUCKETS,
 ) -> Path:
     """Build one engine on device ``device_id``, check it against parity.npz, then install it; returns its path.
 
     The engine is written beside its final name first and run on the parity
     samples; only an engine within the precision's tolerance is installed (its
     sidecar records the largest difference and its device memory). ``max_batch``:
-    clips per call (default: ``default_max_batch`` for the GPU).
+    clips per call (default: ``default_max_batch`` for the GPU); ``buckets``: one profile each (None: one
+    profile over the whole range, as engines were built before buckets).
     """
     with needs_trt():
         import tensorrt as trt
@@ -61,7 +66,7 @@ def build_engine(
     candidate = path.with_name(path.name + ".partial")
     with active(device_id):
         plan, cache = _serialized_engine(
-            onnx_path, build_flags(trt.__version__, precision), profiles(manifest, modality, max_batch),
+            onnx_path, build_flags(trt.__version__, precision), bucket_profiles(manifest, modality, max_batch, buckets),
             workspace_mb, timing_cache, log,
         )  # fmt: skip
         atomic_write_bytes(candidate, plan)
@@ -69,12 +74,12 @@ def build_engine(
             atomic_write_bytes(timing_cache, cache)
     del plan  # the host copy too: a Jetson's GPU shares that memory with the parity run below
     try:
-        parity, memory = check_built_engine(manifest, modality, precision, candidate, device_id, max_batch)
+        parity, memory = check_built_engine(manifest, modality, precision, candidate, device_id, max_batch, buckets)
     except BaseException:
         candidate.unlink(missing_ok=True)
         raise
     candidate.replace(path)
-    write_sidecar(path, device, manifest, modality, precision, max_batch, parity=parity, device_memory=memory)
+    write_sidecar(path, device, manifest, modality, precision, max_batch, buckets, parity=parity, device_memory=memory)
     log(
         f"built {path}: up to {max_batch} clips per call, parity max |diff| {parity['max_abs_diff']:.1e} "
         f"(tolerance {parity['tolerance']:.0e}), device memory {memory / 2**20:.1f} MiB"
@@ -112,7 +117,7 @@ def build_engines(
 def _serialized_engine(
     onnx_path: Path,
     flags: tuple[list[str], list[str], list[str]],
-    limits: dict[str, tuple[Any, Any, Any]],
+    limits: list[Profile],
     workspace_mb: int,
     timing_cache: Path | None,
     log: Callable[[str], None],
@@ -140,11 +145,12 @@ def _serialized_engine(
             config.set_flag(getattr(trt.BuilderFlag, name))
         for name in clear_flags:
             config.clear_flag(getattr(trt.BuilderFlag, name))
-        profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in limits.items():
-            profile.set_shape(name, lo, opt, hi)
-        if config.add_optimization_profile(profile) < 0:
-            raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {limits}")
+        for limit in limits:  # in bucket order: index k is bucket k (TrtBackend selects it by index)
+            profile = builder.create_optimization_profile()
+            for name, (lo, opt, hi) in limit.items():
+                profile.set_shape(name, lo, opt, hi)
+            if config.add_optimization_profile(profile) < 0:
+                raise AvemoError(f"{onnx_path}: TensorRT refused the optimisation profile {limit}")
         cache = _timing_cache(config, timing_cache, log)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
@@ -168,14 +174,22 @@ def _timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) ->
 
 
 def check_built_engine(
-    manifest: Manifest, modality: str, precision: str, engine: Path, device_id: int = 0, max_batch: int | None = None
+    manifest: Manifest,
+    modality: str,
+    precision: str,
+    engine: Path,
+    device_id: int = 0,
+    max_batch: int | None = None,
+    buckets: Buckets | None = PROFILE_BUCKETS,
 ) -> tuple[dict[str, Any], int]:
     """Run the parity samples through a freshly built engine; (parity report, device memory) or AvemoError."""
     from avemo.runtime.backends.parity import load_references, max_abs_diff, parity_samples
 
     samples = parity_samples(manifest.features, [modality])[modality]
     references = load_references(manifest.root / PARITY_FILE)[modality]
-    with TrtBackend(manifest, modality, precision, device_id, engine=engine, max_batch=max_batch) as runner:
+    with TrtBackend(
+        manifest, modality, precision, device_id, engine=engine, max_batch=max_batch, buckets=buckets
+    ) as runner:
         step = runner.max_batch
         diffs = []
         for sample, ref in zip(samples, references, strict=True):

@@ -11,14 +11,24 @@ How networks are built (strongly typed, TF32 off for fp32) is in ``build_flags``
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from avemo.contract import ENGINE_PRECISIONS, NUM_LABELS, PROBS, PROFILE_BATCH, WEIGHTS_FILE, graph_file
+from avemo.contract import (
+    ENGINE_PRECISIONS,
+    NUM_LABELS,
+    PROBS,
+    PROFILE_BATCH,
+    PROFILE_BUCKETS,
+    WEIGHTS_FILE,
+    graph_file,
+)
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json
 from avemo.runtime.models.manifest import Manifest
@@ -27,6 +37,8 @@ ENGINES_DIR = "engines"
 SUPPORTED_TRT_MAJOR = (10, 11)  # JetPack 6.x/7.x ship 10.x; desktop 11.x is strongly typed
 
 Shape = tuple[int, ...]
+Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max) shape
+Buckets = Sequence[Sequence[Any]]  # PROFILE_BUCKETS, or as a sidecar's JSON holds them
 
 
 @dataclass(frozen=True)
@@ -97,17 +109,71 @@ def default_max_batch(total_memory: int, integrated: bool) -> int:
     return 4 if integrated and total_memory <= 8 << 30 else PROFILE_BATCH[2]
 
 
-def profiles(manifest: Manifest, modality: str, max_batch: int | None = None) -> dict[str, tuple[Shape, Shape, Shape]]:
+def profiles(manifest: Manifest, modality: str, max_batch: int | None = None) -> Profile:
     """min / opt / max shape of every input of a graph, from the manifest's profile ranges (the batch axis
-    capped at ``max_batch``)."""
+    capped at ``max_batch``): the range every engine takes, and the one profile of engines built before
+    ``bucket_profiles``."""
     axes = manifest.profiles
     high = batch_limit(manifest, max_batch)
     low, opt, _ = axes["batch"]
     axes["batch"] = (min(low, high), min(opt, high), high)
+    return _profile(manifest, modality, axes)
+
+
+def _profile(manifest: Manifest, modality: str, axes: dict[str, tuple[int, int, int]]) -> Profile:
     spec = manifest.inputs(modality)
     return {
         i["name"]: (_dims(i["shape"], axes, 0), _dims(i["shape"], axes, 1), _dims(i["shape"], axes, 2)) for i in spec
     }
+
+
+def bucket_profiles(
+    manifest: Manifest, modality: str, max_batch: int | None = None, buckets: Buckets | None = PROFILE_BUCKETS
+) -> list[Profile]:
+    """One profile per clip-length bucket (``PROFILE_BUCKETS``): each takes clips from the shortest up to its
+    seconds (the last up to the manifest's maximum) and 1..``max_batch`` clips, tuned (opt) for its full length
+    at its batch. ``buckets`` None: the single ``profiles`` range of an engine built before buckets."""
+    if not buckets:
+        return [profiles(manifest, modality, max_batch)]
+    axes = manifest.profiles
+    high = batch_limit(manifest, max_batch)
+    rates = {"audio_frames": manifest.features.frames_per_second, "face_frames": manifest.features.fps}
+    out = []
+    for k, (seconds, batch) in enumerate(buckets):
+        last = k == len(buckets) - 1
+        ranges = {"batch": (min(axes["batch"][0], high), high if batch is None else min(int(batch), high), high)}
+        for axis, rate in rates.items():
+            lo, _, hi = axes[axis]
+            top = hi if last else min(hi, max(lo, round(float(seconds) * rate)))
+            ranges[axis] = (lo, top, top)
+        out.append(_profile(manifest, modality, ranges))
+    return out
+
+
+def pick_profile(limits: list[Profile], shapes: dict[str, Shape]) -> tuple[int, dict[str, Shape]]:
+    """(index, padded shapes): the first profile that takes every input, and each input's shape padded within
+    it. With buckets, every time axis (any dynamic axis but the batch) is padded up to the next multiple of
+    the first bucket's length (5 s: 500 audio frames, 15 face frames), within the profile: a live window is
+    one shape, a file's clips one of six; a single profile only pads up to its minimum. Exact: the length
+    inputs mask the padding (the caller writes zeros there)."""
+    first = limits[0]
+    for index, profile in enumerate(limits):
+        padded: dict[str, Shape] = {}
+        for name, shape in shapes.items():
+            lo, _, hi = profile[name]
+            if len(shape) != len(hi) or any(n > h for n, h in zip(shape, hi, strict=True)):
+                break
+            step = [first[name][2][a] if len(limits) > 1 and a and lo[a] != hi[a] else 1 for a in range(len(hi))]
+            padded[name] = tuple(
+                max(low, min(h, math.ceil(n / s) * s)) for n, low, h, s in zip(shape, lo, hi, step, strict=True)
+            )
+        else:
+            return index, padded
+    raise AvemoError(f"no engine profile takes the shapes {shapes}")
+
+
+def _as_json(limits: list[Profile]) -> list[dict[str, list[list[int]]]]:
+    return [{k: list(map(list, v)) for k, v in p.items()} for p in limits]
 
 
 def buffer_bytes(manifest: Manifest, modality: str, max_batch: int | None = None) -> dict[str, int]:
@@ -135,9 +201,11 @@ def write_sidecar(
     modality: str,
     precision: str,
     max_batch: int | None = None,
+    buckets: Buckets | None = PROFILE_BUCKETS,
     **facts: Any,
 ) -> None:
-    """The JSON beside an engine: what it was built for and from (and ``facts``: parity, memory)."""
+    """The JSON beside an engine: what it was built for and from, its length buckets and their profiles (and
+    ``facts``: parity, memory)."""
     atomic_write_json(
         engine.with_suffix(".json"),
         {
@@ -145,7 +213,8 @@ def write_sidecar(
             "modality": modality,
             "precision": precision,
             "max_batch": batch_limit(manifest, max_batch),
-            "profile": {k: list(map(list, v)) for k, v in profiles(manifest, modality, max_batch).items()},
+            "buckets": None if buckets is None else [list(b) for b in buckets],
+            "profiles": _as_json(bucket_profiles(manifest, modality, max_batch, buckets)),
             **sources(manifest, modality, precision),
             **facts,
         },
@@ -158,7 +227,9 @@ def rebuild_command(manifest: Manifest, precision: str) -> str:
 
 def check_engine(engine: Path, device: Device, manifest: Manifest | None = None) -> dict[str, Any]:
     """Read an engine's sidecar; refuse an engine built for another GPU or TensorRT version, or (given the
-    manifest) from another graph, other weights or other profiles than the model's own now."""
+    manifest) from another graph, other weights or other profiles than the model's own now. The profiles are
+    recomputed from the sidecar's own ``buckets`` (none: one profile, an engine built before buckets, whose
+    sidecar says ``profile``), so an engine built with another bucket set reads as built."""
     sidecar = engine.with_suffix(".json")
     if not engine.is_file() or not sidecar.is_file():
         raise AvemoError(f"{engine}: no engine (or its .json) here; build it with `avemo build`")
@@ -170,13 +241,11 @@ def check_engine(engine: Path, device: Device, manifest: Manifest | None = None)
             "rebuild it here with `avemo build`"
         )
     if manifest is not None:
-        now: dict[str, Any] = {
-            **sources(manifest, meta["modality"], meta["precision"]),
-            "profile": {
-                k: list(map(list, v)) for k, v in profiles(manifest, meta["modality"], meta.get("max_batch")).items()
-            },
-        }
-        stale = [k for k in ("source_sha256", "weights_sha256", "profile") if meta.get(k) != now[k]]
+        limits = bucket_profiles(manifest, meta["modality"], meta.get("max_batch"), meta.get("buckets"))
+        now: dict[str, Any] = {**sources(manifest, meta["modality"], meta["precision"]), "profile": _as_json(limits)}
+        built_with = meta["profiles"] if "buckets" in meta else [meta.get("profile")]
+        stale = [k for k in ("source_sha256", "weights_sha256") if meta.get(k) != now[k]]
+        stale += ["profile"] if built_with != now["profile"] else []
         if stale:
             what = ", ".join(k.replace("_sha256", "") for k in stale)
             raise AvemoError(
@@ -186,18 +255,19 @@ def check_engine(engine: Path, device: Device, manifest: Manifest | None = None)
     return meta
 
 
-def check_io(
-    engine: Any, manifest: Manifest, modality: str, path: Path, nptype: Any, max_batch: int | None = None
-) -> None:
+def check_io(engine: Any, manifest: Manifest, modality: str, path: Path, nptype: Any, limits: list[Profile]) -> None:
     """Compare a deserialised engine's I/O tensors with the manifest's graph: names, modes, dtypes, shapes and
-    the input profile (batch capped at ``max_batch``). ``nptype``: TensorRT's DataType -> numpy type."""
+    the input profiles (``limits``, as ``bucket_profiles`` gives them). ``nptype``: TensorRT's DataType ->
+    numpy type."""
     wanted = {s["name"]: ("INPUT", s) for s in manifest.inputs(modality)}
     wanted |= {s["name"]: ("OUTPUT", s) for s in manifest.outputs(modality)}
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     problems = []
     if sorted(names) != sorted(wanted):
         problems.append(f"tensors {sorted(names)}, the manifest's {sorted(wanted)}")
-    limits = profiles(manifest, modality, max_batch)
+    if engine.num_optimization_profiles != len(limits):
+        problems.append(f"{engine.num_optimization_profiles} optimisation profiles, the sidecar's {len(limits)}")
+        limits = []
     for name in set(names) & set(wanted):
         mode, spec = wanted[name]
         if engine.get_tensor_mode(name).name != mode:
@@ -209,9 +279,9 @@ def check_io(
         expected = tuple(-1 if isinstance(d, str) else int(d) for d in spec["shape"])
         if len(shape) != len(expected) or any(e != -1 and d != e for d, e in zip(shape, expected, strict=False)):
             problems.append(f"{name} has shape {shape}, the manifest {expected}")
-        if mode == "INPUT":
-            profile = tuple(tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
-            if profile != limits[name]:
-                problems.append(f"{name} profile {profile}, the manifest's {limits[name]}")
+        for index, limit in enumerate(limits if mode == "INPUT" else []):
+            profile = tuple(tuple(s) for s in engine.get_tensor_profile_shape(name, index))
+            if profile != limit[name]:
+                problems.append(f"{name} profile {index} {profile}, the manifest's {limit[name]}")
     if problems:
         raise AvemoError(f"{path}: does not match the model's manifest: " + "; ".join(problems))

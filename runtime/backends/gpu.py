@@ -6,10 +6,11 @@
   nothing TensorRT made can outlive the context it was made in. At exit,
   every open backend is closed first, then the contexts are released.
 - ``gpu_info(device_id)``: name, compute capability, memory, integrated or not.
-- ``IOBuffer``: the host and device sides of one tensor. On a discrete GPU a
-  page-locked host array and a device allocation; on an integrated GPU
-  (Jetson: one physical memory) one mapped page-locked array whose device
-  pointer TensorRT reads directly, so nothing is held twice and nothing copied.
+- ``IOBuffer``: the host and device sides of one tensor. On a discrete GPU
+  page-locked host arrays and a device allocation; on an integrated GPU
+  (Jetson: one physical memory) mapped page-locked arrays whose device
+  pointer TensorRT reads directly, so nothing is copied. Two host slots let
+  one call write its batch while another's engine runs.
 - ``DeviceScratch``: one device allocation for the activations of several
   TensorRT execution contexts (user-managed memory), sized to the largest,
   with a lock: the engines sharing it run one at a time.
@@ -116,26 +117,43 @@ def _release() -> None:
 
 
 class IOBuffer:
-    """Host and device memory for one tensor of at most ``nbytes`` (allocate inside ``active``)."""
+    """Host and device memory for one tensor of at most ``nbytes`` (allocate inside ``active``).
 
-    def __init__(self, nbytes: int, dtype: np.dtype, mapped: bool) -> None:
+    ``slots`` page-locked host copies, so that one call can write its batch while another call's engine
+    reads the previous one; on a discrete GPU they share one device allocation (copied under the caller's
+    lock), mapped each is also what the engine reads (``addresses[slot]``)."""
+
+    def __init__(self, nbytes: int, dtype: np.dtype, mapped: bool, slots: int = 1) -> None:
         cuda = self.cuda = driver()  # kept: the copies below run on every inference call
         self.dtype = np.dtype(dtype)
         count = max(1, nbytes // self.dtype.itemsize)
         self.mapped = mapped
         if mapped:  # one memory: the device pointer aliases the page-locked host array
-            self.host = cuda.pagelocked_empty(count, self.dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP)
+            flags = cuda.host_alloc_flags.DEVICEMAP
+            self.hosts = [cuda.pagelocked_empty(count, self.dtype, mem_flags=flags) for _ in range(slots)]
             self.device: Any = None
-            self.address = int(self.host.base.get_device_pointer())
+            self.addresses = [int(host.base.get_device_pointer()) for host in self.hosts]
         else:
-            self.host = cuda.pagelocked_empty(count, self.dtype)
+            self.hosts = [cuda.pagelocked_empty(count, self.dtype) for _ in range(slots)]
             self.device = cuda.mem_alloc(count * self.dtype.itemsize)
-            self.address = int(self.device)
+            self.addresses = [int(self.device)] * slots
         self.device_bytes = 0 if mapped else count * self.dtype.itemsize
 
-    def stage(self, array: np.ndarray) -> np.ndarray:
+    @property
+    def host(self) -> np.ndarray | None:
+        return self.hosts[0] if self.hosts else None
+
+    @property
+    def address(self) -> int:
+        return self.addresses[0]
+
+    def view(self, shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
+        """Page-locked memory of ``slot`` as an array of ``shape``, to be written in place (not cleared)."""
+        return self.hosts[slot][: int(np.prod(shape))].reshape(shape)
+
+    def stage(self, array: np.ndarray, slot: int = 0) -> np.ndarray:
         """Copy ``array`` into the page-locked host memory; returns that view."""
-        staged = self.host[: array.size].reshape(array.shape)
+        staged = self.view(array.shape, slot)
         staged[...] = array
         return staged
 
@@ -144,7 +162,7 @@ class IOBuffer:
             self.cuda.memcpy_htod_async(self.device, staged, stream)
 
     def from_device(self, count: int, stream: Any) -> np.ndarray:
-        out = self.host[:count]
+        out = self.hosts[0][:count]
         if not self.mapped:
             self.cuda.memcpy_dtoh_async(out, self.device, stream)
         return out
@@ -153,7 +171,7 @@ class IOBuffer:
         if self.device is not None:
             self.device.free()
             self.device = None
-        self.host = None
+        self.hosts = []
 
 
 class DeviceScratch:

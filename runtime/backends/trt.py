@@ -10,6 +10,7 @@ ONNX Runtime. It has not run on a GPU yet.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,16 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from avemo.contract import PROBS
+from avemo.contract import PROBS, PROFILE_BUCKETS
 from avemo.errors import AvemoError
-from avemo.runtime.backends.base import BackendBase, InputSpec, fixed_axes
+from avemo.runtime.backends.base import BackendBase, InputSpec, Shape, Staged, check_profile, fixed_axes, write_padded
 from avemo.runtime.backends.engines import (
+    Buckets,
     Device,
     batch_limit,
+    bucket_profiles,
     buffer_bytes,
     check_engine,
     check_io,
     engine_path,
+    pick_profile,
     profiles,
 )
 from avemo.runtime.backends.gpu import (
@@ -66,10 +70,8 @@ def current_device(device_id: int = 0, info: GpuInfo | None = None) -> Device:
     return Device(info.name, info.compute_capability, tensorrt.__version__)
 
 
-def _pad(array: np.ndarray, low: tuple[int, ...]) -> np.ndarray:
-    """Zero-pad every axis shorter than the profile minimum (time axes: the lengths keep the real size)."""
-    short = [max(0, lo - n) for n, lo in zip(array.shape, low, strict=True)]
-    return np.pad(array, [(0, s) for s in short]) if any(short) else array
+#: Page-locked input sets per backend: one call writes its batch while another call's engine runs.
+STAGING_SLOTS = 2
 
 
 class TrtBackend(BackendBase):
@@ -78,9 +80,12 @@ class TrtBackend(BackendBase):
     Engines of one device share the process's primary CUDA context and, through
     ``scratch``, one device allocation for their activations (user-managed
     execution-context memory sized to the largest): a Recognizer holds one
-    activation area, not three. Calls are serialised per scratch. Inputs
-    shorter than the profile minimum are zero-padded to it; longer than its
-    maximum are refused with the reason. ``close()`` (or ``with``) releases the
+    activation area, not three. Engines have one optimisation profile per
+    length bucket (``PROFILE_BUCKETS``, recorded in the sidecar; older engines
+    one): a batch is written once, zero-padded within its bucket
+    (``pick_profile``), straight into page-locked memory (``staging``), outside
+    any lock; only the engine run holds the scratch's lock. Inputs longer than
+    the profiles' maximum are refused with the reason. ``close()`` (or ``with``) releases the
     context, engine and buffers in that order, from any thread; backends still
     open at interpreter exit are closed before the CUDA contexts go.
     """
@@ -97,26 +102,23 @@ class TrtBackend(BackendBase):
         scratch: DeviceScratch | None = None,
         engine: Path | None = None,
         max_batch: int | None = None,
+        buckets: Buckets | None = PROFILE_BUCKETS,
     ) -> None:
-        """``engine``: a given (candidate) engine file, not yet installed; ``max_batch`` then says its batch
-        limit (an installed engine's comes from its sidecar)."""
+        """``engine``: a given (candidate) engine file, not yet installed; ``max_batch`` and ``buckets`` then
+        say its batch limit and length buckets (an installed engine's come from its sidecar)."""
         cuda = driver()
         info = gpu_info(device_id)
         device = current_device(device_id, info)
         path = engine or engine_path(manifest.root, device, modality, precision)
         if engine is None:
-            max_batch = check_engine(path, device, manifest).get("max_batch")
+            meta = check_engine(path, device, manifest)
+            max_batch, buckets = meta.get("max_batch"), meta.get("buckets")
         self.path, self.device_id = path, device_id
         self.max_batch = batch_limit(manifest, max_batch)
-        self.limits = profiles(manifest, modality, self.max_batch)
+        self.limits = bucket_profiles(manifest, modality, self.max_batch, buckets)
+        whole = profiles(manifest, modality, self.max_batch)
         self.input_specs = tuple(
-            InputSpec(
-                s["name"],
-                np.dtype(s["dtype"]),
-                fixed_axes(s["shape"]),
-                self.limits[s["name"]][0],
-                self.limits[s["name"]][2],
-            )
+            InputSpec(s["name"], np.dtype(s["dtype"]), fixed_axes(s["shape"]), whole[s["name"]][0], whole[s["name"]][2])
             for s in manifest.inputs(modality)
         )
         self.specs = {s.name: s.dtype for s in self.input_specs} | {PROBS: np.dtype(np.float32)}
@@ -126,6 +128,10 @@ class TrtBackend(BackendBase):
         self.last_phases_ms: dict[str, float] = {}
         self.events: list[Any] = []
         self.buffers: dict[str, IOBuffer] = {}
+        self.profile = 0  # the execution context's active profile (0 when created)
+        self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(STAGING_SLOTS):
+            self._slots.put(slot)
         try:
             self._open(cuda, manifest, modality, path, info.integrated, timed)
         except BaseException:
@@ -141,7 +147,7 @@ class TrtBackend(BackendBase):
             self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
                 raise AvemoError(f"{path}: TensorRT could not deserialise the engine; rebuild it with `avemo build`")
-            check_io(self.engine, manifest, modality, path, trt.nptype, self.max_batch)
+            check_io(self.engine, manifest, modality, path, trt.nptype, self.limits)
             self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             self.device_memory = int(self.engine.device_memory_size_v2)
             self.scratch.reserve(self.device_memory, self._attach)
@@ -149,7 +155,8 @@ class TrtBackend(BackendBase):
             # timed: CUDA events around H2D, compute and D2H of every call (for `avemo profile`).
             self.events = [cuda.Event() for _ in range(4)] if timed else []
             for name, size in buffer_bytes(manifest, modality, self.max_batch).items():
-                self.buffers[name] = IOBuffer(size, self.specs[name], mapped=mapped)
+                slots = 1 if name == PROBS else STAGING_SLOTS  # the output is read under the lock
+                self.buffers[name] = IOBuffer(size, self.specs[name], mapped=mapped, slots=slots)
                 if not self.context.set_tensor_address(name, self.buffers[name].address):
                     raise AvemoError(f"{path}: TensorRT has no tensor {name}")
 
@@ -163,28 +170,50 @@ class TrtBackend(BackendBase):
 
     @contextmanager
     def _active(self) -> Iterator[None]:
-        with self._lock, self.scratch.lock:
+        with self.scratch.lock:
             self.refuse_closed()
             with active(self.device_id):
                 yield
 
-    def prepared(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The arrays the engine gets: checked (``check_inputs``: beyond the profile is refused), typed,
-        contiguous, padded up to the profile minimum."""
-        return {
-            name: np.ascontiguousarray(_pad(array, self.limits[name][0]))
-            for name, array in self.checked(inputs).items()
-        }
+    @contextmanager
+    def staging(self, shapes: Mapping[str, Shape]) -> Iterator[Staged]:
+        """Page-locked arrays to write a batch of ``shapes`` into, padded within its length bucket (write every
+        element: ``write_padded``), and the run that hands them to the engine. Waits for a free slot (two),
+        never for the engine: another call may be running meanwhile."""
+        for spec in self.input_specs:
+            check_profile(spec, tuple(shapes[spec.name]), self.path.name)
+        index, padded = pick_profile(self.limits, {s.name: tuple(shapes[s.name]) for s in self.input_specs})
+        slot = self._slots.get()
+        try:
+            with self._lock:  # against close() freeing the buffers while the views are made
+                self.refuse_closed()
+                arrays = {name: self.buffers[name].view(shape, slot) for name, shape in padded.items()}
+            yield Staged(arrays, lambda staged: self._run(staged, slot, index))
+        finally:
+            self._slots.put(slot)
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        arrays = self.prepared(inputs)
+        arrays = self.checked(inputs)  # typed and contiguous: a copy only where the dtype differs
+        with self.staging({name: array.shape for name, array in arrays.items()}) as staged:
+            for name, array in arrays.items():
+                write_padded(staged.arrays[name], array)
+            return staged.run()
+
+    def _run(self, arrays: dict[str, np.ndarray], slot: int, profile: int) -> np.ndarray:
+        self.checked(arrays)  # the lengths against the frames written; no copy (typed, contiguous)
         with self._active():
-            staged = {name: self.buffers[name].stage(array) for name, array in arrays.items()}
             self._mark(0)  # after the host-side staging: "h2d" is the transfer alone
-            for name, array in staged.items():
-                self.buffers[name].to_device(array, self.stream)
+            if profile != self.profile:  # on the call's stream; the input shapes must be set again after it
+                if not self.context.set_optimization_profile_async(profile, self.stream.handle):
+                    raise AvemoError(f"{self.path.name}: TensorRT refused optimisation profile {profile}")
+                self.profile = profile
+            for name, array in arrays.items():
+                buffer = self.buffers[name]
+                buffer.to_device(array, self.stream)
+                if not self.context.set_tensor_address(name, buffer.addresses[slot]):
+                    raise AvemoError(f"{self.path.name}: TensorRT has no tensor {name}")
                 if not self.context.set_input_shape(name, array.shape):
-                    raise AvemoError(f"{name}: TensorRT refused shape {array.shape} (profile {self.limits[name]})")
+                    raise AvemoError(f"{name}: TensorRT refused shape {array.shape} (profile {self.limits[profile]})")
             self._mark(1)
             if not self.context.execute_async_v3(self.stream.handle):
                 raise AvemoError(f"{self.path.name}: TensorRT execute_async_v3 failed (see its log)")
@@ -206,7 +235,7 @@ class TrtBackend(BackendBase):
 
     def close(self) -> None:
         """Release the execution context, the engine, then the memory (a call in flight finishes first)."""
-        with self._lock, self.scratch.lock:
+        with self.scratch.lock, self._lock:
             if self.closed:
                 return
             self.closed = True

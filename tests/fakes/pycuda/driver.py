@@ -8,6 +8,8 @@ driver does:
 - device memory is counted per device and limited (``MemoryError`` past the
   limit); ``free()`` twice raises;
 - async copies need page-locked host memory; sizes must fit the allocation;
+  every host-to-device copy is recorded in ``HTOD`` (the page-locked
+  allocation it read, its bytes), so tests count the copies per call;
 - ``pagelocked_empty(..., mem_flags=host_alloc_flags.DEVICEMAP)`` is mapped
   (zero-copy) memory: its device pointer aliases the host array, and
   ``Device.get_attribute(device_attribute.INTEGRATED)`` says whether the GPU
@@ -73,6 +75,7 @@ _ALLOCATIONS: dict[int, Allocation] = {}
 _next_pointer = 0x7F0000000000
 USED: dict[int, int] = {}  # device index -> bytes of device memory in use (the tests read it)
 PEAK: dict[int, int] = {}
+HTOD: list[tuple[HostAllocation | None, int]] = []  # (page-locked source, bytes) of every host-to-device copy
 
 
 def init(flags: int = 0) -> None:
@@ -282,18 +285,18 @@ def pagelocked_empty(shape: Any, dtype: Any, order: str = "C", mem_flags: int = 
     return np.ndarray(shape, dtype, buffer=memory, order=order)  # .base is the HostAllocation, as in pycuda
 
 
-def _pagelocked(host: Any) -> bool:
+def _pagelocked(host: Any) -> HostAllocation | None:
     while host is not None:
         if isinstance(host, HostAllocation):
-            return True
+            return host
         host = host.obj if isinstance(host, memoryview) else getattr(host, "base", None)
-    return False
+    return None
 
 
 def _check_host(host: np.ndarray) -> None:
     # Stricter than CUDA, which turns an async copy from pageable memory into a synchronous one:
     # avemo stages every transfer in page-locked buffers, and the double holds it to that.
-    if not _pagelocked(host):
+    if _pagelocked(host) is None:
         raise LogicError("async copy with pageable host memory: stage it in pagelocked_empty() memory")
 
 
@@ -320,7 +323,8 @@ def memcpy_htod_async(dest: Any, src: np.ndarray, stream: Stream | None = None) 
         _check_host(src)
         _check_stream(stream)
     data = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
-    resolve(int(dest), data.nbytes)[:] = data.tobytes()
+    HTOD.append((_pagelocked(src), data.nbytes))
+    resolve(int(dest), data.nbytes)[:] = data  # as a DMA: no host copy in between
 
 
 def memcpy_dtoh_async(dest: np.ndarray, src: Any, stream: Stream | None = None) -> None:
@@ -371,4 +375,5 @@ def reset() -> None:
     _ALLOCATIONS.clear()
     USED.clear()
     PEAK.clear()
+    HTOD.clear()
     _local.stack = []

@@ -6,7 +6,14 @@ avemo's whole TensorRT path (buffers, shapes, copies, streams) are real. It
 enforces what real TensorRT enforces, as documented for 10.x / 11.x:
 
 - ``set_input_shape`` returns False (and logs an error) for a shape outside
-  the optimisation profile, a wrong rank, an output or an unknown name;
+  the context's *selected* optimisation profile, a wrong rank, an output or an
+  unknown name;
+- several optimisation profiles: an engine has as many as the build config
+  was given (each must cover every dynamic input); a context starts on profile
+  0; ``set_optimization_profile_async`` returns False for an index out of
+  range, and a switch forgets every input shape (they must be set again, as
+  TensorRT invalidates them); ``device_memory_size_v2`` is what the largest
+  profile needs; switches are recorded in ``PROFILE_SWITCHES``;
   ``set_tensor_address`` returns False for an unknown name; ``execute_async_v3``
   returns False until every input shape and every address is set (and, for a
   USER_MANAGED context, device memory of at least ``device_memory_size_v2``);
@@ -34,6 +41,9 @@ enforces what real TensorRT enforces, as documented for 10.x / 11.x:
   before what;
 - device memory (STATIC contexts) is counted in the pycuda double.
 
+For tests, every function in ``ON_EXECUTE`` is called at the start of each
+``execute_async_v3`` (a test blocks there to hold an engine "running").
+
 The version comes from ``AVEMO_DOUBLE_TRT_VERSION`` (default 10.3.0, JetPack
 6.1/6.2), DLA cores from ``AVEMO_DOUBLE_DLA_CORES`` (default 0), read at import.
 """
@@ -57,6 +67,8 @@ LOGGED: list[tuple[int, str]] = []  # (severity, message) of everything logged a
 LATE_RELEASES: list[str] = []  # TensorRT objects released after their CUDA context was destroyed
 #: ("release", class, its context current?) for every object released; ("create", "IExecutionContext", True).
 EVENTS: list[tuple[str, str, bool]] = []
+PROFILE_SWITCHES: list[int] = []  # the profile index of every switch any execution context made
+ON_EXECUTE: list[Any] = []  # callables run at the start of every execute_async_v3 (tests block there)
 
 
 class Logger:

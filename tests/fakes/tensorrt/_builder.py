@@ -233,18 +233,24 @@ class Builder(_Owned):
                 self.logger, f"precision flags {sorted(precision_flags)} are not allowed on a strongly typed network"
             )
             return None
-        profile = config.profiles[0].shapes if config.profiles else {}
-        for tensor in network.inputs:
-            if -1 in tensor.shape and tensor.name not in profile:
-                _error(self.logger, f"{tensor.name}: dynamic input without an optimization profile")
-                return None
-            if tensor.name in profile:
-                low, _, high = profile[tensor.name]
-                fixed = [(d, lo, hi) for d, lo, hi in zip(tensor.shape, low, high, strict=False) if d != -1]
-                if len(low) != len(tensor.shape) or any(d != lo or d != hi for d, lo, hi in fixed):
-                    _error(self.logger, f"{tensor.name}: profile {profile[tensor.name]} does not fit {tensor.shape}")
+        shapes = [p.shapes for p in config.profiles] or [{}]
+        for profile in shapes:  # every profile must cover every dynamic input, within its fixed axes
+            for tensor in network.inputs:
+                if -1 in tensor.shape and tensor.name not in profile:
+                    _error(self.logger, f"{tensor.name}: dynamic input without an optimization profile")
                     return None
-        largest = sum(int(np.prod(profile[t.name][2])) * np.dtype(nptype(t.dtype)).itemsize for t in network.inputs)
+                if tensor.name in profile:
+                    low, _, high = profile[tensor.name]
+                    fixed = [(d, lo, hi) for d, lo, hi in zip(tensor.shape, low, high, strict=False) if d != -1]
+                    if len(low) != len(tensor.shape) or any(d != lo or d != hi for d, lo, hi in fixed):
+                        _error(
+                            self.logger, f"{tensor.name}: profile {profile[tensor.name]} does not fit {tensor.shape}"
+                        )
+                        return None
+        largest = max(
+            sum(int(np.prod(p[t.name][2])) * np.dtype(nptype(t.dtype)).itemsize for t in network.inputs if t.name in p)
+            for p in shapes
+        )
         device = context.device
         plan = {
             "version": __version__,
@@ -256,12 +262,11 @@ class Builder(_Owned):
             "workspace_bytes": config.pools.get(MemoryPoolType.WORKSPACE),
             "inputs": [[t.name, int(t.dtype), list(t.shape), list(t.symbols)] for t in network.inputs],
             "outputs": [[t.name, int(t.dtype), list(t.shape), list(t.symbols)] for t in network.outputs],
-            "profile": {k: [list(s) for s in v] for k, v in profile.items()},
-            # the double's stand-in for activation memory: four times the largest inputs
+            "profiles": [{k: [list(s) for s in v] for k, v in p.items()} for p in shapes],
+            # the double's stand-in for activation memory: four times the largest inputs of any profile
+            # (TensorRT's device_memory_size_v2 is the most any profile needs)
             "device_memory": 4 * largest,
         }
         if config.cache is not None:
             config.cache.entries += 1
         return IHostMemory(_MAGIC + json.dumps(plan).encode())
-
-

@@ -15,6 +15,8 @@ from tensorrt import (
     _MAGIC,
     _MAJOR,
     EVENTS,
+    ON_EXECUTE,
+    PROFILE_SWITCHES,
     DataType,
     ExecutionContextAllocationStrategy,
     Logger,
@@ -62,7 +64,8 @@ class ICudaEngine(_Owned):
 
     @property
     def num_optimization_profiles(self) -> int:
-        return 1
+        self._check()
+        return len(self.plan["profiles"])
 
     def get_tensor_name(self, index: int) -> str:
         self._check()
@@ -82,9 +85,10 @@ class ICudaEngine(_Owned):
 
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
         self._check()
-        if profile_index != 0 or name not in self.plan["profile"]:
+        profiles = self.plan["profiles"]
+        if not 0 <= profile_index < len(profiles) or name not in profiles[profile_index]:
             raise ValueError(f"{name}: no profile shape (profile {profile_index})")
-        return [tuple(s) for s in self.plan["profile"][name]]
+        return [tuple(s) for s in profiles[profile_index][name]]
 
     @property
     def device_memory_size_v2(self) -> int:
@@ -144,6 +148,7 @@ class IExecutionContext(_Owned):
         self.logger = engine.logger
         self.strategy = strategy
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.profile = 0  # profile 0 is selected when a context is created
         self.addresses: dict[str, int] = {}
         self.memory: tuple[int, int] | None = None
         self._static = None
@@ -163,11 +168,27 @@ class IExecutionContext(_Owned):
         if engine.get_tensor_mode(name) != TensorIOMode.INPUT:
             _error(self.logger, f"set_input_shape: {name} is not an input of this engine")
             return False
-        low, _, high = engine.get_tensor_profile_shape(name, 0)
+        low, _, high = engine.get_tensor_profile_shape(name, self.profile)
         if len(shape) != len(low) or any(not a <= s <= b for a, s, b in zip(low, shape, high, strict=True)):
-            _error(self.logger, f"set_input_shape: {name} {shape} is outside the profile {low}..{high}")
+            _error(self.logger, f"set_input_shape: {name} {shape} is outside profile {self.profile}: {low}..{high}")
             return False
         self.shapes[name] = shape
+        return True
+
+    @property
+    def active_optimization_profile(self) -> int:
+        return self.profile
+
+    def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+        """Select a profile; as in TensorRT, every input shape must be set again before the next execute."""
+        engine = self._live_engine()
+        if not 0 <= profile_index < engine.num_optimization_profiles:
+            _error(self.logger, f"set_optimization_profile_async: no profile {profile_index}")
+            return False
+        if profile_index != self.profile:
+            self.profile = profile_index
+            self.shapes.clear()
+            PROFILE_SWITCHES.append(profile_index)
         return True
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
@@ -201,6 +222,8 @@ class IExecutionContext(_Owned):
         engine = self._live_engine()
         if _cuda._current() is not self._context:
             raise RuntimeError("execute_async_v3 in another CUDA context than the engine's")
+        for hook in ON_EXECUTE:
+            hook()
         inputs = [n for n, t in engine.tensors.items() if t[0] == TensorIOMode.INPUT]
         missing = [n for n in inputs if n not in self.shapes] + [n for n in engine.tensors if n not in self.addresses]
         if missing:

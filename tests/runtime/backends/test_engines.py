@@ -9,13 +9,16 @@ import importlib.util
 import numpy as np
 import pytest
 
+from avemo.contract import PROFILE_BUCKETS
 from avemo.errors import AvemoError
 from avemo.runtime.backends.engines import (
     Device,
+    bucket_profiles,
     buffer_bytes,
     build_flags,
     check_engine,
     engine_path,
+    pick_profile,
     profiles,
     write_sidecar,
 )
@@ -107,7 +110,7 @@ def test_stale_engine_is_refused_with_the_rebuild_command(colearn_export, tmp_pa
     manifest, engine = _engine_with_sidecar(colearn_export[0], tmp_path)
     assert check_engine(engine, ORIN, manifest)["modality"] == "av"
     sidecar = engine.with_suffix(".json")
-    for key, value in (("weights_sha256", "0" * 64), ("source_sha256", "1" * 64), ("profile", {})):
+    for key, value in (("weights_sha256", "0" * 64), ("source_sha256", "1" * 64), ("profiles", [])):
         meta = json.loads(sidecar.read_text())
         saved, meta[key] = meta[key], value
         sidecar.write_text(json.dumps(meta))
@@ -115,6 +118,55 @@ def test_stale_engine_is_refused_with_the_rebuild_command(colearn_export, tmp_pa
             check_engine(engine, ORIN, manifest)
         meta[key] = saved
         sidecar.write_text(json.dumps(meta))
+
+
+def test_buckets_give_a_live_profile_and_a_file_profile(colearn_export):
+    """Item 3: <= 5 s tuned for one clip, <= 30 s for the batch limit; both take the whole batch range."""
+    manifest = load_manifest(colearn_export[0])
+    f, axes = manifest.features, manifest.data["profiles"]
+    live, files = bucket_profiles(manifest, "av", 4)
+    five_s = round(5 * f.frames_per_second)
+    assert PROFILE_BUCKETS == ((5.0, 1), (30.0, None))
+    assert live["audio_feats"] == ((1, 8, 240), (1, five_s, 240), (4, five_s, 240))
+    assert live["faces"][1][:2] == (1, 15) and live["faces"][2][:2] == (4, 15)
+    assert files["audio_feats"] == ((1, 8, 240), (4, axes["audio_frames"][2], 240), (4, axes["audio_frames"][2], 240))
+    assert files["face_lengths"] == ((1,), (4,), (4,))
+    assert bucket_profiles(manifest, "av", 4, None) == [profiles(manifest, "av", 4)]  # engines before buckets
+
+
+def test_a_batch_is_padded_within_the_first_bucket_that_takes_it(colearn_export):
+    manifest = load_manifest(colearn_export[0])
+    limits = bucket_profiles(manifest, "av")
+    step = round(5 * manifest.features.frames_per_second)
+
+    def shapes(batch, audio, faces):
+        return {"audio_feats": (batch, audio, 240), "audio_lengths": (batch,), "faces": (batch, faces, 3, 48, 48),
+                "face_lengths": (batch,)}  # fmt: skip
+
+    assert pick_profile(limits, shapes(1, 3, 1)) == (0, shapes(1, step, 15))  # a live window: always one shape
+    assert pick_profile(limits, shapes(1, step, 15)) == (0, shapes(1, step, 15))
+    assert pick_profile(limits, shapes(3, step + 1, 2)) == (1, shapes(3, 2 * step, 15))  # 5 s steps in 30 s
+    assert pick_profile(limits, shapes(16, 6 * step - 7, 90)) == (1, shapes(16, 6 * step, 90))
+    single = [profiles(manifest, "av")]  # an engine built before buckets: padded to its minimum only
+    assert pick_profile(single, shapes(2, 3, 1)) == (0, shapes(2, 8, 1))
+    assert pick_profile(single, shapes(2, 777, 20)) == (0, shapes(2, 777, 20))
+    with pytest.raises(AvemoError, match="no engine profile takes"):
+        pick_profile(limits, shapes(1, 6 * step + 1, 1))
+
+
+def test_an_engine_built_before_buckets_or_with_other_buckets_reads_as_built(colearn_export, tmp_path):
+    import json
+
+    manifest, engine = _engine_with_sidecar(colearn_export[0], tmp_path)
+    sidecar = engine.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    assert meta["buckets"] == [[5.0, 1], [30.0, None]] and len(meta["profiles"]) == 2
+    old = {k: v for k, v in meta.items() if k not in ("buckets", "profiles")}
+    old["profile"] = {k: list(map(list, v)) for k, v in profiles(manifest, "av").items()}
+    sidecar.write_text(json.dumps(old))
+    assert "buckets" not in check_engine(engine, ORIN, manifest)
+    write_sidecar(engine, ORIN, manifest, "av", "fp16", buckets=((10.0, 2), (30.0, None)))
+    assert check_engine(engine, ORIN, manifest)["buckets"] == [[10.0, 2], [30.0, None]]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed (no GPU here)")

@@ -191,16 +191,14 @@ def test_timed_backend_events_bracket_the_transfers_not_the_host_staging(trt_dou
     """Item 9: the H2D event is recorded after the inputs are staged in page-locked memory."""
     import time
 
-    from avemo.runtime.backends import gpu
+    from avemo.runtime.backends import trt
     from avemo.runtime.backends.trt import TrtBackend
 
     manifest, _, _ = trt_double("10.3.0", DISCRETE)
     _build(manifest, "fp32", ["a"])
     staged_at: list[float] = []
-    stage = gpu.IOBuffer.stage
-    monkeypatch.setattr(
-        gpu.IOBuffer, "stage", lambda self, a: (staged_at.append(time.perf_counter()), stage(self, a))[1]
-    )
+    write = trt.write_padded
+    monkeypatch.setattr(trt, "write_padded", lambda out, a: (write(out, a), staged_at.append(time.perf_counter())))
     with TrtBackend(manifest, "a", "fp32", timed=True) as engine:
         engine.infer(sample_inputs(manifest.features, "a", 2, 2.0, 5))
         assert engine.events[0].at > max(staged_at)
@@ -229,7 +227,7 @@ def test_batch_limit_is_chosen_for_the_device_and_respected(trt_double, tmp_path
     manifest, _, _ = trt_double("10.3.0")  # Jetson Orin Nano, 8 GiB shared
     (av,) = _build(manifest, "fp32", ["av"])
     meta = json.loads(av.with_suffix(".json").read_text())
-    assert meta["max_batch"] == 4 and meta["profile"]["face_lengths"] == [[1], [4], [4]]
+    assert meta["max_batch"] == 4 and meta["profiles"][1]["face_lengths"] == [[1], [4], [4]]
     size = manifest.features.face_size
     with TrtBackend(manifest, "av", "fp32") as engine:
         assert engine.buffers["faces"].host.nbytes == 4 * 90 * 3 * size * size * 4
