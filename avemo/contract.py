@@ -23,10 +23,9 @@ FACES: Final[str] = "faces"  # uint8 [B, Tv, 3, S, S] RGB pixels 0-255: the grap
 FACE_LENGTHS: Final[str] = "face_lengths"  # int64 [B]
 PROBS: Final[str] = "probs"  # float32 [B, 6]
 #: Faces cross the host as bytes (a quarter of float32's traffic); the graph's first nodes cast them to fp32
-#: and divide by FACES_SCALE. Graphs exported before took float32 in [0, 1] (LEGACY_FACES_DTYPE): the runtime
-#: still runs them, scaling on the host.
+#: and divide by FACES_SCALE. Graphs exported before took float32 in [0, 1]: the runtime still runs them,
+#: scaling on the host (``check_inputs``), with a note to re-export (``Manifest.faces_note``).
 FACES_DTYPE: Final[str] = "uint8"
-LEGACY_FACES_DTYPE: Final[str] = "float32"
 FACES_SCALE: Final[float] = 255.0
 
 GRAPH_INPUTS: Final[dict[str, tuple[str, ...]]] = {
