@@ -109,8 +109,8 @@ def check_inputs(
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         given = np.asarray(inputs[spec.name])
-        if spec.name == FACES and spec.dtype.kind == "f" and given.dtype == np.uint8:
-            given = given / np.float32(FACES_SCALE)  # what the new graphs' first nodes do, on the host
+        if spec.name == FACES:
+            given = faces_for(given, spec.dtype)
         if _KINDS.get(given.dtype.kind) != _KINDS.get(spec.dtype.kind):
             raise AvemoError(f"{where}: {spec.name} is {given.dtype}, the graph takes {spec.dtype}")
         if given.ndim != spec.rank:
@@ -139,6 +139,14 @@ def check_inputs(
                     f"{where}: {lengths} {out[lengths].tolist()} must lie in 1..{frames} (the frames in {data})"
                 )
     return out
+
+
+def faces_for(faces: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """uint8 faces as a graph that takes ``dtype`` wants them: as they are, or for a graph exported before
+    uint8 faces (float), scaled to [0, 1] on the host, as the new graphs' first nodes do. Others unchanged."""
+    if np.dtype(dtype).kind == "f" and faces.dtype == np.uint8:
+        return faces / np.float32(FACES_SCALE)
+    return faces
 
 
 def _check_profile(spec: InputSpec, shape: Shape, where: str) -> None:
