@@ -83,7 +83,7 @@ def test_reader_yields_each_clip_at_its_own_length(tiny_cache):
         assert item[FACES].shape[:2] == (1, split.face_count(i)) and item[FACE_LENGTHS].tolist() == [
             split.face_count(i)
         ]
-        assert 0.0 <= item[FACES].min() and item[FACES].max() <= 1.0
+        assert item[FACES].dtype == np.uint8 and item[FACES].max() > 1  # pixels, as the runtime feeds them
     assert len(list(reader)) == 3  # iterating again starts over (the quantizers read twice)
 
 
