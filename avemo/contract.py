@@ -19,9 +19,14 @@ MODALITY_TITLES: Final[dict[str, str]] = {"a": "A", "v": "V", "av": "A+V"}
 # Graph inputs and output.
 AUDIO_FEATS: Final[str] = "audio_feats"  # float32 [B, Ta, 240]
 AUDIO_LENGTHS: Final[str] = "audio_lengths"  # int64 [B]
-FACES: Final[str] = "faces"  # float32 [B, Tv, 3, S, S] in [0, 1]
+FACES: Final[str] = "faces"  # uint8 [B, Tv, 3, S, S] RGB pixels 0-255: the graph casts and scales them
 FACE_LENGTHS: Final[str] = "face_lengths"  # int64 [B]
 PROBS: Final[str] = "probs"  # float32 [B, 6]
+#: Faces cross the host as bytes (a quarter of float32's traffic); the graph's first nodes cast them to fp32
+#: and divide by FACES_SCALE. Graphs exported before took float32 in [0, 1]: the runtime still runs them,
+#: scaling on the host (``check_inputs``), with a note to re-export (``Manifest.faces_note``).
+FACES_DTYPE: Final[str] = "uint8"
+FACES_SCALE: Final[float] = 255.0
 
 GRAPH_INPUTS: Final[dict[str, tuple[str, ...]]] = {
     "a": (AUDIO_FEATS, AUDIO_LENGTHS),
@@ -47,7 +52,7 @@ def input_specs(modality: str, audio_dim: int, face_size: int) -> list[dict]:
     specs = {
         AUDIO_FEATS: {"dtype": "float32", "shape": ["batch", "audio_frames", audio_dim]},
         AUDIO_LENGTHS: {"dtype": "int64", "shape": ["batch"]},
-        FACES: {"dtype": "float32", "shape": ["batch", "face_frames", 3, face_size, face_size]},
+        FACES: {"dtype": FACES_DTYPE, "shape": ["batch", "face_frames", 3, face_size, face_size]},
         FACE_LENGTHS: {"dtype": "int64", "shape": ["batch"]},
     }
     return [{"name": name, **specs[name]} for name in GRAPH_INPUTS[modality]]

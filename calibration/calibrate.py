@@ -33,7 +33,15 @@ from avemo.calibration.report import (
     target_graph,
 )
 from avemo.calibration.search import budget_error
-from avemo.contract import MANIFEST_FILE, MODALITY_TITLES, PARITY_FILE, PARITY_TOLERANCE, PRECISION_DIRS, TENSORRT_DIRS
+from avemo.contract import (
+    FACES_DTYPE,
+    MANIFEST_FILE,
+    MODALITY_TITLES,
+    PARITY_FILE,
+    PARITY_TOLERANCE,
+    PRECISION_DIRS,
+    TENSORRT_DIRS,
+)
 from avemo.errors import AvemoError
 from avemo.export.fp16 import FP32_OPS
 from avemo.io import atomic_write_bytes, atomic_write_json, jsonable, new_tree, replace_tree, tree_hashes
@@ -132,6 +140,8 @@ def _plan(
     """Every check before any work: hashes, cache features, splits, labels, patterns; the clips and kept nodes."""
     manifest = load_manifest(models, verify=False)
     manifest.verify_hashes(skip_dirs=INT8_DIRS)  # the int8 sets are about to be replaced
+    if manifest.faces_dtype != FACES_DTYPE:  # the calibration data feeds uint8 faces
+        raise AvemoError(f"{models}: its graphs take {manifest.faces_dtype} faces; re-export it before calibrating")
     if split == "test" or split in report_splits:
         raise AvemoError(f"--split {split}: calibrate on training features, not on a split the report judges")
     calib_split = CacheSplit(data, split, manifest.features)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, LABELS
+from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, FACES_DTYPE, LABELS
 from avemo.errors import AvemoError
 from avemo.train.cache import CacheSplit
 
@@ -112,9 +112,9 @@ def clip_inputs(split: CacheSplit, indices: list[int] | np.ndarray, modality: st
     if "v" in modality:
         crops = [split.faces(int(i)) for i in indices]
         s = split.features.face_size
-        faces = np.zeros((len(crops), max(len(c) for c in crops), 3, s, s), np.float32)
+        faces = np.zeros((len(crops), max(len(c) for c in crops), 3, s, s), FACES_DTYPE)
         for j, c in enumerate(crops):
-            faces[j, : len(c)] = c.transpose(0, 3, 1, 2) / np.float32(255.0)
+            faces[j, : len(c)] = c.transpose(0, 3, 1, 2)  # pixels as they are: the graphs scale them
         out[FACES] = faces
         out[FACE_LENGTHS] = np.array([len(c) for c in crops], np.int64)
     return out

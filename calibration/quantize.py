@@ -20,10 +20,10 @@ import onnx
 from onnx import numpy_helper
 
 from avemo.calibration.data import CalibrationReader
-from avemo.contract import PRECISION_DIRS, PROBS, TENSORRT_DIRS, WEIGHTS_FILE, graph_file
+from avemo.contract import LENGTHS_OF, PRECISION_DIRS, PROBS, TENSORRT_DIRS, WEIGHTS_FILE, graph_file
 from avemo.deps import require
 from avemo.errors import AvemoError
-from avemo.export.fp16 import FP32_OPS
+from avemo.export.fp16 import FP32_OPS, input_head
 from avemo.export.weights import share_weights
 from avemo.process import child_pool
 from avemo.train.cache import CacheSplit
@@ -47,15 +47,11 @@ def keep_nodes(model: onnx.ModelProto, defaults: bool = True, patterns: tuple[st
     nodes = list(model.graph.node)
     keep: dict[str, str] = {}
     if defaults:
-        float_inputs = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
-        for name in float_inputs:
-            reached = {name}
-            for node in nodes:  # ONNX nodes are topologically sorted
-                if reached.intersection(node.input):
-                    if node.op_type == "Conv":
-                        keep[node.name] = f"first conv after {name}"
-                        break
-                    reached.update(node.output)
+        # The data inputs (float audio, uint8 faces), not the lengths.
+        for name in (i.name for i in model.graph.input if i.name in LENGTHS_OF):
+            _, conv = input_head(model, name)
+            if conv is not None:
+                keep[conv.name] = f"first conv after {name}"
         fcs = [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
         if fcs:
             keep[fcs[-1].name] = f"last fully connected layer before {PROBS}"

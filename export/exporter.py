@@ -169,7 +169,7 @@ def _manifest(
         "preprocessing": {
             **to_dict(f),
             "audio": "80 log-Mel (kaldi-native-fbank, no dither) + delta + delta-delta; CMVN inside the graph",
-            "faces": "RGB float in [0, 1], [3, S, S]; ImageNet mean/std inside the graph",
+            "faces": "RGB uint8 pixels, [3, S, S]; / 255 and ImageNet mean/std inside the graph",
         },
         "precisions": {
             p: {

@@ -54,4 +54,19 @@ def export_graph(model: CrossModalTransformer, modality: str, opset: int, simpli
         proto, ok = onnxsim_simplify(proto)
         if not ok:
             raise AvemoError(f"onnxsim could not validate the simplified {modality} graph; retry with --no-simplify")
+    return faces_through_cast(proto)
+
+
+def faces_through_cast(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Let the uint8 faces feed their Cast alone: TensorRT converts a uint8 network input to float and reads
+    nothing else of it (its Shape layer takes no uint8), so shape reads move to the Cast's output (same shape)."""
+    casts = [n for n in proto.graph.node if n.op_type == "Cast" and FACES in n.input]
+    if not casts:
+        return proto
+    cast = onnx.NodeProto()
+    cast.CopyFrom(casts[0])
+    proto.graph.node.remove(casts[0])
+    for node in proto.graph.node:
+        node.input[:] = [cast.output[0] if name == FACES else name for name in node.input]
+    proto.graph.node.insert(0, cast)  # first: the nodes that read the shape come before it
     return proto

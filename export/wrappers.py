@@ -9,8 +9,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from avemo.contract import GRAPH_INPUTS
+from avemo.contract import FACES_SCALE, GRAPH_INPUTS
 from avemo.train.model import CrossModalTransformer
+
+
+def pixels(faces: Tensor) -> Tensor:
+    """uint8 faces -> float in [0, 1]: the graph's first nodes (Cast, Div), so the host moves bytes, not floats.
+    Div, not Mul by 1/255: it is what training's ``div_(255)`` computes, and fp16 export keeps Div in fp32."""
+    return faces.float() / FACES_SCALE
 
 
 class AudioGraph(nn.Module):
@@ -25,14 +31,14 @@ class AudioGraph(nn.Module):
 
 
 class VisualGraph(nn.Module):
-    """avemo_v.onnx: (faces [B, Tv, 3, S, S] in [0, 1], face_lengths [B]) -> probs [B, 6]."""
+    """avemo_v.onnx: (faces [B, Tv, 3, S, S] uint8, face_lengths [B]) -> probs [B, 6]."""
 
     def __init__(self, model: CrossModalTransformer) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, faces: Tensor, face_lengths: Tensor) -> Tensor:
-        return torch.sigmoid(self.model(faces=faces, face_lengths=face_lengths))
+        return torch.sigmoid(self.model(faces=pixels(faces), face_lengths=face_lengths))
 
 
 class AudioVisualGraph(nn.Module):
@@ -43,7 +49,7 @@ class AudioVisualGraph(nn.Module):
         self.model = model
 
     def forward(self, audio_feats: Tensor, audio_lengths: Tensor, faces: Tensor, face_lengths: Tensor) -> Tensor:
-        return torch.sigmoid(self.model(audio_feats, audio_lengths, faces, face_lengths))
+        return torch.sigmoid(self.model(audio_feats, audio_lengths, pixels(faces), face_lengths))
 
 
 WRAPPERS: dict[str, type[nn.Module]] = {"a": AudioGraph, "v": VisualGraph, "av": AudioVisualGraph}

@@ -47,7 +47,7 @@ def verify(models: Path, threads: int | None) -> None:
         "| precision | graph | runner | max abs diff | tolerance | padded vs alone | label agreement |\n"
         "|---|---|---|---|---|---|---|"
     )
-    samples = parity_samples(manifest.features, manifest.modalities)
+    samples = parity_samples(manifest.features, manifest.modalities, manifest.faces_dtype)
     references = load_references(models / PARITY_FILE)
     for precision, folder in manifest.graph_sets():
         report = check_parity(models / folder, samples, references, precision, threads)

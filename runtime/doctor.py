@@ -144,7 +144,7 @@ def run_doctor(
     except AvemoError as exc:
         doctor.fail("model files match manifest.json", str(exc))
         return _finish(doctor, env, models, out)
-    samples = parity_samples(manifest.features, manifest.modalities)
+    samples = parity_samples(manifest.features, manifest.modalities, manifest.faces_dtype)
     references = load_references(manifest.root / PARITY_FILE)
     for precision, folder in manifest.graph_sets():
         name = f"graph parity, {precision}" + ("" if folder == PRECISION_DIRS[precision] else f" ({folder}/)")

@@ -23,6 +23,7 @@ from avemo.contract import (
     AUDIO_POOLING,
     FACE_LENGTHS,
     FACES,
+    FACES_DTYPE,
     GRAPH_INPUTS,
     LABELS,
     MAX_POSITIONS,
@@ -73,7 +74,7 @@ class ClipInput:
     """Model-ready arrays of one clip; either may be empty."""
 
     audio: np.ndarray  # [T, 240] float32 (T = 0: no audio)
-    faces: np.ndarray  # [N, 3, S, S] float32 in [0, 1] (N = 0: no face)
+    faces: np.ndarray  # [N, 3, S, S] uint8 RGB pixels (N = 0: no face): the graphs cast and scale them
 
 
 class Recognizer:
@@ -102,8 +103,8 @@ class Recognizer:
         self.threshold = threshold
         chosen = resolve_backend(backend, self.manifest, precision, device_id)
         self.backend, self.precision, self.backend_reason = chosen
-        warning = self.manifest.accuracy_warning(self.precision)
-        self.model_notes = [warning] if warning else []  # said in every result of these graphs
+        notes = (self.manifest.accuracy_warning(self.precision), self.manifest.faces_note())
+        self.model_notes = [n for n in notes if n]  # said in every result of these graphs
         self.backends: dict[str, Backend] = {}
         scratch = None
         if self.backend == "trt":  # one activation area for the three engines
@@ -158,10 +159,10 @@ class Recognizer:
     def _clip_input(self, feats: MediaFeatures) -> ClipInput:
         audio = add_deltas(feats.fbank, self.features.delta_window) if feats.has_audio and self._has("a") else None
         s = self.features.face_size
-        faces = np.stack(feats.faces).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if feats.faces else None
+        faces = np.stack(feats.faces).transpose(0, 3, 1, 2) if feats.faces else None  # bytes, copied once by batching
         return ClipInput(
             audio if audio is not None else np.zeros((0, self.features.audio_dim), np.float32),
-            faces if faces is not None else np.zeros((0, 3, s, s), np.float32),
+            faces if faces is not None else np.zeros((0, 3, s, s), FACES_DTYPE),
         )
 
     def infer(self, clips: list[ClipInput]) -> list[Recognition]:
@@ -348,9 +349,10 @@ class Recognizer:
             )
         if len(clip.audio) > AUDIO_POOLING * MAX_POSITIONS or len(clip.faces) > MAX_POSITIONS:
             raise AvemoError(f"clip {index} is longer than the model's position table: use --window")
-        for name, array in (("audio", clip.audio), ("faces", clip.faces)):
-            if not np.isfinite(array).all():
-                raise AvemoError(f"clip {index}: {name} contain NaN or inf")
+        if len(clip.faces) and clip.faces.dtype != FACES_DTYPE:  # float in [0, 1] or [0, 255]? Refused, not guessed
+            raise AvemoError(f"clip {index}: faces are {clip.faces.dtype}; the model takes {FACES_DTYPE} pixels 0-255")
+        if not np.isfinite(clip.audio).all():
+            raise AvemoError(f"clip {index}: audio contain NaN or inf")
 
     def _result(self, modality: str, probs: np.ndarray, timings: dict[str, float]) -> Recognition:
         named = {name: float(p) for name, p in zip(LABELS, probs, strict=True)}

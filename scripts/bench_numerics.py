@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
     args = parser.parse_args()
     manifest = load_manifest(args.models)
-    samples = parity_samples(manifest.features, manifest.modalities)
+    samples = parity_samples(manifest.features, manifest.modalities, manifest.faces_dtype)
     rows = []
     print("| graph | sample | batch | padded frames (audio/faces) | reference s | ONNX Runtime ms | ratio |")
     print("|---|---|---|---|---|---|---|")

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from avemo.contract import LENGTHS_OF
+from avemo.contract import FACES, FACES_SCALE, LENGTHS_OF
 from avemo.errors import AvemoError
 
 Shape = tuple[int, ...]
@@ -129,15 +129,19 @@ def check_inputs(
     inputs: Mapping[str, np.ndarray], specs: tuple[InputSpec, ...], where: str, finite: bool = False
 ) -> dict[str, np.ndarray]:
     """The inputs as the graph takes them (its dtypes, C-contiguous), or one AvemoError naming the problem:
-    a missing input, a dtype of another kind (float for int), a wrong rank, batch sizes that disagree, a
-    length outside 1..frames of its data, a shape beyond the profile's maximum and, with ``finite``, NaN or
-    Inf. Extra inputs are ignored (a batch may carry both modalities into a one-modality graph)."""
+    a missing input, a dtype of another kind (float for int: float faces for a uint8 graph), a wrong rank,
+    batch sizes that disagree, a length outside 1..frames of its data, a shape beyond the profile's maximum
+    and, with ``finite``, NaN or Inf. Extra inputs are ignored (a batch may carry both modalities into a
+    one-modality graph). uint8 faces for a graph that takes float faces (exported before graphs took uint8)
+    are scaled to [0, 1] here."""
     missing = [s.name for s in specs if s.name not in inputs]
     if missing:
         raise AvemoError(f"{where}: missing inputs {missing}")
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         given = np.asarray(inputs[spec.name])
+        if spec.name == FACES:
+            given = faces_for(given, spec.dtype)
         if _KINDS.get(given.dtype.kind) != _KINDS.get(spec.dtype.kind):
             raise AvemoError(f"{where}: {spec.name} is {given.dtype}, the graph takes {spec.dtype}")
         if given.ndim != spec.rank:
@@ -165,6 +169,14 @@ def check_inputs(
                     f"{where}: {lengths} {out[lengths].tolist()} must lie in 1..{frames} (the frames in {data})"
                 )
     return out
+
+
+def faces_for(faces: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """uint8 faces as a graph that takes ``dtype`` wants them: as they are, or for a graph exported before
+    uint8 faces (float), scaled to [0, 1] on the host, as the new graphs' first nodes do. Others unchanged."""
+    if np.dtype(dtype).kind == "f" and faces.dtype == np.uint8:
+        return faces / np.float32(FACES_SCALE)
+    return faces
 
 
 def check_profile(spec: InputSpec, shape: Shape, where: str) -> None:

@@ -185,7 +185,7 @@ def check_built_engine(
     """Run the parity samples through a freshly built engine; (parity report, device memory) or AvemoError."""
     from avemo.runtime.backends.parity import load_references, max_abs_diff, parity_samples
 
-    samples = parity_samples(manifest.features, [modality])[modality]
+    samples = parity_samples(manifest.features, [modality], manifest.faces_dtype)[modality]
     references = load_references(manifest.root / PARITY_FILE)[modality]
     with TrtBackend(
         manifest, modality, precision, device_id, engine=engine, max_batch=max_batch, buckets=buckets

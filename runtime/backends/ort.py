@@ -14,7 +14,12 @@ from avemo.errors import AvemoError
 from avemo.runtime.backends.base import BackendBase, InputSpec, fixed_axes
 
 #: ONNX Runtime's tensor type names -> numpy (the types avemo's graphs and YuNet take).
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+}
 
 
 def session_options(threads: int | None = None) -> Any:

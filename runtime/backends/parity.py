@@ -26,6 +26,7 @@ from avemo.contract import (
     AUDIO_LENGTHS,
     FACE_LENGTHS,
     FACES,
+    FACES_DTYPE,
     INVARIANCE_TOLERANCE,
     PARITY_TOLERANCE,
     PROFILE_BATCH,
@@ -143,8 +144,10 @@ def case_inputs(
     audio_lengths: list[int],
     face_lengths: list[int],
     seed: int,
+    faces_dtype: str = FACES_DTYPE,
 ) -> dict[str, np.ndarray]:
-    """Seeded random inputs with the given lengths per clip, padded to the longest."""
+    """Seeded random inputs with the given lengths per clip, padded to the longest. Faces: uniform pixels,
+    or with ``faces_dtype`` float32 the [0, 1) floats they are made from (an old export's parity samples)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     if "a" in modality:
@@ -153,37 +156,44 @@ def case_inputs(
         out[AUDIO_LENGTHS] = np.array(audio_lengths, np.int64)
     if "v" in modality:
         size = features.face_size
-        out[FACES] = rng.random((len(face_lengths), max(face_lengths), 3, size, size), dtype=np.float32)
+        unit = rng.random((len(face_lengths), max(face_lengths), 3, size, size), dtype=np.float32)
+        out[FACES] = unit if faces_dtype != FACES_DTYPE else (unit * 256).astype(np.uint8)
         out[FACE_LENGTHS] = np.array(face_lengths, np.int64)
     return out
 
 
 def sample_inputs(
-    features: FeatureConfig, modality: str, batch: int, seconds: float, seed: int
+    features: FeatureConfig, modality: str, batch: int, seconds: float, seed: int, faces_dtype: str = FACES_DTYPE
 ) -> dict[str, np.ndarray]:
     """Seeded random inputs with ragged lengths (the longest clip fills the padded size)."""
     rng = np.random.default_rng(seed)
     ta, tv = max(8, round(seconds * features.frames_per_second)), max(1, round(seconds * features.fps))
     audio = [ta, *rng.integers(max(1, ta // 3), ta + 1, batch - 1).tolist()]
     faces = [tv, *rng.integers(1, tv + 1, batch - 1).tolist()]
-    return case_inputs(features, modality, audio, faces, seed)
+    return case_inputs(features, modality, audio, faces, seed, faces_dtype)
 
 
-def corner_inputs(features: FeatureConfig, modality: str, seed: int) -> dict[str, np.ndarray]:
+def corner_inputs(
+    features: FeatureConfig, modality: str, seed: int, faces_dtype: str = FACES_DTYPE
+) -> dict[str, np.ndarray]:
     """The profile's far corner: the longest clip (30 s) padded beside clips of fp16-rounding audio lengths,
     one of them with a single face frame."""
     longest = round(PROFILE_SECONDS[2] * features.frames_per_second)
     audio = [longest, *(min(f, longest) for f in FP16_ROUNDING_FRAMES)]
     frames = round(PROFILE_SECONDS[2] * features.fps)
-    return case_inputs(features, modality, audio, [frames, 1, max(1, frames * 2 // 3)], seed)
+    return case_inputs(features, modality, audio, [frames, 1, max(1, frames * 2 // 3)], seed, faces_dtype)
 
 
-def parity_samples(features: FeatureConfig, modalities: list[str] | tuple[str, ...]) -> Samples:
-    """The fixed sample set of every export and `avemo verify`: the ragged shapes, then the corner."""
+def parity_samples(
+    features: FeatureConfig, modalities: list[str] | tuple[str, ...], faces_dtype: str = FACES_DTYPE
+) -> Samples:
+    """The fixed sample set of every export and `avemo verify`: the ragged shapes, then the corner.
+    ``faces_dtype``: the model's (``Manifest.faces_dtype``): an old export's references were made from float
+    faces, drawn from the same seeds."""
     return {
         m: [
-            *(sample_inputs(features, m, b, s, seed=100 + i) for i, (b, s) in enumerate(PARITY_SHAPES)),
-            corner_inputs(features, m, seed=100 + len(PARITY_SHAPES)),
+            *(sample_inputs(features, m, b, s, 100 + i, faces_dtype) for i, (b, s) in enumerate(PARITY_SHAPES)),
+            corner_inputs(features, m, 100 + len(PARITY_SHAPES), faces_dtype),
         ]
         for m in modalities
     }

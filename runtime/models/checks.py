@@ -49,7 +49,7 @@ PROFILE_BOUNDS: dict[str, int] = {
 MODEL_INT_MAX = 1 << 16  # layers, widths, heads: the runtime never allocates from them, but types must hold
 MAX_FILES = 10_000
 SHA256 = re.compile(r"[0-9a-f]{64}")
-DTYPES = ("float32", "int64")
+DTYPES = ("float32", "int64", "uint8")
 
 
 class Check:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from avemo.config import FeatureConfig, ModelConfig, from_dict
-from avemo.contract import FACE_DETECTORS, MANIFEST_FILE, PRECISION_DIRS, graph_file
+from avemo.contract import FACE_DETECTORS, FACES, FACES_DTYPE, MANIFEST_FILE, PRECISION_DIRS, graph_file
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json, jsonable, read_versioned_json, sha256_file
 from avemo.runtime.models.checks import check_manifest
@@ -67,6 +67,21 @@ class Manifest:
     def inputs(self, modality: str) -> list[dict[str, Any]]:
         """Name, dtype and shape (named dynamic axes) of each input of ``modality``'s graph."""
         return list(self.data["graphs"][modality]["inputs"])
+
+    @property
+    def faces_dtype(self) -> str:
+        """The dtype every graph of the model takes faces in: uint8, or float32 in [0, 1] (exported before)."""
+        found = [s["dtype"] for m in self.modalities for s in self.inputs(m) if s["name"] == FACES]
+        return found[0] if found else FACES_DTYPE
+
+    def faces_note(self) -> str | None:
+        """What to tell every user of a model whose graphs take float faces (scaled on the host, 4x the bytes)."""
+        if self.faces_dtype == FACES_DTYPE:
+            return None
+        return (
+            f"{self.root} takes faces as {self.faces_dtype} (exported by an older avemo): they are scaled on the "
+            "host; re-export the model (`avemo export`) to take faces as uint8"
+        )
 
     def outputs(self, modality: str) -> list[dict[str, Any]]:
         return list(self.data["graphs"][modality]["outputs"])

@@ -38,8 +38,9 @@ Combo = tuple[str, str]  # (backend, precision)
 
 
 def profile_inputs(manifest: Manifest, graph: str, batch: int, seconds: float) -> dict[str, np.ndarray]:
-    """Seeded inputs where every clip of the batch is ``seconds`` long (no padding: worst case per batch)."""
-    inputs = sample_inputs(manifest.features, graph, batch, seconds, seed=0)
+    """Seeded inputs where every clip of the batch is ``seconds`` long (no padding: worst case per batch), faces
+    in the graph's own dtype (ONNX Runtime's profiler and FLOP count feed its session directly)."""
+    inputs = sample_inputs(manifest.features, graph, batch, seconds, 0, manifest.faces_dtype)
     for lengths, padded in ((AUDIO_LENGTHS, AUDIO_FEATS), (FACE_LENGTHS, FACES)):
         if lengths in inputs:
             inputs[lengths][:] = inputs[padded].shape[1]

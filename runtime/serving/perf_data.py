@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from avemo.contract import AUDIO_FEATS, AUDIO_LENGTHS, FACE_LENGTHS, FACES, GRAPH_INPUTS, MODALITIES
+from avemo.runtime.backends.base import faces_for
 from avemo.runtime.serving.repository import MEDIA_MODEL, model_name
 from avemo.runtime.serving.triton_model import MEDIA_INPUT
 
@@ -42,7 +43,7 @@ def requests(models: Path, clips: list[Path]) -> dict[str, list[dict[str, Any]]]
             arrays = {
                 AUDIO_FEATS: inputs.audio,
                 AUDIO_LENGTHS: np.array([len(inputs.audio)], np.int64),
-                FACES: inputs.faces,
+                FACES: faces_for(inputs.faces, recognizer.manifest.faces_dtype),  # an old export's: float
                 FACE_LENGTHS: np.array([len(inputs.faces)], np.int64),
             }
             for modality in recognizer.manifest.modalities:

@@ -35,7 +35,13 @@ TRITON_BACKENDS = {
     "tensorrt": ("tensorrt", "model.plan"),
     "python": ("python", "model.py"),
 }
-DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "uint8": "TYPE_UINT8",
+}
 MEDIA_MODEL = "avemo_media"
 #: model.py of a Python-backend model: all code lives in avemo (installed in EXECUTION_ENV_PATH).
 MODEL_PY = """\

@@ -83,7 +83,7 @@ def test_reader_yields_each_clip_at_its_own_length(tiny_cache):
         assert item[FACES].shape[:2] == (1, split.face_count(i)) and item[FACE_LENGTHS].tolist() == [
             split.face_count(i)
         ]
-        assert 0.0 <= item[FACES].min() and item[FACES].max() <= 1.0
+        assert item[FACES].dtype == np.uint8 and item[FACES].max() > 1  # pixels, as the runtime feeds them
     assert len(list(reader)) == 3  # iterating again starts over (the quantizers read twice)
 
 
@@ -193,8 +193,17 @@ def test_tensorrt_gets_the_same_qdq_graph_with_its_unquantized_parts_in_fp16(cal
         assert all(r["padding_invariance"] <= INVARIANCE_TOLERANCE["int8"] for r in report.values())
     split = CacheSplit(tiny_cache, "valid")
     batch = clip_inputs(split, usable(split, "av")[:4], "av")
+    assert batch[FACES].dtype == np.uint8  # calibration and judging feed pixels, as the runtime does
     ort_probs, trt_probs = (OrtBackend(p).infer(batch) for p in (ort_path, trt_path))
     assert np.abs(ort_probs - trt_probs).max() < 0.05  # fp16 around the same int8 ops
+    # Both int8 sets take uint8 faces, read only by a Cast to float/half (TensorRT's rule for uint8 inputs).
+    for modality in ("v", "av"):
+        for path in (manifest.graph_path(modality, "int8"), manifest.graph_path(modality, "int8", tensorrt=True)):
+            graph = onnx.load(str(path), load_external_data=False)
+            assert {i.name: i.type.tensor_type.elem_type for i in graph.graph.input}[FACES] == onnx.TensorProto.UINT8
+            readers = [n for n in graph.graph.node if FACES in n.input]
+            assert [n.op_type for n in readers] == ["Cast"], path
+            assert readers[0].attribute[0].i in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16), path
 
 
 @needs_modelopt

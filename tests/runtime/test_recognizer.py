@@ -124,7 +124,7 @@ def test_a_long_clip_is_the_length_weighted_mean_of_its_windows(colearn_export):
     feats = long_clip_features(recognizer.features, seconds=35.0)
     result = recognizer.recognize_features(feats, "clip", (None, None), 0.0)
     audio = add_deltas(feats.fbank, recognizer.features.delta_window)
-    faces = np.stack(feats.faces).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    faces = np.stack(feats.faces).transpose(0, 3, 1, 2)
     first = ClipInput(audio[:3000], faces[:90])  # [0, 30) s: 3000 frames, 90 crops at 3 fps
     second = ClipInput(audio[3000:], faces[90:])  # [30, 35) s
     parts = recognizer.infer([first, second])

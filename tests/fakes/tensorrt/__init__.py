@@ -17,6 +17,10 @@ enforces what real TensorRT enforces, as documented for 10.x / 11.x:
   ``set_tensor_address`` returns False for an unknown name; ``execute_async_v3``
   returns False until every input shape and every address is set (and, for a
   USER_MANAGED context, device memory of at least ``device_memory_size_v2``);
+- the ONNX parser refuses (False, a parser error) a UINT8 network input read by anything but a Cast to
+  float32/float16: TensorRT converts uint8 inputs to float before any other layer and to nothing else
+  (``DataType.UINT8``; its Shape layer takes no uint8); an engine's I/O dtypes are the graph's, and
+  ``execute_async_v3`` reads each input's bytes as that dtype;
 - a build fails (``None``, error logged) for a dynamic input without a profile,
   for FP16/INT8 builder flags on a strongly typed network, and without a current
   CUDA context; on 11.x the precision flags do not exist (AttributeError);
@@ -104,7 +108,12 @@ _NUMPY = {
     DataType.UINT8: np.uint8,
     DataType.INT64: np.int64,
 }
-_ONNX_TYPES = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF, "tensor(int64)": DataType.INT64}
+_ONNX_TYPES = {
+    "tensor(float)": DataType.FLOAT,
+    "tensor(float16)": DataType.HALF,
+    "tensor(int64)": DataType.INT64,
+    "tensor(uint8)": DataType.UINT8,
+}
 
 
 def nptype(dtype: DataType) -> type:

@@ -58,6 +58,21 @@ class INetworkDefinition(_Owned):
         return self.outputs[index]
 
 
+def _uint8_misuse(model: Any) -> str | None:
+    """Why TensorRT's parser would refuse ``model`` (an onnx.ModelProto) for its uint8 inputs, or None: a UINT8
+    network input may only be converted to float32/float16 (the DataType.UINT8 documentation)."""
+    import onnx
+
+    allowed = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    uint8 = {i.name for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
+    for node in model.graph.node:
+        for name in uint8.intersection(node.input):
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if node.op_type != "Cast" or to not in allowed:
+                return f"{name}: a UINT8 input read by {node.op_type} ({node.name}), not by a Cast to float/half"
+    return None
+
+
 def _tensors(nodes: list[Any]) -> list[ITensor]:
     out = []
     for node in nodes:
@@ -92,6 +107,7 @@ class OnnxParser(_Owned):
 
     def parse(self, model: bytes) -> bool:
         """A serialized model without external data (TensorRT's ``parse``): checked, not kept for building."""
+        import onnx
         import onnxruntime as ort
 
         try:
@@ -99,17 +115,24 @@ class OnnxParser(_Owned):
         except Exception as exc:
             self.errors.append(ParserError(str(exc).splitlines()[0]))
             return False
+        if problem := _uint8_misuse(onnx.load_from_string(bytes(model))):
+            self.errors.append(ParserError(problem))
+            return False
         self.network.inputs = _tensors(session.get_inputs())
         self.network.outputs = _tensors(session.get_outputs())
         return True
 
     def parse_from_file(self, path: str) -> bool:
+        import onnx
         import onnxruntime as ort
 
         try:
             session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as exc:
             self.errors.append(ParserError(f"{path}: {str(exc).splitlines()[0]}"))
+            return False
+        if problem := _uint8_misuse(onnx.load(path, load_external_data=False)):
+            self.errors.append(ParserError(f"{path}: {problem}"))
             return False
         self.network.onnx = str(Path(path).resolve())
         self.network.inputs = _tensors(session.get_inputs())

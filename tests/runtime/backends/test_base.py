@@ -20,6 +20,8 @@ def _bad_inputs(good: dict[str, np.ndarray]) -> list[tuple[dict[str, np.ndarray]
     return [
         ({k: v for k, v in good.items() if k != "faces"}, r"missing inputs \['faces'\]"),
         ({**good, "face_lengths": lengths.astype(np.float32)}, "face_lengths is float32, the graph takes int64"),
+        # Float faces: in [0, 1] or [0, 255]? Refused rather than guessed (a cast would make [0, 1] all 0 and 1).
+        ({**good, "faces": faces / np.float32(255)}, "faces is float32, the graph takes uint8"),
         ({**good, "faces": faces[0]}, "faces has 4 dimensions, the graph takes 5"),
         ({**good, "faces": faces[:1]}, "inputs disagree on the batch size"),
         ({**good, "face_lengths": lengths * 0}, r"face_lengths \[0, 0\] must lie in 1\.\."),
@@ -46,7 +48,7 @@ def test_every_backend_kind_keeps_the_interface_and_refuses_bad_inputs_alike(trt
             for inputs, said in _bad_inputs(good):
                 with pytest.raises(AvemoError, match=said):
                     backend.infer(inputs)
-            answers[name] = backend.infer({**good, "faces": good["faces"].astype(np.float64)})  # cast, same kind
+            answers[name] = backend.infer({**good, "face_lengths": good["face_lengths"].astype(np.int32)})  # same kind
         with pytest.raises(AvemoError, match="the backend is closed"):
             backend.infer(good)
     np.testing.assert_allclose(answers["trt"], answers["ort"], atol=1e-5)

@@ -71,9 +71,11 @@ def test_profiles_and_buffers_come_from_the_manifest(colearn_export):
     assert sizes["audio_feats"] == 16 * axes["audio_frames"][2] * 240 * 4
     assert sizes["audio_lengths"] == 16 * 8  # int64
     assert sizes["probs"] == 16 * 6 * 4
+    assert sizes["faces"] == np.prod(prof["faces"][2])  # uint8: a byte a pixel
     # Every shape in the profile fits its buffer.
+    itemsize = {"faces": 1, "audio_lengths": 8, "face_lengths": 8}
     for name, (lo, _, hi) in prof.items():
-        assert np.prod(lo) <= np.prod(hi) and sizes[name] >= np.prod(hi) * (8 if "lengths" in name else 4)
+        assert np.prod(lo) <= np.prod(hi) and sizes[name] >= np.prod(hi) * itemsize.get(name, 4)
 
 
 def _engine_with_sidecar(models, tmp_path):

@@ -51,12 +51,12 @@ def test_clips_shorter_than_the_profile_are_padded_exactly_and_longer_ones_refus
     short = {
         "audio_feats": rng.normal(0, 3, (1, 5, 240)).astype(np.float32),  # 50 ms: below the profile's 8 frames
         "audio_lengths": np.array([5]),
-        "faces": rng.random((1, 1, 3, size, size), dtype=np.float32),  # a single face crop
+        "faces": rng.integers(0, 256, (1, 1, 3, size, size), dtype=np.uint8),  # a single face crop
         "face_lengths": np.array([1]),
     }
     with TrtBackend(manifest, "av", "fp32") as engine:
         assert_close(engine.infer(short), OrtBackend(manifest.graph_path("av")).infer(short))
-        too_long = dict(short, faces=np.zeros((1, lo["face_frames"][2] + 1, 3, size, size), np.float32))
+        too_long = dict(short, faces=np.zeros((1, lo["face_frames"][2] + 1, 3, size, size), np.uint8))
         with pytest.raises(
             AvemoError, match=r"faces: 91 frames, more than the engine's profile takes \(90\).*--window"
         ):
@@ -230,13 +230,15 @@ def test_batch_limit_is_chosen_for_the_device_and_respected(trt_double, tmp_path
     assert meta["max_batch"] == 4 and meta["profiles"][1]["face_lengths"] == [[1], [4], [4]]
     size = manifest.features.face_size
     with TrtBackend(manifest, "av", "fp32") as engine:
-        assert engine.buffers["faces"].host.nbytes == 4 * 90 * 3 * size * size * 4
+        assert engine.buffers["faces"].host.nbytes == 4 * 90 * 3 * size * size  # uint8
         with pytest.raises(AvemoError, match="5 clips per batch, more than the engine's profile takes"):
             engine.infer(sample_inputs(manifest.features, "av", 5, 1.0, 1))
     _build(manifest, "fp32", ["a", "v"])
     rng = np.random.default_rng(2)
     clips = [
-        ClipInput(rng.normal(0, 3, (50 + 10 * i, 240)).astype(np.float32), rng.random((2, 3, size, size), np.float32))
+        ClipInput(
+            rng.normal(0, 3, (50 + 10 * i, 240)).astype(np.float32), rng.integers(0, 256, (2, 3, size, size), np.uint8)
+        )
         for i in range(6)
     ]
     with Recognizer(manifest.root, backend="trt") as trt, Recognizer(manifest.root, backend="ort") as ort:
