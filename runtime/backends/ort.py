@@ -17,12 +17,14 @@ from avemo.runtime.backends.base import BackendBase, InputSpec, fixed_axes
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-#: Whether ONNX Runtime's threads spin-wait after a run, per workload: the one place this is decided
-#: (measured: docs/BENCHMARKS.md, "ONNX Runtime spinning per workload"). "pipeline": decoding and face
-#: detection run beside inference (the Recognizer: files, streams, Triton's avemo_media; YuNet): spinning
-#: threads would take the cores they need (frame conversion ran 4x slower). "inference": only graphs run
-#: (the profiler, Triton's graph models, parity, calibration, doctor): spinning saves the wake-up per run.
-SPINNING = {"pipeline": False, "inference": True}
+#: Whether ONNX Runtime's threads spin-wait after a run, per workload: the one place this is decided, from
+#: scripts/bench_spinning.py (docs/BENCHMARKS.md, "ONNX Runtime spinning per workload"). "pipeline": decoding and
+#: face detection run beside the graphs (the Recognizer: files, streams, Triton's avemo_media; YuNet); spinning
+#: took the decoder's cores (1.1-3.1x slower per file or stream). "inference": graphs alone (the profiler,
+#: Triton's graph models, parity, calibration, doctor); spinning was 1.4-3.1x slower there too on a 2-core
+#: machine shared with other work (a 14 % gain was seen there once, quieter): off until a machine measures
+#: otherwise, and then changed here only.
+SPINNING = {"pipeline": False, "inference": False}
 
 
 def session_options(threads: int | None = None, workload: str = "pipeline") -> Any:
