@@ -69,7 +69,6 @@ class OrtBackend(BackendBase):
         """``workload``: a key of SPINNING (what runs beside this session)."""
         ort = require("onnxruntime", "pip install 'avemo[runtime]'")
         options = session_options(threads, workload)
-        self.workload = workload
         self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
