@@ -21,9 +21,9 @@ ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 #: scripts/bench_spinning.py (docs/BENCHMARKS.md, "ONNX Runtime spinning per workload"). "pipeline": decoding and
 #: face detection run beside the graphs (the Recognizer: files, streams, Triton's avemo_media; YuNet); spinning
 #: took the decoder's cores (1.1-3.1x slower per file or stream). "inference": graphs alone (the profiler,
-#: Triton's graph models, parity, calibration, doctor); spinning was 1.4-3.1x slower there too on a 2-core
-#: machine shared with other work (a 14 % gain was seen there once, quieter): off until a machine measures
-#: otherwise, and then changed here only.
+#: Triton's graph models, parity, calibration, doctor); spinning gained 0-12 % on a quiet 2-core machine and
+#: cost 1.4-3.1x on the same machine under load, and these share their machine too (Triton's avemo_media
+#: decodes beside the graph models): off until a machine whose cores serve nothing else measures otherwise.
 SPINNING = {"pipeline": False, "inference": False}
 
 
