@@ -59,7 +59,7 @@ def search_int8(
     inputs = DecisionInputs(split, target)
 
     def predict(path: Path) -> np.ndarray:
-        with open_onnx(path, threads=threads) as backend:
+        with open_onnx(path, threads=threads, workload="inference") as backend:
             return np.concatenate([backend.infer(batch) for batch in inputs])
 
     def mf1(probs: np.ndarray) -> float:

@@ -27,7 +27,7 @@ def predict_graph(
     path: Path, split: CacheSplit, modality: str, batch_size: int = 16, threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities [N, 6] of one graph over the split's clips that have ``modality``, and their indices."""
-    backend = open_onnx(path, threads=threads)
+    backend = open_onnx(path, threads=threads, workload="inference")
     indices = usable(split, modality)
     probs = np.zeros((len(indices), len(LABELS)), np.float32)
     where = {int(i): k for k, i in enumerate(indices)}
@@ -88,7 +88,7 @@ def cpu_latency(
     modality = "av" if "av" in manifest.modalities else manifest.modalities[0]
     inputs = sample_inputs(manifest.features, modality, 1, seconds, seed=0)
     names = ["fp32", *candidates]
-    runners = {n: open_onnx(graph_dirs[n] / graph_file(modality), threads=threads) for n in names}
+    runners = {n: open_onnx(graph_dirs[n] / graph_file(modality), "ort", threads, workload="inference") for n in names}
     iters = 10
     raw = interleaved_latency({n: (lambda b=b: b.infer(inputs)) for n, b in runners.items()}, iters, 3, rounds)
     return {

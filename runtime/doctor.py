@@ -200,7 +200,7 @@ def _check_engines(doctor: Doctor, manifest: Any, precision: str, device_id: int
                 )
             inputs = sample_inputs(manifest.features, modality, *TIMING_SHAPE, seed=7)
             with (
-                open_backend(manifest, modality, precision, "ort") as ort,
+                open_backend(manifest, modality, precision, "ort", workload="inference") as ort,
                 open_backend(manifest, modality, precision, "trt", device_id=device_id) as engine,
             ):
                 calls = {

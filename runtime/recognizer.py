@@ -113,8 +113,9 @@ class Recognizer:
             scratch = DeviceScratch(device_id)
         try:
             for m in self.manifest.modalities:
-                self.backends[m] = open_backend(
-                    self.manifest, m, self.precision, self.backend, threads, providers, device_id, scratch
+                self.backends[m] = open_backend(  # "pipeline": decoding and face detection run beside the graphs
+                    self.manifest, m, self.precision, self.backend, threads, providers, device_id, scratch,
+                    workload="pipeline",
                 )
         except BaseException:
             self.close()

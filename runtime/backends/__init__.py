@@ -37,8 +37,15 @@ __all__ = [
 ONNX_KINDS = ("ort", "reference", "checker")
 
 
-def open_onnx(path: Path, kind: str = "ort", threads: int | None = None, providers: list[str] | None = None) -> Backend:
-    """A backend over one ONNX file (``kind``: one of ONNX_KINDS)."""
+def open_onnx(
+    path: Path,
+    kind: str = "ort",
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    workload: str = "pipeline",
+) -> Backend:
+    """A backend over one ONNX file (``kind``: one of ONNX_KINDS; ``workload``: ONNX Runtime's, a key of
+    ``ort.SPINNING``: what runs beside it)."""
     if kind not in ONNX_KINDS:
         raise AvemoError(f"unknown ONNX backend {kind!r}; expected one of {ONNX_KINDS}")
     if kind == "checker":
@@ -51,7 +58,7 @@ def open_onnx(path: Path, kind: str = "ort", threads: int | None = None, provide
         return ReferenceBackend(path)
     from avemo.runtime.backends.ort import OrtBackend
 
-    return OrtBackend(path, threads, providers)
+    return OrtBackend(path, threads, providers, workload)
 
 
 def open_backend(
@@ -64,17 +71,19 @@ def open_backend(
     device_id: int = 0,
     scratch: Any = None,
     timed: bool = False,
+    workload: str = "pipeline",
 ) -> Backend:
     """The backend of ``modality``'s ``precision`` graph in a model folder. ``kind``: 'ort' or 'trt' (as
     ``resolve_backend`` gives them); ``scratch``: TensorRT's shared activation area; ``timed``: TensorRT
-    records CUDA events around each phase (for the profiler)."""
+    records CUDA events around each phase (for the profiler); ``workload``: ONNX Runtime's, a key of
+    ``ort.SPINNING`` ("inference" where only graphs run, "pipeline" where decoding runs beside them)."""
     if kind == "trt":
         from avemo.runtime.backends.trt import TrtBackend
 
         return TrtBackend(manifest, modality, precision, device_id, timed=timed, scratch=scratch)
     if kind != "ort":
         raise AvemoError(f"unknown backend {kind!r}; expected ort or trt (resolve 'auto' with resolve_backend)")
-    return open_onnx(manifest.graph_path(modality, precision), "ort", threads, providers)
+    return open_onnx(manifest.graph_path(modality, precision), "ort", threads, providers, workload)
 
 
 def resolve_backend(

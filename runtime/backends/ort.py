@@ -22,16 +22,27 @@ ORT_TYPES = {
 }
 
 
-def session_options(threads: int | None = None) -> Any:
-    """ONNX Runtime settings for every session avemo opens (the emotion graphs and YuNet)."""
+#: Whether ONNX Runtime's threads spin-wait after a run, per workload: the one place this is decided, from
+#: scripts/bench_spinning.py (docs/BENCHMARKS.md, "ONNX Runtime spinning per workload"). "pipeline": decoding and
+#: face detection run beside the graphs (the Recognizer: files, streams, Triton's avemo_media; YuNet); spinning
+#: took the decoder's cores (1.1-3.1x slower per file or stream). "inference": graphs alone (the profiler,
+#: Triton's graph models, parity, calibration, doctor); spinning gained 0-12 % on a quiet 2-core machine and
+#: cost 1.4-3.1x on the same machine under load, and these share their machine too (Triton's avemo_media
+#: decodes beside the graph models): off until a machine whose cores serve nothing else measures otherwise.
+SPINNING = {"pipeline": False, "inference": False}
+
+
+def session_options(threads: int | None = None, workload: str = "pipeline") -> Any:
+    """ONNX Runtime settings for every session avemo opens (the emotion graphs and YuNet); ``workload``: a
+    key of SPINNING."""
     ort = require("onnxruntime", "pip install 'avemo[runtime]'")
+    if workload not in SPINNING:
+        raise AvemoError(f"unknown workload {workload!r}; expected one of {', '.join(SPINNING)}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # No spin-waiting after a run: between two runs the video decoder and the face detector need the
-    # cores (with spinning, frame conversion ran 4x slower beside per-window inference). Latency of
-    # a lone run is unchanged within noise (docs/BENCHMARKS.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "1" if SPINNING[workload] else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -57,9 +68,12 @@ class OrtBackend(BackendBase):
 
     kind = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: Path, threads: int | None = None, providers: list[str] | None = None, workload: str = "pipeline"
+    ) -> None:
+        """``workload``: a key of SPINNING (what runs beside this session)."""
         ort = require("onnxruntime", "pip install 'avemo[runtime]'")
-        options = session_options(threads)
+        options = session_options(threads, workload)
         self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])

@@ -70,7 +70,7 @@ def check_parity(
                 "(parity.npz from another avemo version); export the model again"
             )
         started = time.perf_counter()
-        runner = open_onnx(path, "checker", threads)
+        runner = open_onnx(path, "checker", threads, workload="inference")
         diffs, agree, total = [], 0, 0
         for sample, ref in zip(inputs, references[modality], strict=True):
             got = runner.infer(sample)

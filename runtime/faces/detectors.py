@@ -105,7 +105,7 @@ class YuNetDetector:
             raise AvemoError(f"{model}: sha256 {self.sha256} is not the expected {expected}; reinstall avemo")
         try:
             self._session = ort.InferenceSession(
-                str(model), session_options(threads), providers=providers or ["CPUExecutionProvider"]
+                str(model), session_options(threads, "pipeline"), providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types per failure
             raise AvemoError(f"{model}: not a YuNet face detector model ({exc})") from None

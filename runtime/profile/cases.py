@@ -101,7 +101,7 @@ def load_runner(
         if baseline is None or checkpoint is None:
             raise AvemoError("the PyTorch baseline needs a checkpoint and avemo[train] (`avemo profile`)")
         return baseline(checkpoint, graph, threads)
-    return open_backend(manifest, graph, precision, backend, threads, timed=True)
+    return open_backend(manifest, graph, precision, backend, threads, timed=True, workload="inference")
 
 
 def default_checkpoint(manifest: Manifest) -> Path | None:

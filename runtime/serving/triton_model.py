@@ -155,7 +155,9 @@ class GraphModel:
         backend, precision, _ = resolve_backend(
             params.get("AVEMO_BACKEND", "ort"), manifest, params.get("AVEMO_PRECISION") or None
         )
-        self.graph = open_backend(manifest, self.modality, precision, backend, _threads(params))
+        self.graph = open_backend(  # graphs alone: avemo_media, which decodes, has its own Recognizer
+            manifest, self.modality, precision, backend, _threads(params), workload="inference"
+        )
         self.names = GRAPH_INPUTS[self.modality]
         self.failures = _Failures(args["model_name"])
 

@@ -1,6 +1,7 @@
 """TEST DOUBLE of NVIDIA TensorRT's Python API (the subset avemo uses). Not TensorRT.
 
-Its engines run the parsed ONNX graph in ONNX Runtime, reading inputs from and
+Its engines run the parsed ONNX graph in ONNX Runtime (without spin-waiting, so
+that the host's cores stay the caller's, as beside a GPU), reading inputs from and
 writing outputs to the pycuda double's device memory, so probabilities through
 avemo's whole TensorRT path (buffers, shapes, copies, streams) are real. It
 enforces what real TensorRT enforces, as documented for 10.x / 11.x:

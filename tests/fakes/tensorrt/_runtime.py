@@ -125,7 +125,11 @@ def engine_runner(path: str, tf32: bool) -> Any:
     if not (has_fp16(Path(path)) or tf32):
         import onnxruntime as ort
 
-        return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        # Without spin-waiting: TensorRT computes on the GPU and leaves the host's cores to the caller, whose
+        # host-side work after a run (scripts/bench_host.py) spinning threads slowed up to 2x.
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     import onnx
 
     return reference_evaluator(onnx.load(path), operand=_tf32 if tf32 else None)

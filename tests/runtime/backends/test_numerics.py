@@ -207,7 +207,7 @@ def test_padding_invariance_fails_the_old_graph_in_the_reference_and_not_in_onnx
     monkeypatch.setattr(parity, "check_graph_numerics", lambda path: None)
     with pytest.raises(ParityError, match=r"move by .* when padded into a batch"):
         check_parity(old / "fp16", samples, references, "fp16")
-    monkeypatch.setattr(parity, "open_onnx", lambda path, kind, threads=None: OrtBackend(path))
+    monkeypatch.setattr(parity, "open_onnx", lambda path, kind, threads=None, workload="": OrtBackend(path))
     hidden = check_parity(old / "fp16", samples, references, "fp16")
     assert hidden["a"]["padding_invariance"] < 1e-5
     report = load_manifest(new).data["parity"]["fp16"]["a"]
