@@ -31,7 +31,7 @@ from avemo.contract import (
     PROFILE_BATCH,
 )
 from avemo.errors import AvemoError
-from avemo.runtime.backends import Backend, open_backend, resolve_backend, write_padded
+from avemo.runtime.backends import Backend, faces_for, open_backend, resolve_backend, write_padded
 from avemo.runtime.faces import FacePipeline
 from avemo.runtime.media.audio import add_deltas
 from avemo.runtime.media.extract import MediaFeatures, extract
@@ -378,11 +378,13 @@ def batch_shapes(clips: list[ClipInput], modality: str) -> dict[str, tuple[int, 
 
 def fill_batch(arrays: dict[str, np.ndarray], clips: list[ClipInput]) -> None:
     """Write ``clips`` into batch ``arrays`` of at least ``batch_shapes`` (any dtypes): each clip's rows,
-    zeros after them, and the lengths; every element written once."""
+    zeros after them, and the lengths; every element written once. uint8 faces into a float array (a model
+    exported before uint8 faces) are scaled to [0, 1] on the way."""
     for name, (field_, lengths) in _FIELDS.items():
         if name in arrays:
             for j, clip in enumerate(clips):
-                write_padded(arrays[name][j], getattr(clip, field_))
+                data = getattr(clip, field_)
+                write_padded(arrays[name][j], faces_for(data, arrays[name].dtype) if name == FACES else data)
             arrays[lengths][...] = [len(getattr(c, field_)) for c in clips]
 
 

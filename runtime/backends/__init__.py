@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from avemo.contract import BACKENDS, ENGINE_PREFERENCE
 from avemo.errors import AvemoError
-from avemo.runtime.backends.base import Backend, BackendBase, InputSpec, Staged, check_inputs, write_padded
+from avemo.runtime.backends.base import (
+    Backend,
+    BackendBase,
+    InputSpec,
+    Staged,
+    check_inputs,
+    faces_for,
+    write_padded,
+)
 
 if TYPE_CHECKING:
     from avemo.runtime.models.manifest import Manifest
@@ -26,6 +34,7 @@ __all__ = [
     "InputSpec",
     "Staged",
     "check_inputs",
+    "faces_for",
     "open_backend",
     "open_onnx",
     "resolve_backend",
