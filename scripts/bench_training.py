@@ -1,0 +1,115 @@
+"""Training throughput with and without length buckets, epoch 1 against epoch 2, in one run.
+
+    .venv/bin/python scripts/bench_training.py --preset tiny --clips 400 --repeats 2
+
+Trains co-learning (a random A, V or A+V draw per batch) for two epochs from the same initial weights
+under each loop setting, on a seeded synthetic cache made here, and prints clips/s per epoch, the distinct
+input shapes an epoch meets ((modality, batch, audio frames, face frames) of each step) and the share of
+padded frames. ``before`` pads each batch to its longest clip (as the sampler did before buckets; the old
+training-mode CNN additionally saw only the real frames, a new frame count nearly every batch), ``after``
+pads to the batch's length bucket. On a GPU (taken when torch sees one) each new shape costs cuDNN a kernel
+choice; on a CPU it costs little, so there the numbers show the price of padding and of the loop options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from avemo.config import PRESETS, TrainConfig, model_config_for_regime
+from avemo.machine import describe
+from avemo.train.cache import CacheSplit
+from avemo.train.data import Batch, make_loader
+from avemo.train.distributed import Dist
+from avemo.train.model import CrossModalTransformer
+from avemo.train.speed import resolve_precision
+from avemo.train.synth import SynthSpec, write_synthetic_cache
+from avemo.train.trainer import Executor, StepLoss, cmvn_stats
+
+
+class CountingExecutor(Executor):
+    """An Executor that notes each step's input shapes and real/padded frame counts."""
+
+    def step(self, batch: Batch, chosen: tuple[str, ...]) -> float | None:
+        for modality in chosen:
+            ta = batch.audio.shape[1] if "a" in modality else 0
+            tv = batch.faces.shape[1] if "v" in modality else 0
+            self.shapes.add((modality, len(batch.labels), ta, tv))
+        self.real += int(batch.audio_lengths.sum() + batch.face_lengths.sum())
+        self.padded += len(batch.labels) * (batch.audio.shape[1] + batch.faces.shape[1])
+        return super().step(batch, chosen)
+
+
+def run(split: CacheSplit, setting: dict, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Two epochs of one setting from seed 0; per epoch clips/s, distinct shapes, real-frame share."""
+    torch.manual_seed(0)
+    cfg = model_config_for_regime(PRESETS[args.preset], "colearn")
+    tcfg = TrainConfig(regime="colearn", batch_size=args.batch_size, lr=1e-3, seed=0)
+    model = CrossModalTransformer(cfg).to(device)
+    with torch.no_grad():
+        model.set_cmvn(*(t.to(device) for t in cmvn_stats(split)))
+    if setting["channels_last"]:
+        model.visual.cnn.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.RAdam(model.parameters(), lr=tcfg.lr)
+    precision = resolve_precision(setting["precision"], device)
+    ex = CountingExecutor(model, optimizer, StepLoss(model), tcfg, Dist(device=device), precision)
+    loader = make_loader(
+        split, tcfg.batch_size, tcfg.seed, shuffle=True, workers=setting["workers"], pad_to_bucket=setting["pad"]
+    )
+    epochs = []
+    for epoch in (1, 2):
+        ex.shapes, ex.real, ex.padded = set(), 0, 0
+        stats = ex.train_epoch(loader, epoch, progress=False)
+        epochs.append({"clips_per_second": stats["clips_per_second"], "shapes": len(ex.shapes),
+                       "real": ex.real / ex.padded})  # fmt: skip
+    return epochs
+
+
+SETTINGS = {
+    "before (pad to longest)": {"pad": False, "precision": "auto", "channels_last": False, "workers": 0},
+    "after (length buckets)": {"pad": True, "precision": "auto", "channels_last": False, "workers": 0},
+    "after, bf16 autocast": {"pad": True, "precision": "bf16", "channels_last": False, "workers": 0},
+    "after, channels-last CNN": {"pad": True, "precision": "auto", "channels_last": True, "workers": 0},
+    "after, 1 worker": {"pad": True, "precision": "auto", "channels_last": False, "workers": 1},
+    "after, 2 workers": {"pad": True, "precision": "auto", "channels_last": False, "workers": 2},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--clips", type=int, default=400, help="synthetic clips (about 70 %% train)")
+    parser.add_argument("--seconds", type=float, nargs=2, default=(1.0, 8.0), help="clip length range")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the settings; medians are printed")
+    parser.add_argument("--only", nargs="*", default=None, help="settings to run (default: all)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    settings = {k: v for k, v in SETTINGS.items() if args.only is None or k in args.only}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = SynthSpec(clips=args.clips, min_seconds=args.seconds[0], max_seconds=args.seconds[1])
+        write_synthetic_cache(Path(tmp), PRESETS[args.preset].features, spec, seed=0)
+        split = CacheSplit(Path(tmp), "train", PRESETS[args.preset].features)
+        results: dict[str, list[list[dict]]] = {name: [] for name in settings}
+        for _ in range(args.repeats):  # rounds interleave the settings, so load drifts hit them alike
+            for name, setting in settings.items():
+                results[name].append(run(split, setting, args, device))
+    low, high = args.seconds
+    print(f"{describe()}; torch {torch.__version__} on {device}; preset {args.preset}, {len(split)} train clips "
+          f"of {low}-{high} s, batch {args.batch_size}, co-learning, {args.repeats} round(s)")  # fmt: skip
+    print("| setting | epoch 1 clips/s | epoch 2 clips/s | shapes, epoch 1 / 2 | real frames |")
+    print("|---|---|---|---|---|")
+    base = statistics.median(r[1]["clips_per_second"] for r in next(iter(results.values())))
+    for name, rounds in results.items():
+        e1, e2 = (statistics.median(r[e]["clips_per_second"] for r in rounds) for e in (0, 1))
+        first = rounds[0]
+        print(f"| {name} | {e1:.1f} | {e2:.1f} ({e2 / base:.2f}x) | {first[0]['shapes']} / {first[1]['shapes']} "
+              f"| {100 * first[1]['real']:.0f} % |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
