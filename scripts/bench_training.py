@@ -1,6 +1,6 @@
 """Training throughput with and without length buckets, epoch 1 against epoch 2, in one run.
 
-    .venv/bin/python scripts/bench_training.py --preset tiny --clips 400 --repeats 2
+    .venv/bin/python scripts/bench_training.py --preset tiny --clips 200
 
 Trains co-learning (a random A, V or A+V draw per batch) for two epochs from the same initial weights
 under each loop setting, on a seeded synthetic cache made here, and prints clips/s per epoch, the distinct
@@ -14,7 +14,6 @@ choice; on a CPU it costs little, so there the numbers show the price of padding
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -82,33 +81,31 @@ SETTINGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--clips", type=int, default=400, help="synthetic clips (about 70 %% train)")
-    parser.add_argument("--seconds", type=float, nargs=2, default=(1.0, 8.0), help="clip length range")
+    parser.add_argument("--clips", type=int, default=200, help="synthetic clips (about 70 %% train)")
+    parser.add_argument("--seconds", type=float, nargs=2, default=(1.0, 6.0), help="clip length range")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=1, help="rounds over the settings; medians are printed")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the settings")
     parser.add_argument("--only", nargs="*", default=None, help="settings to run (default: all)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = {k: v for k, v in SETTINGS.items() if args.only is None or k in args.only}
+    low, high = args.seconds
     with tempfile.TemporaryDirectory() as tmp:
-        spec = SynthSpec(clips=args.clips, min_seconds=args.seconds[0], max_seconds=args.seconds[1])
+        spec = SynthSpec(clips=args.clips, min_seconds=low, max_seconds=high)
         write_synthetic_cache(Path(tmp), PRESETS[args.preset].features, spec, seed=0)
         split = CacheSplit(Path(tmp), "train", PRESETS[args.preset].features)
-        results: dict[str, list[list[dict]]] = {name: [] for name in settings}
-        for _ in range(args.repeats):  # rounds interleave the settings, so load drifts hit them alike
+        print(f"{describe()}; torch {torch.__version__} on {device}; preset {args.preset}, {len(split)} train clips "
+              f"of {low}-{high} s, batch {args.batch_size}, co-learning")  # fmt: skip
+        print("| round | setting | epoch 1 clips/s | epoch 2 clips/s | shapes, epoch 1 / 2 | real frames |")
+        print("|---|---|---|---|---|---|")
+        for round_ in range(1, args.repeats + 1):  # rounds interleave the settings, so load drifts hit them alike
+            base = None
             for name, setting in settings.items():
-                results[name].append(run(split, setting, args, device))
-    low, high = args.seconds
-    print(f"{describe()}; torch {torch.__version__} on {device}; preset {args.preset}, {len(split)} train clips "
-          f"of {low}-{high} s, batch {args.batch_size}, co-learning, {args.repeats} round(s)")  # fmt: skip
-    print("| setting | epoch 1 clips/s | epoch 2 clips/s | shapes, epoch 1 / 2 | real frames |")
-    print("|---|---|---|---|---|")
-    base = statistics.median(r[1]["clips_per_second"] for r in next(iter(results.values())))
-    for name, rounds in results.items():
-        e1, e2 = (statistics.median(r[e]["clips_per_second"] for r in rounds) for e in (0, 1))
-        first = rounds[0]
-        print(f"| {name} | {e1:.1f} | {e2:.1f} ({e2 / base:.2f}x) | {first[0]['shapes']} / {first[1]['shapes']} "
-              f"| {100 * first[1]['real']:.0f} % |")  # fmt: skip
+                first, second = run(split, setting, args, device)
+                base = base or second["clips_per_second"]
+                print(f"| {round_} | {name} | {first['clips_per_second']:.1f} | {second['clips_per_second']:.1f} "
+                      f"({second['clips_per_second'] / base:.2f}x) | {first['shapes']} / {second['shapes']} "
+                      f"| {100 * second['real']:.0f} % |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
