@@ -21,7 +21,7 @@ class LoopOptions:
 
     workers: int = 0
     precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp16 with a scaler; fp32 on CPU
-    channels_last: bool = False  # slower on an H200 (docs/bench/h200-shape-probe.txt) and on our CPU
+    channels_last: bool = False  # slower on an H200 (docs/bench/h200-shape-probe.txt), in the noise on our CPU
     pin_memory: bool = False  # CUDA only; not measured yet
 
 
