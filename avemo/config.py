@@ -98,9 +98,13 @@ class TrainConfig:
     min_epochs: int = 0  # no early stop before this: small models can sit on a plateau first
     seed: int = 0
     grad_clip: float = 5.0
+    # Batches are padded to one of this many lengths (train/data.py: LengthBuckets), so a GPU meets few input shapes.
+    length_buckets: int = 8
 
 
 REGIMES: tuple[str, ...] = ("audio", "visual", "conventional", "colearn")
+# `avemo train --precision` (avemo.train.speed): autocast dtype of the training steps.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 PRESETS: dict[str, ModelConfig] = {
     # The paper's sizes: d=128, FFN 512, 4 heads, 6 audio / 2 visual / 2 cross blocks.

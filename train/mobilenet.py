@@ -9,8 +9,10 @@ torchvision 0.29's ``MobileNetV3.features``, so checkpoints trained with either 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -74,6 +76,37 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics come only from the frames ``mask`` marks real, so the zero frames a
+    batch is padded with move neither the normalisation nor the running statistics. Without a mask, or in eval
+    mode, it is nn.BatchNorm2d (same parameters and buffers, so checkpoints and exported graphs are unchanged)."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None or not self.training:
+            return super().forward(x)
+        keep = mask[:, None, None, None]
+        count = mask.sum() * (x.shape[2] * x.shape[3])
+        values = x.float()  # statistics in fp32 under autocast too
+        mean = torch.where(keep, values, 0.0).sum(dim=(0, 2, 3)) / count.clamp_min(1)
+        centred = values - mean[None, :, None, None]
+        var = torch.where(keep, centred.square(), 0.0).sum(dim=(0, 2, 3)) / count.clamp_min(1)
+        with torch.no_grad():
+            # momentum is always set (ConvNormAct); a batch without a real frame leaves the statistics alone
+            step = float(self.momentum or 0.0) * (count > 0).float()
+            self.running_mean.lerp_(mean, step)
+            self.running_var.lerp_(var * count / (count - 1).clamp_min(1), step)  # unbiased, as BatchNorm keeps
+            self.num_batches_tracked.add_(1)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return (centred * scale[None, :, None, None] + self.bias[None, :, None, None]).to(x.dtype)
+
+
+def run_masked(layers: Iterable[nn.Module], x: Tensor, mask: Tensor | None) -> Tensor:
+    """``layers`` in turn, handing ``mask`` (real frames) to those that take it."""
+    for layer in layers:
+        x = layer(x, mask) if isinstance(layer, (MaskedBatchNorm2d, ConvNormAct, InvertedResidual)) else layer(x)
+    return x
+
+
 class ConvNormAct(nn.Sequential):
     """Conv (no bias) -> BatchNorm -> optional activation; children named 0, 1, 2 as in torchvision."""
 
@@ -90,11 +123,14 @@ class ConvNormAct(nn.Sequential):
             nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
             # eps as torchvision; momentum 0.1, not its 0.01 for fine-tuning ImageNet weights: trained from
             # scratch the running statistics then lag far behind the weights and eval-mode outputs collapse.
-            nn.BatchNorm2d(cout, eps=0.001, momentum=0.1),
+            MaskedBatchNorm2d(cout, eps=0.001, momentum=0.1),
         ]
         if act is not None:
             layers.append(act())
         super().__init__(*layers)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return run_masked(self, x, mask)
 
 
 class SqueezeExcitation(nn.Module):
@@ -128,18 +164,25 @@ class InvertedResidual(nn.Module):
         self.block = nn.Sequential(*layers)
         self.use_residual = cfg.stride == 1 and cin == cout
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.block(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        y = run_masked(self.block, x, mask)
         return x + y if self.use_residual else y
 
 
-def mobilenet_v3_features(name: str, width: float = 1.0) -> nn.Sequential:
+class Trunk(nn.Sequential):
+    """torchvision's ``features`` Sequential; ``mask`` [N] bool marks real frames for training's BatchNorm."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return run_masked(self, x, mask)
+
+
+def mobilenet_v3_features(name: str, width: float = 1.0) -> Trunk:
     """The convolutional trunk: [N, 3, H, W] -> [N, C, H/32, W/32], randomly initialised."""
     if name not in SETTINGS:
         raise ValueError(f"unknown CNN {name!r}; known: {', '.join(SETTINGS)}")
     blocks, first = SETTINGS[name]
     last_in = make_divisible(blocks[-1].out_ch * width)
-    features = nn.Sequential(
+    features = Trunk(
         ConvNormAct(3, make_divisible(first * width), 3, 2),
         *(InvertedResidual(b, width) for b in blocks),
         ConvNormAct(last_in, 6 * last_in),

@@ -180,10 +180,10 @@ class VisualEncoder(nn.Module):
         mask = length_mask(lengths, t)
         frames = (faces.flatten(0, 1) - self.pixel_mean) / self.pixel_std
         if self.training:
-            # Only real frames go through the CNN, so padding cannot shift BatchNorm statistics.
+            # Every frame goes through the CNN, so its input shape is the batch's padded shape (a GPU meets few);
+            # BatchNorm takes its statistics from the real frames only, so padding cannot shift them.
             flat = mask.flatten()
-            feats = frames.new_zeros(b * t, self.proj.in_features)
-            feats[flat] = self.cnn(frames[flat]).mean(dim=(2, 3))
+            feats = self.cnn(frames, flat).mean(dim=(2, 3)).masked_fill(~flat[:, None], 0.0)
         else:
             feats = self.cnn(frames).mean(dim=(2, 3))
         x = self.position(self.proj(feats.view(b, t, -1)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avemo.config import ModelConfig, TrainConfig, to_dict
+from avemo.config import ModelConfig, TrainConfig, from_dict, to_dict
 from avemo.contract import BEST_CHECKPOINT, CURVES_FILE, HISTORY_FILE, LAST_CHECKPOINT
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_json
@@ -23,6 +23,7 @@ from avemo.train.data import Batch, make_loader
 from avemo.train.distributed import Dist, init_from_env, shutdown
 from avemo.train.evaluate import evaluate_model
 from avemo.train.model import CrossModalTransformer, count_parameters
+from avemo.train.speed import LoopOptions, Precision, resolve_precision
 
 COLEARN_MODES = ("random", "summed")
 
@@ -91,7 +92,8 @@ def load_init(module: torch.nn.Module | None, path: Path | None, what: str) -> N
 def _same_run(payload: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig) -> bool:
     """A run may be resumed with a larger epoch budget or patience, nothing else changed."""
     budget = ("max_epochs", "patience", "min_epochs")
-    saved = {k: v for k, v in payload["train_config"].items() if k not in budget}
+    # Through the dataclass: a run saved before a field existed has that field's default.
+    saved = {k: v for k, v in to_dict(from_dict(TrainConfig, payload["train_config"])).items() if k not in budget}
     wanted = {k: v for k, v in to_dict(train_cfg).items() if k not in budget}
     return payload["model_config"] == to_dict(model_cfg) and saved == wanted
 
@@ -130,6 +132,11 @@ class Executor:
     step_loss: torch.nn.Module  # StepLoss, wrapped in DistributedDataParallel under torchrun
     cfg: TrainConfig
     ctx: Dist
+    precision: Precision = field(default_factory=lambda: Precision("cpu"))
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler = self.precision.scaler()
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -177,11 +184,14 @@ class Executor:
         weights = {m: ctx.world / float(c) for m, c in zip(chosen, counts, strict=True) if c > 0}
         if not weights:
             return None
-        loss = self.step_loss(batch.to(ctx.device), weights)
+        with self.precision.autocast():
+            loss = self.step_loss(batch.to(ctx.device), weights)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # the clip sees the true gradients
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
         return loss.item()
 
     def cv(self, split: CacheSplit) -> dict[str, Any]:
@@ -228,6 +238,7 @@ def save_epoch(
     """last.pt (and best.pt when ``improved``), history.json and the curves after an epoch; rank 0 only."""
     extra = {
         "optimizer": ex.optimizer.state_dict(),
+        "scaler": ex.scaler.state_dict(),  # empty unless fp16
         "torch_rng": torch.get_rng_state(),
         "data": str(Path(data).resolve()),
     }
@@ -260,6 +271,8 @@ def start_or_resume(
         raise AvemoError(f"{out}: holds a run with other settings; use a new --out or the same options")
     ex.model.load_state_dict(payload["model"])
     ex.optimizer.load_state_dict(payload["optimizer"])
+    if ex.scaler.is_enabled() and payload.get("scaler"):
+        ex.scaler.load_state_dict(payload["scaler"])
     torch.set_rng_state(payload["torch_rng"])
     return {k: payload[k] for k in new_state()}
 
@@ -282,10 +295,10 @@ def train(
     train_cfg: TrainConfig,
     audio_init: Path | None = None,
     visual_init: Path | None = None,
-    workers: int = 0,
+    loop: LoopOptions = LoopOptions(),
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume) one run; returns the best validation result."""
+    """Train (or resume) one run; returns the best validation result. ``loop``: how it runs on the device."""
     if train_cfg.colearn_mode not in COLEARN_MODES:
         raise AvemoError(f"unknown --colearn-mode {train_cfg.colearn_mode!r}; expected one of {COLEARN_MODES}")
     out = Path(out)
@@ -297,8 +310,11 @@ def train(
     train_split = CacheSplit(data, "train", model_cfg.features)
     valid_split = CacheSplit(data, "valid", model_cfg.features)
     model = CrossModalTransformer(model_cfg).to(ctx.device)
+    if loop.channels_last and model.visual is not None:
+        model.visual.cnn.to(memory_format=torch.channels_last)  # before the optimiser makes its state like them
     optimizer = torch.optim.RAdam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    ex = Executor(model, optimizer, StepLoss(model), train_cfg, ctx)
+    precision = resolve_precision(loop.precision, ctx.device)
+    ex = Executor(model, optimizer, StepLoss(model), train_cfg, ctx, precision)
     state = start_or_resume(out, ex, model_cfg, train_split, (audio_init, visual_init))
     if state is not None:
         say(f"resuming {out} after epoch {state['epoch']}" + (f" on {ctx.world} processes" if ctx.active else ""))
@@ -307,7 +323,7 @@ def train(
     say(
         f"model: {count_parameters(model):,} parameters; regime {train_cfg.regime}"
         f"{' (' + train_cfg.colearn_mode + ')' if train_cfg.regime == 'colearn' else ''}; "
-        f"train {len(train_split)} / valid {len(valid_split)} clips"
+        f"train {len(train_split)} / valid {len(valid_split)} clips; {precision.name}"
         + (f"; {ctx.world} processes ({ctx.device.type}), global batch {train_cfg.batch_size}" if ctx.active else "")
     )
     need = {"need_audio": model_cfg.use_audio, "need_faces": model_cfg.use_visual}
@@ -316,8 +332,10 @@ def train(
         train_cfg.batch_size,
         train_cfg.seed,
         shuffle=True,
-        workers=workers,
+        workers=loop.workers,
         shard=(ctx.rank, ctx.world),
+        buckets=train_cfg.length_buckets,
+        pin_memory=loop.pin_memory and ctx.device.type == "cuda",
         **need,
     )
     while should_continue(state, train_cfg):
