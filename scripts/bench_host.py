@@ -46,13 +46,17 @@ from avemo.runtime.recognizer import Recognizer
 os.environ.setdefault("AVEMO_DOUBLE_GPUS", "NVIDIA H200:9.0:143771:0")  # read by the pycuda double only
 
 #: Host stages timed where this checkout has them: (label, module, owner attribute or "", function name).
+#: Bytes counted: those of the new arrays a stage returns, or for ``fill_batch`` (which writes a batch into
+#: the arrays it is given: the backend's own, page-locked on TensorRT) those of the arrays it fills.
 STAGES = (
     ("features to arrays", "avemo.runtime.recognizer", "Recognizer", "_clip_input"),
     ("_check", "avemo.runtime.recognizer", "Recognizer", "_check"),
     ("batch_inputs", "avemo.runtime.recognizer", "", "batch_inputs"),
+    ("fill_batch", "avemo.runtime.recognizer", "", "fill_batch"),
     ("backend check", "avemo.runtime.backends.base", "BackendBase", "checked"),
     ("staging", "avemo.runtime.backends.gpu", "IOBuffer", "stage"),
 )
+WRITES_INTO_FIRST_ARGUMENT = {"fill_batch"}
 #: The graph run: (module, owner attribute, function names) patched on the class.
 DEVICE = {
     "ort": (),  # ONNX Runtime's session.run: wrapped on each backend's session (see _graph_timers)
@@ -83,7 +87,9 @@ class Probe:
             start = time.perf_counter_ns()
             out = fn(*args, **kwargs)
             self.ns[label] += time.perf_counter_ns() - start
-            if count_bytes:
+            if count_bytes and label in WRITES_INTO_FIRST_ARGUMENT:
+                self.bytes[label] += sum(a.nbytes for a in _arrays(args[0]))
+            elif count_bytes:
                 given = list(_arrays((args, kwargs)))
                 self.bytes[label] += sum(a.nbytes for a in _arrays(out) if not _shares(a, given))
             return out

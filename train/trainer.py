@@ -269,6 +269,8 @@ def start_or_resume(
     payload = read_checkpoint(last)
     if not _same_run(payload, model_cfg, ex.cfg):
         raise AvemoError(f"{out}: holds a run with other settings; use a new --out or the same options")
+    if "length_buckets" not in payload["train_config"]:  # saved by an avemo that drew batches by shuffling alone
+        print(f"{out}: a run saved before length buckets: its remaining epochs draw batches from length buckets")
     ex.model.load_state_dict(payload["model"])
     ex.optimizer.load_state_dict(payload["optimizer"])
     if ex.scaler.is_enabled() and payload.get("scaler"):

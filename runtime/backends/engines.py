@@ -104,8 +104,9 @@ def batch_limit(manifest: Manifest, max_batch: int | None = None) -> int:
 
 def default_max_batch(total_memory: int, integrated: bool) -> int:
     """Clips per call an engine is built for on a GPU: 4 on a shared-memory device of 8 GiB or less (a Jetson
-    Orin Nano: the 16-clip, 30-s profile alone needs about 0.6 GiB of face buffers per Recognizer, plus
-    activations), else the profile's 16. ``avemo build --max-batch`` overrides it."""
+    Orin Nano: at 16 clips of 30 s the input buffers alone, two staging slots of three engines with uint8
+    faces, take about 0.45 GiB per Recognizer, plus activations), else the profile's 16. ``avemo build
+    --max-batch`` overrides it."""
     return 4 if integrated and total_memory <= 8 << 30 else PROFILE_BATCH[2]
 
 

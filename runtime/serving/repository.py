@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from avemo.contract import MODALITIES, PROFILE_BATCH, WEIGHTS_FILE
+from avemo.contract import MODALITIES, PROFILE_BATCH, PROFILE_BUCKETS, WEIGHTS_FILE
 from avemo.errors import AvemoError
 from avemo.io import atomic_write_bytes
 from avemo.runtime.backends.engines import ENGINES_DIR
@@ -78,8 +78,10 @@ def config_pbtxt(
     instances: int,
     kind: str,
     parameters: dict[str, str] | None = None,
+    profiles: int = 0,
 ) -> str:
-    """The text-format ModelConfig of one graph (checked against Triton's proto by the tests)."""
+    """The text-format ModelConfig of one graph (checked against Triton's proto by the tests). ``profiles``: a
+    TensorRT engine's optimisation profiles, all offered to its instances (Triton would use only the first)."""
     name, _ = TRITON_BACKENDS[backend]
     lines = [f'name: "{model_name(modality)}"', f'backend: "{name}"', f"max_batch_size: {max_batch}"]
 
@@ -99,7 +101,9 @@ def config_pbtxt(
         f"dynamic_batching {{ preferred_batch_size: [ {', '.join(map(str, preferred))} ] "
         f"max_queue_delay_microseconds: {QUEUE_DELAY_US} }}"
     )
-    lines.append(f"instance_group [ {{ count: {instances} kind: {kind} }} ]")
+    names = ", ".join(f'"{k}"' for k in range(profiles))
+    offered = f" profile: [ {names} ]" if profiles else ""
+    lines.append(f"instance_group [ {{ count: {instances} kind: {kind}{offered} }} ]")
     return "\n".join(lines + _parameters(parameters or {})) + "\n"
 
 
@@ -209,7 +213,8 @@ def _write(
             place(sources[modality], version / TRITON_BACKENDS[backend][1])
             if backend == "onnxruntime":  # the graph names its external data file relative to itself
                 place(sources[modality].parent / WEIGHTS_FILE, version / WEIGHTS_FILE)
-            text = config_pbtxt(manifest, modality, backend, max_batch, instances, kind)
+            profiles = _engine_profiles(sources[modality]) if backend == "tensorrt" else 0
+            text = config_pbtxt(manifest, modality, backend, max_batch, instances, kind, profiles=profiles)
         atomic_write_bytes(version.parent / "config.pbtxt", text.encode())
         folders[modality] = version.parent
     if backend == "python":
@@ -281,6 +286,17 @@ def _source(manifest: Manifest, modality: str, backend: str, precision: str, eng
     return plan
 
 
-def _engine_max_batch(plan: Path, default: int) -> int:
+def _engine_meta(plan: Path) -> dict[str, Any]:
     sidecar = plan.with_suffix(".json")
-    return int(json.loads(sidecar.read_text()).get("max_batch", default)) if sidecar.exists() else default
+    return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+
+
+def _engine_max_batch(plan: Path, default: int) -> int:
+    return int(_engine_meta(plan).get("max_batch", default))
+
+
+def _engine_profiles(plan: Path) -> int:
+    """An engine's optimisation profiles: one per length bucket (one if built before buckets)."""
+    meta = _engine_meta(plan)  # none: an engine avemo did not build; built now, it would have the buckets
+    buckets = meta.get("buckets") if meta else PROFILE_BUCKETS
+    return len(buckets) if buckets else 1

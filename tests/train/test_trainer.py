@@ -77,6 +77,16 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_cache, micro_co
         torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-5)
 
 
+def test_resuming_a_run_saved_before_length_buckets_says_its_batches_change(tiny_cache, micro_config, tmp_path, capsys):
+    _train(tiny_cache, tmp_path, micro_config, regime="audio", epochs=1)
+    payload = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False)
+    del payload["train_config"]["length_buckets"]  # as an avemo before buckets saved it
+    torch.save(payload, tmp_path / LAST_CHECKPOINT)
+    capsys.readouterr()
+    _train(tiny_cache, tmp_path, micro_config, regime="audio", epochs=2)
+    assert "a run saved before length buckets" in capsys.readouterr().out
+
+
 def test_resume_with_other_settings_is_refused(tiny_cache, micro_config, tmp_path):
     _train(tiny_cache, tmp_path, micro_config, regime="audio", epochs=1)
     with pytest.raises(AvemoError, match="other settings"):

@@ -28,7 +28,7 @@ def _clips(features, seconds: list[float], seed: int = 0):
     return [
         ClipInput(
             rng.normal(0, 3, (round(s * features.frames_per_second), features.audio_dim)).astype(np.float32),
-            rng.random((max(1, round(s * features.fps)), 3, size, size), np.float32),
+            rng.integers(0, 256, (max(1, round(s * features.fps)), 3, size, size), np.uint8),
         )
         for s in seconds
     ]

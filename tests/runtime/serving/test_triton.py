@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 
 from avemo.cli import main
+from avemo.contract import PROFILE_BUCKETS
 from avemo.errors import AvemoError
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="pip install 'tritonclient[grpc]'")
@@ -77,6 +79,7 @@ def test_tensorrt_repository_takes_the_engines_of_one_gpu(models, tmp_path):
     (engines / "avemo_av_fp16.engine").write_bytes(b"plan-av")
     with pytest.raises(AvemoError, match="exceeds the engines' profile"):
         export_triton(models, tmp_path / "repo", backend="tensorrt", precision="fp16", max_batch=64)
+    (engines / "avemo_v_fp16.json").write_text(json.dumps({"max_batch": 16, "profile": {}}))  # built before buckets
     folders = export_triton(models, tmp_path / "repo", backend="tensorrt", precision="fp16")
     for modality, folder in folders.items():
         assert (folder / "1" / "model.plan").read_bytes() == b"plan-" + modality.encode()
@@ -84,6 +87,9 @@ def test_tensorrt_repository_takes_the_engines_of_one_gpu(models, tmp_path):
         config = _parse(folder / "config.pbtxt")
         assert config.backend == "tensorrt" and config.max_batch_size == 16
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        # every length bucket's profile offered to the instances (unlisted, Triton would use only the first)
+        want = ["0"] if modality == "v" else [str(k) for k in range(len(PROFILE_BUCKETS))]
+        assert list(config.instance_group[0].profile) == want
     with pytest.raises(AvemoError, match="use --force"):
         export_triton(models, tmp_path / "repo")
 
