@@ -94,7 +94,7 @@ LAST_CHECKPOINT: Final[str] = "last.pt"
 HISTORY_FILE: Final[str] = "history.json"
 CURVES_FILE: Final[str] = "curves.png"
 CACHE_META_FILE: Final[str] = "cache.json"
-PARITY_FILE: Final[str] = "parity.npz"  # sample inputs and reference probs, for `avemo verify`
+PARITY_FILE: Final[str] = "parity.npz"  # reference probs of seeded sample inputs, for `avemo verify`
 #: int8: ModelOpt Q/DQ (ONNX Runtime); int8-cpu: ONNX Runtime's quantizer, shipped only when faster.
 PRECISION_DIRS: Final[dict[str, str]] = {"fp32": ".", "fp16": "fp16", "int8": "int8", "int8-cpu": "int8-cpu"}
 #: Every precision a model folder may hold; export writes the first two, calibration the int8 ones.
